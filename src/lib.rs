@@ -1,0 +1,24 @@
+//! embedstream: a real-time stateful embedding stream processor.
+//!
+//! Interaction events (view, click, like, cart, buy) are decoded and validated, grouped into
+//! event-time tumbling windows, and folded in a deterministic order into learned user and item
+//! embeddings.
+//!
+//! # Layout
+//! - [`event`]: wire types of one event and the validating decoder (pure).
+//! - [`window`]: event-time tumbling windows and watermarks (pure, time passed in).
+//! - [`model`]: the online BPR matrix-factorisation model and its state digest (pure).
+//! - [`fold`]: decode, window and model wired into one deterministic pipeline.
+//! - [`replay`]: folding a whole file, with a summary.
+//! - [`source`]: readers of MovieLens `u.data` and JSON-lines files.
+//! - [`eval`]: the prequential (test-then-learn) evaluation on MovieLens-100k.
+//! - [`config`]: layered configuration (defaults, file, environment).
+
+pub mod config;
+pub mod eval;
+pub mod event;
+pub mod fold;
+pub mod model;
+pub mod replay;
+pub mod source;
+pub mod window;

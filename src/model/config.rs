@@ -1,0 +1,131 @@
+use serde::{Deserialize, Serialize};
+
+/// Hyperparameters of the online model. How the defaults were chosen: README, "Model quality".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Embedding dimension d of user and item vectors (default 64; 1..=1024).
+    pub dim: usize,
+    /// Seed of every random draw: initial vectors are seeded from (seed, id), negative samples
+    /// from (seed, event_id).
+    pub seed: u64,
+    /// SGD step size (default 0.05; > 0).
+    pub learning_rate: f32,
+    /// L2 regularisation of user and item vectors (default 0.01; >= 0).
+    pub regularization: f32,
+    /// L2 regularisation of item biases (default 0.01; >= 0).
+    pub bias_regularization: f32,
+    /// Sampled negatives per event (default 4; 1..=64).
+    pub negatives: usize,
+    /// Share of negatives drawn uniformly from all known items; the rest come from the
+    /// recent-interaction pool, i.e. in proportion to recent popularity (default 0.5; [0, 1]).
+    pub uniform_negative_share: f32,
+    /// Recent item interactions kept for popularity-proportional negative sampling
+    /// (default 4096; >= 1).
+    pub negative_pool_size: usize,
+    /// Scale of initial vector components: uniform in [-init_scale, init_scale]
+    /// (default 0.1; > 0).
+    pub init_scale: f32,
+    /// Vectors are rescaled to this L2 norm when an update would exceed it (default 4; > 0).
+    pub max_norm: f32,
+    /// Item biases are clamped to [-max_bias, max_bias] (default 8; > 0).
+    pub max_bias: f32,
+    /// Largest effective event weight (type weight x event weight) before the confidence
+    /// transform (default 1000; > 0).
+    pub max_event_weight: f32,
+    /// Half-life of the decayed item popularity, in ms of event time (default 7 days).
+    pub popularity_half_life_ms: i64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            dim: 64,
+            seed: 42,
+            learning_rate: 0.05,
+            regularization: 0.01,
+            bias_regularization: 0.01,
+            negatives: 4,
+            uniform_negative_share: 0.5,
+            negative_pool_size: 4096,
+            init_scale: 0.1,
+            max_norm: 4.0,
+            max_bias: 8.0,
+            max_event_weight: 1000.0,
+            popularity_half_life_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// A [`ModelConfig`] field outside its documented range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("model.{field} = {value} is invalid: {rule}")]
+pub struct ModelConfigError {
+    /// The offending field.
+    pub field: &'static str,
+    /// Its value, printed.
+    pub value: String,
+    /// The constraint it breaks.
+    pub rule: &'static str,
+}
+
+impl ModelConfig {
+    /// Checks every field against its documented range.
+    ///
+    /// # Errors
+    /// The first [`ModelConfigError`] found.
+    pub fn validate(&self) -> Result<(), ModelConfigError> {
+        fn fail(field: &'static str, value: impl ToString, rule: &'static str) -> ModelConfigError {
+            ModelConfigError { field, value: value.to_string(), rule }
+        }
+        let positive = |value: f32| value.is_finite() && value > 0.0;
+        let non_negative = |value: f32| value.is_finite() && value >= 0.0;
+        if !(1..=1024).contains(&self.dim) {
+            return Err(fail("dim", self.dim, "must be in 1..=1024"));
+        }
+        if !positive(self.learning_rate) {
+            return Err(fail("learning_rate", self.learning_rate, "must be finite and > 0"));
+        }
+        if !non_negative(self.regularization) {
+            return Err(fail("regularization", self.regularization, "must be finite and >= 0"));
+        }
+        if !non_negative(self.bias_regularization) {
+            return Err(fail(
+                "bias_regularization",
+                self.bias_regularization,
+                "must be finite and >= 0",
+            ));
+        }
+        if !(1..=64).contains(&self.negatives) {
+            return Err(fail("negatives", self.negatives, "must be in 1..=64"));
+        }
+        if !(0.0..=1.0).contains(&self.uniform_negative_share) {
+            return Err(fail(
+                "uniform_negative_share",
+                self.uniform_negative_share,
+                "must be in [0, 1]",
+            ));
+        }
+        if self.negative_pool_size == 0 {
+            return Err(fail("negative_pool_size", 0, "must be >= 1"));
+        }
+        for (field, value) in [
+            ("init_scale", self.init_scale),
+            ("max_norm", self.max_norm),
+            ("max_bias", self.max_bias),
+            ("max_event_weight", self.max_event_weight),
+        ] {
+            if !positive(value) {
+                return Err(fail(field, value, "must be finite and > 0"));
+            }
+        }
+        if self.popularity_half_life_ms <= 0 {
+            return Err(fail(
+                "popularity_half_life_ms",
+                self.popularity_half_life_ms,
+                "must be > 0",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,280 @@
+//! The online embedding model: implicit matrix factorisation learned by SGD on a pairwise
+//! (BPR) loss, one event at a time.
+//!
+//! Score(u, i) = p_u . q_i + b_i, with user vectors p_u and item vectors q_i of dimension
+//! `dim` (not normalised; L2 norm at most `max_norm`) and item biases b_i in
+//! `[-max_bias, max_bias]`.
+//!
+//! For each event (u, i, weight) and each of `negatives` sampled items j != i, one SGD step on
+//! the BPR loss -ln sigma(x_uij), x_uij = s(u, i) - s(u, j) (Rendle et al. 2009, "BPR: Bayesian
+//! Personalized Ranking from Implicit Feedback"), scaled by the confidence log2(1 + w) of the
+//! event weight w (log-scaled confidence as in Hu, Koren and Volinsky 2008, "Collaborative
+//! Filtering for Implicit Feedback Datasets"). Negatives come partly uniformly from all known
+//! items and partly from a pool of recent interactions, i.e. in proportion to recent popularity.
+//!
+//! Determinism: initial vectors are seeded from (seed, id), negatives from (seed, event_id), and
+//! nothing reads a clock, so the same events in the same order give bit-identical state; see
+//! [`Model::digest`].
+
+mod config;
+mod digest;
+mod table;
+mod vector;
+
+use rand_core::{RngCore, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+pub use config::{ModelConfig, ModelConfigError};
+pub use vector::{dot, log_add_exp, sigmoid};
+
+use table::Table;
+
+/// Dense row of a user in the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserRow(pub u32);
+
+/// Dense row of an item in the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ItemRow(pub u32);
+
+/// The learned state: user and item vectors, item biases, counts and decayed popularity.
+#[derive(Debug, Clone)]
+pub struct Model {
+    config: ModelConfig,
+    users: Table,
+    items: Table,
+    item_bias: Vec<f32>,
+    /// ln of the decayed popularity sum, with weights scaled by exp(lambda * ts); see
+    /// [`Model::popularity_log`].
+    item_popularity_log: Vec<f64>,
+    negative_pool: Vec<u32>,
+    negative_pool_next: usize,
+    events_applied: u64,
+    scratch_user: Vec<f32>,
+    scratch_item: Vec<f32>,
+}
+
+impl Model {
+    /// An empty model.
+    ///
+    /// # Errors
+    /// [`ModelConfigError`] when a hyperparameter is out of range.
+    pub fn new(config: ModelConfig) -> Result<Self, ModelConfigError> {
+        config.validate()?;
+        let dim = config.dim;
+        Ok(Self {
+            users: Table::new(dim),
+            items: Table::new(dim),
+            item_bias: Vec::new(),
+            item_popularity_log: Vec::new(),
+            negative_pool: Vec::with_capacity(config.negative_pool_size),
+            negative_pool_next: 0,
+            events_applied: 0,
+            scratch_user: vec![0.0; dim],
+            scratch_item: vec![0.0; dim],
+            config,
+        })
+    }
+
+    /// The hyperparameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Embedding dimension.
+    pub fn dim(&self) -> usize {
+        self.config.dim
+    }
+
+    /// Number of users seen.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Number of items seen.
+    pub fn item_count(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Events applied so far.
+    pub fn events_applied(&self) -> u64 {
+        self.events_applied
+    }
+
+    /// Row of a known user.
+    pub fn user_row(&self, user_id: &str) -> Option<UserRow> {
+        self.users.row(user_id).map(UserRow)
+    }
+
+    /// Row of a known item.
+    pub fn item_row(&self, item_id: &str) -> Option<ItemRow> {
+        self.items.row(item_id).map(ItemRow)
+    }
+
+    /// Id of an item row.
+    pub fn item_id(&self, row: ItemRow) -> &str {
+        &self.items.ids[row.0 as usize]
+    }
+
+    /// User vector p_u (length `dim`).
+    pub fn user_vector(&self, row: UserRow) -> &[f32] {
+        self.users.vector(row.0)
+    }
+
+    /// Item vector q_i (length `dim`).
+    pub fn item_vector(&self, row: ItemRow) -> &[f32] {
+        self.items.vector(row.0)
+    }
+
+    /// All item vectors, row-major, `item_count() x dim`.
+    pub fn item_matrix(&self) -> &[f32] {
+        &self.items.vectors
+    }
+
+    /// Item bias b_i.
+    pub fn item_bias(&self, row: ItemRow) -> f32 {
+        self.item_bias[row.0 as usize]
+    }
+
+    /// Events applied to an item.
+    pub fn item_events(&self, row: ItemRow) -> u64 {
+        self.items.events[row.0 as usize]
+    }
+
+    /// Events applied to a user.
+    pub fn user_events(&self, row: UserRow) -> u64 {
+        self.users.events[row.0 as usize]
+    }
+
+    /// Score(u, i) = p_u . q_i + b_i.
+    pub fn score(&self, user: UserRow, item: ItemRow) -> f32 {
+        dot(self.user_vector(user), self.item_vector(item)) + self.item_bias(item)
+    }
+
+    /// ln of the item's decayed popularity plus lambda * t0 (lambda = ln 2 / half-life).
+    /// Comparable across items at any one time: a larger value is more popular now. The
+    /// decayed popularity at time t is `exp(popularity_log - lambda * t)`.
+    pub fn popularity_log(&self, row: ItemRow) -> f64 {
+        self.item_popularity_log[row.0 as usize]
+    }
+
+    /// Applies one event with effective weight `weight` (type weight x event weight).
+    /// Non-finite or non-positive weights are ignored except for counts.
+    pub fn apply(&mut self, event_id: &str, user_id: &str, item_id: &str, ts: i64, weight: f32) {
+        let seed = self.config.seed;
+        let scale = self.config.init_scale;
+        let (user, _) = self.users.row_or_insert(user_id, seed, scale);
+        let (item, created) = self.items.row_or_insert(item_id, seed.rotate_left(1), scale);
+        if created {
+            self.item_bias.push(0.0);
+            self.item_popularity_log.push(f64::NEG_INFINITY);
+        }
+        let weight = if weight.is_finite() && weight > 0.0 {
+            weight.min(self.config.max_event_weight)
+        } else {
+            0.0
+        };
+        self.bump_popularity(item, ts, weight);
+        if weight > 0.0 && self.items.len() > 1 {
+            let confidence = (1.0 + weight).log2();
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(xxh3_64_with_seed(
+                event_id.as_bytes(),
+                seed.rotate_left(2),
+            ));
+            for _ in 0..self.config.negatives {
+                if let Some(negative) = self.sample_negative(&mut rng, item) {
+                    self.bpr_step(user, item, negative, confidence);
+                }
+            }
+        }
+        self.remember_positive(item);
+        for (table, row) in [(&mut self.users, user), (&mut self.items, item)] {
+            table.events[row as usize] += 1;
+            table.last_ts[row as usize] = table.last_ts[row as usize].max(ts);
+        }
+        self.events_applied += 1;
+    }
+
+    fn bump_popularity(&mut self, item: u32, ts: i64, weight: f32) {
+        if weight <= 0.0 {
+            return;
+        }
+        let lambda = std::f64::consts::LN_2 / self.config.popularity_half_life_ms as f64;
+        let term = f64::from(weight).ln() + lambda * ts as f64;
+        let slot = &mut self.item_popularity_log[item as usize];
+        *slot = log_add_exp(*slot, term);
+    }
+
+    fn sample_negative(&self, rng: &mut Xoshiro256PlusPlus, positive: u32) -> Option<u32> {
+        const ATTEMPTS: usize = 4;
+        let items = self.items.len() as u64;
+        for _ in 0..ATTEMPTS {
+            let uniform_draw = table::symmetric_unit(rng) * 0.5 + 0.5;
+            let candidate = if self.negative_pool.is_empty()
+                || uniform_draw < self.config.uniform_negative_share
+            {
+                (rng.next_u64() % items) as u32
+            } else {
+                self.negative_pool[(rng.next_u64() % self.negative_pool.len() as u64) as usize]
+            };
+            if candidate != positive {
+                return Some(candidate);
+            }
+        }
+        None
+    }
+
+    fn remember_positive(&mut self, item: u32) {
+        if self.negative_pool.len() < self.config.negative_pool_size {
+            self.negative_pool.push(item);
+        } else {
+            self.negative_pool[self.negative_pool_next] = item;
+        }
+        self.negative_pool_next = (self.negative_pool_next + 1) % self.config.negative_pool_size;
+    }
+
+    /// One SGD step on -ln sigma(x_uij), all updates computed from the pre-step values.
+    fn bpr_step(&mut self, user: u32, positive: u32, negative: u32, confidence: f32) {
+        let lr = self.config.learning_rate;
+        let reg = self.config.regularization;
+        let bias_reg = self.config.bias_regularization;
+        let (max_norm, max_bias) = (self.config.max_norm, self.config.max_bias);
+
+        self.scratch_user.copy_from_slice(self.users.vector(user));
+        let (pos_bias, neg_bias) =
+            (self.item_bias[positive as usize], self.item_bias[negative as usize]);
+        let x = dot(&self.scratch_user, self.items.vector(positive))
+            - dot(&self.scratch_user, self.items.vector(negative))
+            + pos_bias
+            - neg_bias;
+        let gradient = sigmoid(-x) * confidence;
+
+        // d x / d p_u = q_i - q_j, taken before the item vectors move.
+        self.scratch_item.copy_from_slice(self.items.vector(positive));
+        let negative_vector = self.items.vector(negative);
+        for (diff, q_j) in self.scratch_item.iter_mut().zip(negative_vector) {
+            *diff -= q_j;
+        }
+        let user_vector = self.users.vector_mut(user);
+        for (p, diff) in user_vector.iter_mut().zip(&self.scratch_item) {
+            *p += lr * (gradient * diff - reg * *p);
+        }
+        vector::clip_norm(user_vector, max_norm);
+
+        for (row, sign) in [(positive, 1.0f32), (negative, -1.0f32)] {
+            let item_vector = self.items.vector_mut(row);
+            for (q, p) in item_vector.iter_mut().zip(&self.scratch_user) {
+                *q += lr * (sign * gradient * p - reg * *q);
+            }
+            vector::clip_norm(item_vector, max_norm);
+            let bias = &mut self.item_bias[row as usize];
+            let updated = *bias + lr * (sign * gradient - bias_reg * *bias);
+            *bias = if updated.is_finite() { updated.clamp(-max_bias, max_bias) } else { 0.0 };
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "model_tests.rs"]
+mod tests;

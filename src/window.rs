@@ -1,0 +1,265 @@
+//! Event-time tumbling windows with per-partition watermarks.
+//!
+//! Pure code: no clock is read, processing time (`now_ms`) is passed in by the caller.
+//!
+//! - A window covers `[start, start + window_ms)` of event time, `start` a multiple of
+//!   `window_ms`.
+//! - Each partition's watermark is the highest event time it has delivered minus
+//!   `out_of_orderness_ms` (the bounded-out-of-orderness strategy of Flink's
+//!   `WatermarkStrategy.forBoundedOutOfOrderness`).
+//! - The combined watermark is the minimum over active partitions; a window closes once the
+//!   combined watermark reaches its end. A partition that has delivered nothing for
+//!   `idle_timeout_ms` of processing time stops holding the watermark back (Flink's
+//!   `withIdleness`), and once every partition is idle all open windows close.
+//! - An event whose window has already closed is late: it is applied in the next window to
+//!   close and counted, never dropped.
+//! - An event more than `max_future_ms` ahead of its record's own timestamp (the Kafka record
+//!   timestamp) is refused, so that one bad clock cannot drag the watermark forward.
+//!
+//! Within a closed window, events are ordered by (event time, partition, offset): a total order
+//! that does not depend on arrival interleaving, which is what makes the fold deterministic.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::EventTime;
+
+/// Window settings. All durations are milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// Tumbling window length (default 1000 ms; at least 1).
+    pub window_ms: i64,
+    /// Out-of-orderness bound subtracted from the highest event time (default 1000 ms; >= 0).
+    pub out_of_orderness_ms: i64,
+    /// Processing time without events after which a partition counts as idle (default
+    /// 5000 ms; at least 1).
+    pub idle_timeout_ms: i64,
+    /// How far an event may be ahead of its record timestamp (default 60000 ms; >= 0).
+    pub max_future_ms: i64,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self {
+            window_ms: 1000,
+            out_of_orderness_ms: 1000,
+            idle_timeout_ms: 5000,
+            max_future_ms: 60_000,
+        }
+    }
+}
+
+/// Where a record came from: Kafka partition and offset (or a file's line number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// Kafka partition (0 for a file).
+    pub partition: i32,
+    /// Kafka offset of the record (line index for a file).
+    pub offset: i64,
+}
+
+/// An event waiting in a window, with its ordering key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Windowed<T> {
+    /// Event time.
+    pub ts: EventTime,
+    /// Source position.
+    pub position: Position,
+    /// The payload.
+    pub value: T,
+    /// Whether it arrived after its own window had closed.
+    pub late: bool,
+}
+
+/// A closed window: its bounds and its events in application order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosedWindow<T> {
+    /// Inclusive start, ms.
+    pub start: i64,
+    /// Exclusive end, ms.
+    pub end: i64,
+    /// Events sorted by (event time, partition, offset), late arrivals included.
+    pub events: Vec<Windowed<T>>,
+}
+
+/// How an event was admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Its window is still open.
+    OnTime,
+    /// Its window had closed; it will be applied with the next window to close.
+    Late,
+}
+
+/// Why an event was refused by the windowing stage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    /// Event time too far ahead of the record timestamp.
+    #[error("event time {ts} ms is {ahead_ms} ms ahead of the record timestamp {record_ts} ms (limit {max_future_ms} ms)")]
+    TooFarInFuture { ts: i64, record_ts: i64, ahead_ms: i64, max_future_ms: i64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionClock {
+    max_ts: i64,
+    last_event_at_ms: i64,
+}
+
+/// Tumbling windows over several partitions.
+#[derive(Debug)]
+pub struct Windows<T> {
+    config: WindowConfig,
+    partitions: BTreeMap<i32, PartitionClock>,
+    open: BTreeMap<i64, Vec<Windowed<T>>>,
+    late: Vec<Windowed<T>>,
+    closed_until: i64,
+    buffered: usize,
+}
+
+impl<T> Windows<T> {
+    /// Empty windows with the given settings.
+    pub fn new(config: WindowConfig) -> Self {
+        Self {
+            config,
+            partitions: BTreeMap::new(),
+            open: BTreeMap::new(),
+            late: Vec::new(),
+            closed_until: i64::MIN,
+            buffered: 0,
+        }
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &WindowConfig {
+        &self.config
+    }
+
+    /// Events buffered and not yet emitted.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// Start of the window that holds `ts`.
+    pub fn window_start(&self, ts: EventTime) -> i64 {
+        ts.0 - ts.0.rem_euclid(self.config.window_ms)
+    }
+
+    /// Admits one event at processing time `now_ms`.
+    ///
+    /// # Errors
+    /// [`WindowError::TooFarInFuture`] when `ts` is more than `max_future_ms` ahead of
+    /// `record_ts`; the event is not buffered and the watermark does not move.
+    pub fn admit(
+        &mut self,
+        position: Position,
+        ts: EventTime,
+        record_ts: Option<EventTime>,
+        now_ms: i64,
+        value: T,
+    ) -> Result<Admission, WindowError> {
+        if let Some(record_ts) = record_ts {
+            let ahead_ms = ts.0.saturating_sub(record_ts.0);
+            if ahead_ms > self.config.max_future_ms {
+                return Err(WindowError::TooFarInFuture {
+                    ts: ts.0,
+                    record_ts: record_ts.0,
+                    ahead_ms,
+                    max_future_ms: self.config.max_future_ms,
+                });
+            }
+        }
+        let clock = self
+            .partitions
+            .entry(position.partition)
+            .or_insert(PartitionClock { max_ts: ts.0, last_event_at_ms: now_ms });
+        clock.max_ts = clock.max_ts.max(ts.0);
+        clock.last_event_at_ms = clock.last_event_at_ms.max(now_ms);
+
+        let start = self.window_start(ts);
+        let late = start.saturating_add(self.config.window_ms) <= self.closed_until;
+        let windowed = Windowed { ts, position, value, late };
+        self.buffered += 1;
+        if late {
+            self.late.push(windowed);
+            return Ok(Admission::Late);
+        }
+        self.open.entry(start).or_default().push(windowed);
+        Ok(Admission::OnTime)
+    }
+
+    /// The watermark of one partition, if it has delivered anything.
+    pub fn partition_watermark(&self, partition: i32) -> Option<i64> {
+        self.partitions
+            .get(&partition)
+            .map(|clock| clock.max_ts.saturating_sub(self.config.out_of_orderness_ms))
+    }
+
+    /// The combined watermark at `now_ms`: the minimum over partitions that are not idle.
+    /// `None` before any event, and when every partition is idle.
+    pub fn watermark(&self, now_ms: i64) -> Option<i64> {
+        self.partitions
+            .iter()
+            .filter(|(_, clock)| !self.is_idle(clock, now_ms))
+            .map(|(_, clock)| clock.max_ts.saturating_sub(self.config.out_of_orderness_ms))
+            .min()
+    }
+
+    fn is_idle(&self, clock: &PartitionClock, now_ms: i64) -> bool {
+        now_ms.saturating_sub(clock.last_event_at_ms) >= self.config.idle_timeout_ms
+    }
+
+    /// Closes every window the watermark (or idleness) allows at `now_ms`, oldest first.
+    pub fn poll_closed(&mut self, now_ms: i64) -> Vec<ClosedWindow<T>> {
+        if self.partitions.is_empty() {
+            return Vec::new();
+        }
+        match self.watermark(now_ms) {
+            Some(watermark) => self.close_through(watermark),
+            None => self.close_through(i64::MAX),
+        }
+    }
+
+    /// Closes every open window (end of input, or a partition revoke that must flush).
+    pub fn drain(&mut self) -> Vec<ClosedWindow<T>> {
+        self.close_through(i64::MAX)
+    }
+
+    /// Forgets a partition's clock (after a revoke), so it no longer holds the watermark back.
+    pub fn remove_partition(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
+    fn close_through(&mut self, watermark: i64) -> Vec<ClosedWindow<T>> {
+        let window_ms = self.config.window_ms;
+        let mut closed = Vec::new();
+        while let Some(entry) = self.open.first_entry() {
+            let start = *entry.key();
+            let end = start.saturating_add(window_ms);
+            if end > watermark {
+                break;
+            }
+            let mut events = entry.remove();
+            events.append(&mut self.late);
+            closed.push(self.finish(start, end, events));
+        }
+        if !self.late.is_empty() && watermark == i64::MAX {
+            let events = std::mem::take(&mut self.late);
+            let start = self.closed_until.max(events.iter().map(|e| e.ts.0).min().unwrap_or(0));
+            closed.push(self.finish(start, start.saturating_add(window_ms), events));
+        }
+        closed
+    }
+
+    fn finish(&mut self, start: i64, end: i64, mut events: Vec<Windowed<T>>) -> ClosedWindow<T> {
+        events.sort_by_key(|windowed| (windowed.ts, windowed.position));
+        self.buffered -= events.len();
+        self.closed_until = self.closed_until.max(end);
+        ClosedWindow { start, end, events }
+    }
+}
+
+#[cfg(test)]
+#[path = "window_tests.rs"]
+mod tests;
