@@ -1,1 +1,169 @@
+use super::*;
 
+const BASE: i64 = 1_000_000_000_000;
+
+fn cfg() -> WindowConfig {
+    WindowConfig {
+        window_ms: 1000,
+        out_of_orderness_ms: 1000,
+        idle_timeout_ms: 5000,
+        max_future_ms: 60_000,
+    }
+}
+
+fn at(partition: i32, offset: i64) -> Position {
+    Position { partition, offset }
+}
+
+fn admit(
+    windows: &mut Windows<&'static str>,
+    p: i32,
+    o: i64,
+    ts: i64,
+    now: i64,
+    v: &'static str,
+) -> Admission {
+    windows.admit(at(p, o), EventTime(BASE + ts), None, now, v).unwrap()
+}
+
+fn values(window: &ClosedWindow<&'static str>) -> Vec<&'static str> {
+    window.events.iter().map(|e| e.value).collect()
+}
+
+#[test]
+fn in_order_events_close_when_watermark_passes_window_end() {
+    let mut windows = Windows::new(cfg());
+    admit(&mut windows, 0, 0, 100, 0, "a");
+    admit(&mut windows, 0, 1, 900, 0, "b");
+    admit(&mut windows, 0, 2, 1500, 0, "c");
+    // watermark = 1500 - 1000 = 500 < 1000: nothing closes yet
+    assert!(windows.poll_closed(0).is_empty());
+    admit(&mut windows, 0, 3, 2000, 0, "d");
+    // watermark = 1000 = end of [0, 1000)
+    let closed = windows.poll_closed(0);
+    assert_eq!(closed.len(), 1);
+    assert_eq!((closed[0].start, closed[0].end), (BASE, BASE + 1000));
+    assert_eq!(values(&closed[0]), ["a", "b"]);
+    assert_eq!(windows.buffered(), 2);
+    assert_eq!(windows.watermark(0), Some(BASE + 1000));
+}
+
+#[test]
+fn out_of_order_within_bound_is_on_time_and_sorted_by_event_time() {
+    let mut windows = Windows::new(cfg());
+    assert_eq!(admit(&mut windows, 0, 0, 1700, 0, "late-in-time"), Admission::OnTime);
+    assert_eq!(admit(&mut windows, 0, 1, 1200, 0, "earlier"), Admission::OnTime);
+    assert_eq!(admit(&mut windows, 0, 2, 3000, 0, "next"), Admission::OnTime);
+    let closed = windows.poll_closed(0);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(values(&closed[0]), ["earlier", "late-in-time"]);
+    assert!(closed[0].events.iter().all(|e| !e.late));
+}
+
+#[test]
+fn late_event_is_applied_in_next_closing_window_and_flagged() {
+    let mut windows = Windows::new(cfg());
+    admit(&mut windows, 0, 0, 500, 0, "a");
+    admit(&mut windows, 0, 1, 2100, 0, "b");
+    assert_eq!(windows.poll_closed(0).len(), 1); // [0, 1000) closed
+    assert_eq!(admit(&mut windows, 0, 2, 400, 0, "late"), Admission::Late);
+    assert!(windows.poll_closed(0).is_empty(), "late events wait for the next window to close");
+    admit(&mut windows, 0, 3, 4000, 0, "c");
+    let closed = windows.poll_closed(0);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].start, BASE + 2000);
+    assert_eq!(values(&closed[0]), ["late", "b"]);
+    assert!(closed[0].events[0].late && !closed[0].events[1].late);
+}
+
+#[test]
+fn far_future_event_is_refused_and_does_not_move_the_watermark() {
+    let mut windows: Windows<&str> = Windows::new(cfg());
+    let record_ts = Some(EventTime(BASE));
+    windows.admit(at(0, 0), EventTime(BASE), record_ts, 0, "ok").unwrap();
+    let error = windows.admit(at(0, 1), EventTime(BASE + 60_001), record_ts, 0, "bad").unwrap_err();
+    assert_eq!(
+        error,
+        WindowError::TooFarInFuture {
+            ts: BASE + 60_001,
+            record_ts: BASE,
+            ahead_ms: 60_001,
+            max_future_ms: 60_000
+        }
+    );
+    assert_eq!(windows.partition_watermark(0), Some(BASE - 1000));
+    // exactly at the bound is accepted
+    assert!(windows.admit(at(0, 2), EventTime(BASE + 60_000), record_ts, 0, "edge").is_ok());
+}
+
+#[test]
+fn idle_timeout_closes_open_windows_when_the_stream_pauses() {
+    let mut windows = Windows::new(cfg());
+    admit(&mut windows, 0, 0, 100, 1_000, "a");
+    admit(&mut windows, 0, 1, 1100, 1_000, "b");
+    assert!(windows.poll_closed(5_999).is_empty(), "not idle yet");
+    let closed = windows.poll_closed(6_000);
+    assert_eq!(closed.len(), 2);
+    assert_eq!(windows.buffered(), 0);
+    // an event for a window closed by idleness is late, not lost
+    assert_eq!(admit(&mut windows, 0, 2, 1200, 6_001, "straggler"), Admission::Late);
+    let closed = windows.poll_closed(11_001);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(values(&closed[0]), ["straggler"]);
+}
+
+#[test]
+fn slowest_active_partition_holds_the_watermark_until_it_idles() {
+    let mut windows = Windows::new(cfg());
+    admit(&mut windows, 0, 0, 500, 0, "p0-a");
+    admit(&mut windows, 1, 0, 600, 0, "p1-a");
+    admit(&mut windows, 0, 1, 10_000, 0, "p0-far");
+    // p1's watermark (600 - 1000) holds everything back
+    assert_eq!(windows.watermark(0), Some(BASE - 400));
+    assert!(windows.poll_closed(0).is_empty());
+    admit(&mut windows, 1, 1, 2_500, 0, "p1-b");
+    let closed = windows.poll_closed(0);
+    assert_eq!(closed.len(), 1, "only [0, 1000) is behind min(9000, 1500)");
+    assert_eq!(values(&closed[0]), ["p0-a", "p1-a"]);
+    // p0 keeps delivering, p1 goes quiet: once p1 is idle the watermark follows p0 alone
+    admit(&mut windows, 0, 2, 12_000, 6_000, "p0-b");
+    let closed = windows.poll_closed(6_000);
+    let starts: Vec<i64> = closed.iter().map(|w| w.start - BASE).collect();
+    assert_eq!(starts, [2_000, 10_000]);
+}
+
+#[test]
+fn window_order_is_event_time_then_partition_then_offset() {
+    let mut windows = Windows::new(cfg());
+    admit(&mut windows, 1, 7, 100, 0, "p1-o7");
+    admit(&mut windows, 0, 9, 100, 0, "p0-o9");
+    admit(&mut windows, 0, 3, 100, 0, "p0-o3");
+    admit(&mut windows, 1, 2, 50, 0, "p1-o2-earlier");
+    let closed = windows.drain();
+    assert_eq!(values(&closed[0]), ["p1-o2-earlier", "p0-o3", "p0-o9", "p1-o7"]);
+}
+
+#[test]
+fn removed_partition_stops_holding_the_watermark() {
+    let mut windows = Windows::new(cfg());
+    admit(&mut windows, 0, 0, 5_000, 0, "p0");
+    admit(&mut windows, 1, 0, 100, 0, "p1");
+    assert_eq!(windows.watermark(0), Some(BASE - 900));
+    windows.remove_partition(1);
+    assert_eq!(windows.watermark(0), Some(BASE + 4_000));
+    assert_eq!(windows.poll_closed(0).len(), 1);
+}
+
+#[test]
+fn drain_emits_everything_including_late_only_leftovers() {
+    let mut windows = Windows::new(cfg());
+    admit(&mut windows, 0, 0, 100, 0, "a");
+    admit(&mut windows, 0, 1, 2_500, 0, "b");
+    windows.poll_closed(0);
+    admit(&mut windows, 0, 2, 200, 0, "late");
+    let drained = windows.drain();
+    let all: Vec<&str> = drained.iter().flat_map(values).collect();
+    assert_eq!(all, ["late", "b"]);
+    assert_eq!(windows.buffered(), 0);
+    assert!(windows.drain().is_empty());
+}
