@@ -42,10 +42,20 @@ sha_of() { sha256sum "$1" | cut -d' ' -f1; }
 for v in redis_port kafka_port partitions timeout_s; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
+((redis_port < 65536 && kafka_port < 65536)) || die "ports must be below 65536"
 [[ "$redis_port" != "$kafka_port" ]] || die "Redis and Kafka ports must differ ($redis_port)"
 
+# Topics as NAME:PARTITIONS, checked before anything starts.
+topics=("events:$partitions" "events-dlq:1")
+for arg in "$@"; do
+  [[ "$arg" == *:* ]] || arg="$arg:$partitions"
+  [[ "$arg" =~ ^[A-Za-z0-9._-]+:[1-9][0-9]*$ ]] || die "bad topic '$arg' (want NAME or NAME:PARTITIONS)"
+  topics+=("$arg")
+done
+
 mkdir -p "$dev" "$redis_dir"
-# One dev-up at a time (a second waits for the first, then finds everything running).
+# One dev-up at a time (a second waits for the first, then finds everything running). The
+# daemons are started with fd 9 closed, or they would hold the lock for their whole life.
 if command -v flock >/dev/null; then
   exec 9>"$dev/.lock"
   flock 9
@@ -116,7 +126,7 @@ else
   log "starting redis-server on 127.0.0.1:$redis_port"
   redis-server --bind 127.0.0.1 --port "$redis_port" --daemonize yes \
     --dir "$redis_dir" --pidfile "$redis_pidfile" --logfile "$redis_dir/redis.log" \
-    --save "" --appendonly no >&2 \
+    --save "" --appendonly no >&2 9>&- \
     || die "redis-server failed to start; see $redis_dir/redis.log"
 fi
 
@@ -137,7 +147,7 @@ else
       --listener-url "$broker_url" \
       --advertised-listener-url "$broker_url" \
       --storage-engine memory://tansu/ \
-    </dev/null >>"$tansu_log" 2>&1 &
+    </dev/null >"$tansu_log" 2>&1 9>&- &
   tansu_launched_at=$SECONDS
 fi
 
@@ -185,11 +195,11 @@ ensure_topic() {
   have=$(topic_partitions "$name")
   if [[ -n "$have" ]]; then
     [[ "$have" == "$want" ]] || log "warning: topic $name exists with $have partitions, not $want (dev-down.sh && dev-up.sh to recreate)"
-    log "topic $name exists ($have partitions)"
+    log "topic $name exists (partitions: $have)"
     return
   fi
   if out=$("$tansu" topic create --broker "$broker_url" --partitions "$want" "$name" 2>&1); then
-    log "created topic $name ($want partitions)"
+    log "created topic $name (partitions: $want)"
   elif [[ "$out" == *"already exists"* ]]; then
     log "topic $name exists"
   else
@@ -198,15 +208,8 @@ ensure_topic() {
   fi
 }
 
-topics=("events:$partitions" "events-dlq:1")
-for arg in "$@"; do
-  [[ "$arg" == *:* ]] && topics+=("$arg") || topics+=("$arg:$partitions")
-done
 for spec in "${topics[@]}"; do
-  name=${spec%%:*} n=${spec##*:}
-  [[ "$name" =~ ^[A-Za-z0-9._-]+$ ]] || die "bad topic name '$name'"
-  [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "bad partition count in '$spec'"
-  ensure_topic "$name" "$n"
+  ensure_topic "${spec%%:*}" "${spec##*:}"
 done
 
 # --- 5. addresses ---------------------------------------------------------------------------

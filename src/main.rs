@@ -49,7 +49,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Split::Test)]
         split: Split,
         /// Passes over the batch-training 20%.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 5)]
         batch_epochs: usize,
         /// Write the moving-average recall chart (SVG) here.
         #[arg(long, default_value = "eval-recall.svg")]

@@ -1,6 +1,8 @@
 //! The event contract: the decoder and `schemas/event.schema.json` agree on one corpus of valid
 //! and invalid events, and every invalid event gets its expected reason and field.
 
+#![allow(clippy::unwrap_used)]
+
 use embedstream::event::{decode, DecodeLimits, EventTypes, RejectReason};
 use serde::Deserialize;
 

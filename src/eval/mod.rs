@@ -46,7 +46,7 @@ pub struct EvalConfig {
     pub split: Split,
     /// Cut-off of recall and NDCG (default 10).
     pub top_k: usize,
-    /// Passes over the batch-training 20% (default 1).
+    /// Passes over the batch-training 20% (default 5).
     pub batch_epochs: usize,
     /// Weight each learning event carries (5-star ratings map to `like`, default weight 4).
     pub event_weight: f32,

@@ -160,6 +160,8 @@ impl<'de> Deserialize<'de> for Scalar<'de> {
 }
 
 /// The top-level JSON value: the fields of an object, or the kind of anything else.
+// Lives on the stack for one decode; boxing the large variant would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
 enum TopLevel<'de> {
     Object(RawEvent<'de>),
     Other(&'static str),

@@ -9,16 +9,16 @@ pub struct ModelConfig {
     /// Seed of every random draw: initial vectors are seeded from (seed, id), negative samples
     /// from (seed, event_id).
     pub seed: u64,
-    /// SGD step size (default 0.05; > 0).
+    /// SGD step size (default 0.01; > 0).
     pub learning_rate: f32,
-    /// L2 regularisation of user and item vectors (default 0.01; >= 0).
+    /// L2 regularisation of user and item vectors (default 0.1; >= 0).
     pub regularization: f32,
-    /// L2 regularisation of item biases (default 0.01; >= 0).
+    /// L2 regularisation of item biases (default 0.1; >= 0).
     pub bias_regularization: f32,
-    /// Sampled negatives per event (default 4; 1..=64).
+    /// Sampled negatives per event (default 16; 1..=64).
     pub negatives: usize,
     /// Share of negatives drawn uniformly from all known items; the rest come from the
-    /// recent-interaction pool, i.e. in proportion to recent popularity (default 0.5; [0, 1]).
+    /// recent-interaction pool, i.e. in proportion to recent popularity (default 1.0; [0, 1]).
     pub uniform_negative_share: f32,
     /// Recent item interactions kept for popularity-proportional negative sampling
     /// (default 4096; >= 1).
@@ -42,11 +42,11 @@ impl Default for ModelConfig {
         Self {
             dim: 64,
             seed: 42,
-            learning_rate: 0.05,
-            regularization: 0.01,
-            bias_regularization: 0.01,
-            negatives: 4,
-            uniform_negative_share: 0.5,
+            learning_rate: 0.01,
+            regularization: 0.1,
+            bias_regularization: 0.1,
+            negatives: 16,
+            uniform_negative_share: 1.0,
             negative_pool_size: 4096,
             init_scale: 0.1,
             max_norm: 4.0,

@@ -53,6 +53,7 @@ pub struct Model {
     events_applied: u64,
     scratch_user: Vec<f32>,
     scratch_item: Vec<f32>,
+    negatives: Vec<u32>,
 }
 
 impl Model {
@@ -73,6 +74,7 @@ impl Model {
             events_applied: 0,
             scratch_user: vec![0.0; dim],
             scratch_item: vec![0.0; dim],
+            negatives: Vec::new(),
             config,
         })
     }
@@ -182,11 +184,13 @@ impl Model {
                 event_id.as_bytes(),
                 seed.rotate_left(2),
             ));
+            self.negatives.clear();
             for _ in 0..self.config.negatives {
                 if let Some(negative) = self.sample_negative(&mut rng, item) {
-                    self.bpr_step(user, item, negative, confidence);
+                    self.negatives.push(negative);
                 }
             }
+            self.bpr_step(user, item, confidence);
         }
         self.remember_positive(item);
         for (table, row) in [(&mut self.users, user), (&mut self.items, item)] {
@@ -234,44 +238,57 @@ impl Model {
         self.negative_pool_next = (self.negative_pool_next + 1) % self.config.negative_pool_size;
     }
 
-    /// One SGD step on -ln sigma(x_uij), all updates computed from the pre-step values.
-    fn bpr_step(&mut self, user: u32, positive: u32, negative: u32, confidence: f32) {
+    /// One SGD step on sum_j -ln sigma(x_uij) over the sampled negatives j, every gradient
+    /// taken at the pre-step values (a mini-batch of negatives sharing one user update).
+    fn bpr_step(&mut self, user: u32, positive: u32, confidence: f32) {
         let lr = self.config.learning_rate;
         let reg = self.config.regularization;
-        let bias_reg = self.config.bias_regularization;
-        let (max_norm, max_bias) = (self.config.max_norm, self.config.max_bias);
+        let max_norm = self.config.max_norm;
 
         self.scratch_user.copy_from_slice(self.users.vector(user));
-        let (pos_bias, neg_bias) =
-            (self.item_bias[positive as usize], self.item_bias[negative as usize]);
-        let x = dot(&self.scratch_user, self.items.vector(positive))
-            - dot(&self.scratch_user, self.items.vector(negative))
-            + pos_bias
-            - neg_bias;
-        let gradient = sigmoid(-x) * confidence;
-
-        // d x / d p_u = q_i - q_j, taken before the item vectors move.
-        self.scratch_item.copy_from_slice(self.items.vector(positive));
-        let negative_vector = self.items.vector(negative);
-        for (diff, q_j) in self.scratch_item.iter_mut().zip(negative_vector) {
-            *diff -= q_j;
+        let positive_score = dot(&self.scratch_user, self.items.vector(positive))
+            + self.item_bias[positive as usize];
+        // scratch_item accumulates d/d p_u = sum_j g_j (q_i - q_j).
+        self.scratch_item.fill(0.0);
+        let mut positive_gradient = 0.0f32;
+        for slot in 0..self.negatives.len() {
+            let negative = self.negatives[slot];
+            let negative_vector = self.items.vector(negative);
+            let x = positive_score
+                - dot(&self.scratch_user, negative_vector)
+                - self.item_bias[negative as usize];
+            let gradient = sigmoid(-x) * confidence;
+            positive_gradient += gradient;
+            for (accumulated, q_j) in self.scratch_item.iter_mut().zip(negative_vector) {
+                *accumulated -= gradient * q_j;
+            }
+            self.step_item(negative, -gradient);
         }
+        let positive_vector = self.items.vector(positive);
         let user_vector = self.users.vector_mut(user);
-        for (p, diff) in user_vector.iter_mut().zip(&self.scratch_item) {
-            *p += lr * (gradient * diff - reg * *p);
+        for ((p, accumulated), q_i) in
+            user_vector.iter_mut().zip(&self.scratch_item).zip(positive_vector)
+        {
+            *p += lr * (accumulated + positive_gradient * q_i - reg * *p);
         }
         vector::clip_norm(user_vector, max_norm);
+        self.step_item(positive, positive_gradient);
+    }
 
-        for (row, sign) in [(positive, 1.0f32), (negative, -1.0f32)] {
-            let item_vector = self.items.vector_mut(row);
-            for (q, p) in item_vector.iter_mut().zip(&self.scratch_user) {
-                *q += lr * (sign * gradient * p - reg * *q);
-            }
-            vector::clip_norm(item_vector, max_norm);
-            let bias = &mut self.item_bias[row as usize];
-            let updated = *bias + lr * (sign * gradient - bias_reg * *bias);
-            *bias = if updated.is_finite() { updated.clamp(-max_bias, max_bias) } else { 0.0 };
+    /// q += lr (g p_u - reg q), b += lr (g - bias_reg b), with p_u the pre-step user vector in
+    /// `scratch_user`; then the norm and bias bounds.
+    fn step_item(&mut self, row: u32, gradient: f32) {
+        let lr = self.config.learning_rate;
+        let reg = self.config.regularization;
+        let item_vector = self.items.vector_mut(row);
+        for (q, p) in item_vector.iter_mut().zip(&self.scratch_user) {
+            *q += lr * (gradient * p - reg * *q);
         }
+        vector::clip_norm(item_vector, self.config.max_norm);
+        let max_bias = self.config.max_bias;
+        let bias = &mut self.item_bias[row as usize];
+        let updated = *bias + lr * (gradient - self.config.bias_regularization * *bias);
+        *bias = if updated.is_finite() { updated.clamp(-max_bias, max_bias) } else { 0.0 };
     }
 }
 
