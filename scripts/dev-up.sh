@@ -62,12 +62,14 @@ if command -v flock >/dev/null; then
 fi
 
 # pid_alive PIDFILE COMM: true when PIDFILE names a live process whose command name is COMM.
+# A zombie (killed, not yet reaped by init) counts as dead.
 pid_alive() {
   local pid
   [[ -s "$1" ]] || return 1
   pid=$(<"$1")
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
+  [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != "Z" ]] || return 1
   [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$2" ]]
 }
 
