@@ -350,7 +350,8 @@ fn checked_id(
     if text.is_empty() {
         return Err(DecodeError::EmptyString { field });
     }
-    let chars = text.chars().count();
+    // Byte length bounds the character count: count characters only when it could matter.
+    let chars = if text.len() <= limits.max_id_chars { 0 } else { text.chars().count() };
     if chars > limits.max_id_chars {
         return Err(DecodeError::TooLong { field, actual: chars, max: limits.max_id_chars });
     }

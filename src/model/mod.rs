@@ -253,16 +253,12 @@ impl Model {
         let mut positive_gradient = 0.0f32;
         for slot in 0..self.negatives.len() {
             let negative = self.negatives[slot];
-            let negative_vector = self.items.vector(negative);
             let x = positive_score
-                - dot(&self.scratch_user, negative_vector)
+                - dot(&self.scratch_user, self.items.vector(negative))
                 - self.item_bias[negative as usize];
             let gradient = sigmoid(-x) * confidence;
             positive_gradient += gradient;
-            for (accumulated, q_j) in self.scratch_item.iter_mut().zip(negative_vector) {
-                *accumulated -= gradient * q_j;
-            }
-            self.step_item(negative, -gradient);
+            self.step_negative(negative, gradient);
         }
         let positive_vector = self.items.vector(positive);
         let user_vector = self.users.vector_mut(user);
@@ -275,6 +271,33 @@ impl Model {
         self.step_item(positive, positive_gradient);
     }
 
+    /// The negative item's update fused with the user-gradient accumulation (one pass over
+    /// q_j): scratch_item -= g q_j (old q_j), then q_j += lr (-g p_u - reg q_j).
+    fn step_negative(&mut self, row: u32, gradient: f32) {
+        let lr = self.config.learning_rate;
+        let reg = self.config.regularization;
+        let item_vector = self.items.vector_mut(row);
+        let norm_squared = vector::negative_step(
+            item_vector,
+            &self.scratch_user,
+            &mut self.scratch_item,
+            gradient,
+            lr,
+            reg,
+        );
+        if !(norm_squared <= self.config.max_norm * self.config.max_norm) {
+            vector::clip_norm(item_vector, self.config.max_norm);
+        }
+        self.step_bias(row, -gradient);
+    }
+
+    fn step_bias(&mut self, row: u32, gradient: f32) {
+        let (lr, max_bias) = (self.config.learning_rate, self.config.max_bias);
+        let bias = &mut self.item_bias[row as usize];
+        let updated = *bias + lr * (gradient - self.config.bias_regularization * *bias);
+        *bias = if updated.is_finite() { updated.clamp(-max_bias, max_bias) } else { 0.0 };
+    }
+
     /// q += lr (g p_u - reg q), b += lr (g - bias_reg b), with p_u the pre-step user vector in
     /// `scratch_user`; then the norm and bias bounds.
     fn step_item(&mut self, row: u32, gradient: f32) {
@@ -285,10 +308,7 @@ impl Model {
             *q += lr * (gradient * p - reg * *q);
         }
         vector::clip_norm(item_vector, self.config.max_norm);
-        let max_bias = self.config.max_bias;
-        let bias = &mut self.item_bias[row as usize];
-        let updated = *bias + lr * (gradient - self.config.bias_regularization * *bias);
-        *bias = if updated.is_finite() { updated.clamp(-max_bias, max_bias) } else { 0.0 };
+        self.step_bias(row, gradient);
     }
 }
 
