@@ -285,7 +285,7 @@ impl Model {
             lr,
             reg,
         );
-        if !(norm_squared <= self.config.max_norm * self.config.max_norm) {
+        if norm_squared.is_nan() || norm_squared > self.config.max_norm * self.config.max_norm {
             vector::clip_norm(item_vector, self.config.max_norm);
         }
         self.step_bias(row, -gradient);
