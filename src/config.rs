@@ -13,7 +13,11 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{DecodeLimits, EventTypes, EventTypesError};
+use crate::index::IndexConfig;
+use crate::ingest::{IngestConfig, KafkaConfig};
 use crate::model::{ModelConfig, ModelConfigError};
+use crate::serve::ServeConfig;
+use crate::store::StoreConfig;
 use crate::window::WindowConfig;
 
 /// Event types and their weights, keyed by wire name.
@@ -78,6 +82,16 @@ pub struct Config {
     pub model: ModelConfig,
     /// Fold pipeline.
     pub fold: FoldConfig,
+    /// Kafka brokers, topics, group and pass-through librdkafka properties.
+    pub kafka: KafkaConfig,
+    /// Ingest loop: flush cadence, user cache.
+    pub ingest: IngestConfig,
+    /// Redis URL and namespace.
+    pub store: StoreConfig,
+    /// ANN index.
+    pub index: IndexConfig,
+    /// HTTP API.
+    pub http: ServeConfig,
 }
 
 /// Why configuration could not be loaded.
@@ -95,6 +109,9 @@ pub enum ConfigError {
     /// A window duration out of range.
     #[error("configuration: window.{field} = {value} is invalid: {rule}")]
     Window { field: &'static str, value: i64, rule: &'static str },
+    /// Any other field out of range.
+    #[error("configuration: {field} = {value} is invalid: {rule}")]
+    Invalid { field: &'static str, value: String, rule: &'static str },
 }
 
 impl Config {
@@ -135,6 +152,42 @@ impl Config {
                 let rule = if minimum == 0 { "must be >= 0" } else { "must be >= 1" };
                 return Err(ConfigError::Window { field, value, rule });
             }
+        }
+        let invalid = |field: &'static str, value: &dyn std::fmt::Display, rule: &'static str| {
+            ConfigError::Invalid { field, value: value.to_string(), rule }
+        };
+        if self.kafka.topic.is_empty() || self.kafka.topic == self.kafka.dead_letter_topic {
+            return Err(invalid(
+                "kafka.topic",
+                &self.kafka.topic,
+                "must be non-empty and differ from kafka.dead_letter_topic",
+            ));
+        }
+        if self.store.namespace.is_empty() || self.store.namespace.contains(char::is_whitespace) {
+            return Err(invalid("store.namespace", &self.store.namespace, "must be non-empty without spaces"));
+        }
+        if self.ingest.flush_interval_ms == 0 {
+            return Err(invalid("ingest.flush_interval_ms", &0, "must be >= 1"));
+        }
+        if self.ingest.user_cache_capacity == 0 {
+            return Err(invalid("ingest.user_cache_capacity", &0, "must be >= 1"));
+        }
+        if self.index.oversampling == 0 || !(2..=255).contains(&self.index.max_connections) {
+            return Err(invalid(
+                "index.oversampling / index.max_connections",
+                &format!("{} / {}", self.index.oversampling, self.index.max_connections),
+                "oversampling >= 1, max_connections in 2..=255",
+            ));
+        }
+        if self.http.max_k == 0 {
+            return Err(invalid("http.max_k", &0, "must be >= 1"));
+        }
+        if self.window.idle_timeout_ms as u64 <= self.ingest.poll_timeout_ms {
+            return Err(invalid(
+                "window.idle_timeout_ms",
+                &self.window.idle_timeout_ms,
+                "must exceed ingest.poll_timeout_ms, or every poll would idle-close the windows",
+            ));
         }
         Ok(())
     }

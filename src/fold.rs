@@ -5,12 +5,13 @@
 //! Kafka consumer drive this same code, which is why a replay can verify a live run by digest.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::{Config, ConfigError};
 use crate::event::{decode, DecodeLimits, Event, EventTime, EventTypes, RejectReason};
-use crate::model::Model;
+use crate::model::{Model, UserState};
 use crate::window::{Admission, ClosedWindow, Position, Windows};
 
 /// A record the fold refused, with its stable reason and a human-readable message.
@@ -74,15 +75,38 @@ impl DedupHorizon {
     }
 }
 
+/// Where the fold gets a user it does not hold in memory (a bounded user cache backed by
+/// Redis). `Ok(None)` means a new user.
+pub trait UserSource {
+    /// Loads a user's durable state.
+    ///
+    /// # Errors
+    /// A message when the store cannot answer; the fold then stops applying (the window stays
+    /// buffered) and the caller retries later.
+    fn load(&mut self, user_id: &str) -> Result<Option<UserState>, String>;
+}
+
+/// A source with no users: everything not in memory is new (file replay, tests).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoStoredUsers;
+
+impl UserSource for NoStoredUsers {
+    fn load(&mut self, _user_id: &str) -> Result<Option<UserState>, String> {
+        Ok(None)
+    }
+}
+
 /// Decode, window and apply.
 #[derive(Debug)]
 pub struct Fold {
     types: EventTypes,
     limits: DecodeLimits,
     windows: Windows<Event>,
-    model: Model,
+    model: Arc<RwLock<Model>>,
     dedup: DedupHorizon,
     stats: FoldStats,
+    /// Closed windows not yet applied because a user could not be loaded.
+    blocked: VecDeque<ClosedWindow<Event>>,
 }
 
 impl Fold {
@@ -96,18 +120,39 @@ impl Fold {
             types: config.events.event_types()?,
             limits: config.events.limits,
             windows: Windows::new(config.window),
-            model: Model::new(config.model.clone())?,
+            model: Arc::new(RwLock::new(Model::new(config.model.clone())?)),
             dedup: DedupHorizon {
                 capacity: config.fold.dedup_horizon_events,
                 ..DedupHorizon::default()
             },
             stats: FoldStats::default(),
+            blocked: VecDeque::new(),
         })
     }
 
-    /// The model as folded so far.
-    pub fn model(&self) -> &Model {
-        &self.model
+    /// The model as folded so far (a read lock: readers never see half a window).
+    pub fn model(&self) -> RwLockReadGuard<'_, Model> {
+        self.model.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The model for writing (restore).
+    pub fn model_mut(&self) -> RwLockWriteGuard<'_, Model> {
+        self.model.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A handle to the shared model, for readers on other threads.
+    pub fn shared_model(&self) -> Arc<RwLock<Model>> {
+        Arc::clone(&self.model)
+    }
+
+    /// The windows (watermarks, closed-until).
+    pub fn windows(&self) -> &Windows<Event> {
+        &self.windows
+    }
+
+    /// The windows, mutable (restore, revoke).
+    pub fn windows_mut(&mut self) -> &mut Windows<Event> {
+        &mut self.windows
     }
 
     /// The counters.
@@ -120,9 +165,29 @@ impl Fold {
         &self.types
     }
 
-    /// Events buffered in open windows.
+    /// Events buffered in open windows or in closed windows waiting for a user load.
     pub fn buffered(&self) -> usize {
-        self.windows.buffered()
+        self.windows.buffered() + self.blocked.iter().map(|w| w.events.len()).sum::<usize>()
+    }
+
+    /// Removes a revoked partition's buffered events, unapplied; returns their positions.
+    pub fn revoke(&mut self, partition: i32) -> Vec<Position> {
+        let mut positions: Vec<Position> = self
+            .windows
+            .remove_partition(partition)
+            .into_iter()
+            .map(|windowed| windowed.position)
+            .collect();
+        for window in &mut self.blocked {
+            window.events.retain(|windowed| {
+                let theirs = windowed.position.partition == partition;
+                if theirs {
+                    positions.push(windowed.position);
+                }
+                !theirs
+            });
+        }
+        positions
     }
 
     /// Decodes one record and admits it to its window.
@@ -154,41 +219,79 @@ impl Fold {
         Rejection { reason, message }
     }
 
-    /// Applies every window the watermark lets close at `now_ms`; returns events applied.
-    pub fn poll(&mut self, now_ms: i64) -> usize {
+    /// Applies every window the watermark lets close at `now_ms`; returns the positions now
+    /// done (applied, or dropped as duplicates), one list per closed window.
+    pub fn poll(&mut self, now_ms: i64, users: &mut dyn UserSource) -> Vec<Vec<Position>> {
         let closed = self.windows.poll_closed(now_ms);
-        self.apply_windows(closed)
+        self.blocked.extend(closed);
+        self.apply_blocked(users)
     }
 
-    /// Closes and applies every open window (end of input); returns events applied.
-    pub fn drain(&mut self) -> usize {
+    /// Closes and applies every open window (end of input); returns the positions done, one
+    /// list per window.
+    pub fn drain(&mut self, users: &mut dyn UserSource) -> Vec<Vec<Position>> {
         let closed = self.windows.drain();
-        self.apply_windows(closed)
+        self.blocked.extend(closed);
+        self.apply_blocked(users)
     }
 
-    fn apply_windows(&mut self, closed: Vec<ClosedWindow<Event>>) -> usize {
-        let mut applied = 0;
-        for window in closed {
-            self.stats.windows_closed += 1;
-            for windowed in window.events {
-                let event = windowed.value;
-                if !self.dedup.first_time(&event.event_id) {
-                    self.stats.duplicates += 1;
-                    continue;
-                }
-                let weight = self.types.weight(event.event_type) * event.weight.unwrap_or(1.0);
-                self.model.apply(
-                    &event.event_id,
-                    event.user_id.as_str(),
-                    event.item_id.as_str(),
-                    event.ts.0,
-                    weight,
-                );
-                self.stats.late += u64::from(windowed.late);
-                applied += 1;
+    fn apply_blocked(&mut self, users: &mut dyn UserSource) -> Vec<Vec<Position>> {
+        let mut done = Vec::new();
+        while let Some(window) = self.blocked.front() {
+            if let Err(error) = self.load_users(window, users) {
+                tracing::warn!(%error, "user state unavailable, window kept for retry");
+                break;
+            }
+            let Some(window) = self.blocked.pop_front() else { break };
+            let mut positions = Vec::with_capacity(window.events.len());
+            self.apply_window(window, &mut positions);
+            done.push(positions);
+        }
+        done
+    }
+
+    fn load_users(
+        &self,
+        window: &ClosedWindow<Event>,
+        users: &mut dyn UserSource,
+    ) -> Result<(), String> {
+        let missing: Vec<&str> = {
+            let model = self.model();
+            window
+                .events
+                .iter()
+                .map(|windowed| windowed.value.user_id.as_str())
+                .filter(|user| model.user_row(user).is_none())
+                .collect()
+        };
+        for user in missing {
+            if let Some(state) = users.load(user)? {
+                self.model_mut().restore_user(state).map_err(|error| error.to_string())?;
             }
         }
-        self.stats.applied += applied as u64;
-        applied
+        Ok(())
+    }
+
+    fn apply_window(&mut self, window: ClosedWindow<Event>, done: &mut Vec<Position>) {
+        self.stats.windows_closed += 1;
+        let mut model = self.model.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for windowed in window.events {
+            done.push(windowed.position);
+            let event = windowed.value;
+            if !self.dedup.first_time(&event.event_id) {
+                self.stats.duplicates += 1;
+                continue;
+            }
+            let weight = self.types.weight(event.event_type) * event.weight.unwrap_or(1.0);
+            model.apply(
+                &event.event_id,
+                event.user_id.as_str(),
+                event.item_id.as_str(),
+                event.ts.0,
+                weight,
+            );
+            self.stats.late += u64::from(windowed.late);
+            self.stats.applied += 1;
+        }
     }
 }

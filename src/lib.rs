@@ -12,13 +12,27 @@
 //! - [`replay`]: folding a whole file, with a summary.
 //! - [`source`]: readers of MovieLens `u.data` and JSON-lines files.
 //! - [`eval`]: the prequential (test-then-learn) evaluation on MovieLens-100k.
+//! - [`ingest`]: Kafka consumer group, rebalance handshake, DLQ, effectively-once progress.
+//! - [`store`]: Redis key layout, vector codec, atomic flush and restore.
+//! - [`index`]: HNSW snapshot, fresh tier and exact re-rank.
+//! - [`serve`]: the HTTP API (axum).
+//! - [`produce`]: publishing a dataset to Kafka in event-time order.
+//! - [`metrics`]: every Prometheus metric.
+//! - [`app`]: wires ingest, store, index and serve into the `run` service.
 //! - [`config`]: layered configuration (defaults, file, environment).
 
+pub mod app;
 pub mod config;
 pub mod eval;
 pub mod event;
 pub mod fold;
+pub mod index;
+pub mod ingest;
+pub mod metrics;
 pub mod model;
+pub mod produce;
 pub mod replay;
+pub mod serve;
 pub mod source;
+pub mod store;
 pub mod window;

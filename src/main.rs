@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use embedstream::config::Config;
+use embedstream::ingest::StartPosition;
+use embedstream::produce::{self, Pace};
 use embedstream::eval::{self, EvalConfig, Split};
 use embedstream::replay::replay;
 use embedstream::source::{self, read_movielens, Format};
@@ -58,6 +60,57 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the service: consume the topic in a consumer group, fold, persist to Redis, index,
+    /// and serve the HTTP API until SIGINT or SIGTERM.
+    Run {
+        /// Where partitions without stored progress start: earliest, latest, timestamp:<ms>,
+        /// offsets:<p>=<o>,... (stored progress in the namespace always wins).
+        #[arg(long, default_value = "earliest")]
+        from: StartPosition,
+        /// Redis namespace (overrides store.namespace): a new one rebuilds state from scratch.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Events topic (overrides kafka.topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Consumer group (overrides kafka.group_id).
+        #[arg(long)]
+        group: Option<String>,
+        /// HTTP listen address (overrides http.listen).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Publish a dataset to Kafka in event-time order, keyed by user, event time as the record
+    /// timestamp.
+    Produce {
+        /// Input file.
+        #[arg(long)]
+        input: PathBuf,
+        /// Input format.
+        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+        format: Format,
+        /// Topic (default: kafka.topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// At most this many records per second.
+        #[arg(long, conflicts_with = "speedup")]
+        rate: Option<f64>,
+        /// Replay event-time gaps divided by this factor.
+        #[arg(long)]
+        speedup: Option<f64>,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Digest of the state stored in a Redis namespace (compare with `replay`).
+    Digest {
+        /// Redis namespace (overrides store.namespace).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Print as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -88,7 +141,115 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let eval_config = EvalConfig { split, batch_epochs, ..EvalConfig::default() };
             run_eval(&config, &input, eval_config, &plot, json)
         }
+        Command::Run { from, namespace, topic, group, listen } => {
+            let mut config = config;
+            if let Some(namespace) = namespace {
+                config.store.namespace = namespace;
+            }
+            if let Some(topic) = topic {
+                config.kafka.topic = topic;
+            }
+            if let Some(group) = group {
+                config.kafka.group_id = group;
+            }
+            if let Some(listen) = listen {
+                config.http.listen = listen;
+            }
+            config.validate()?;
+            run_service(config, from)
+        }
+        Command::Produce { input, format, topic, rate, speedup, json } => {
+            let pace = match (rate, speedup) {
+                (Some(rate), _) => Pace::Rate(rate),
+                (_, Some(factor)) => Pace::Speedup(factor),
+                _ => Pace::Unlimited,
+            };
+            run_produce(&config, &input, format, topic, pace, json)
+        }
+        Command::Digest { namespace, json } => {
+            let mut config = config;
+            if let Some(namespace) = namespace {
+                config.store.namespace = namespace;
+            }
+            let model = embedstream::app::load_stored_model(&config)?;
+            let summary = serde_json::json!({
+                "namespace": config.store.namespace,
+                "digest": model.digest(),
+                "events_applied": model.events_applied(),
+                "users": model.user_count(),
+                "items": model.item_count(),
+            });
+            if json {
+                println!("{summary}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            }
+            Ok(())
+        }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")
+}
+
+fn run_service(config: Config, from: StartPosition) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&config.http.listen)
+            .await
+            .with_context(|| format!("binding {}", config.http.listen))?;
+        tracing::info!(listen = %listener.local_addr()?, "http listening");
+        embedstream::app::run(config, from, listener, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+fn run_produce(
+    config: &Config,
+    input: &Path,
+    format: Format,
+    topic: Option<String>,
+    pace: Pace,
+    json: bool,
+) -> anyhow::Result<()> {
+    let records = source::read_records(input, format)
+        .with_context(|| format!("reading {} as {format:?}", input.display()))?;
+    let topic = topic.unwrap_or_else(|| config.kafka.topic.clone());
+    let bar = progress_bar(records.len() as u64, json);
+    let summary = runtime()?.block_on(produce::produce(&records, &config.kafka, &topic, pace, &bar))?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "produced {} records to {} ({} partitions) in {:.1} s, {} failed",
+            summary.produced, summary.topic, summary.partitions, summary.seconds, summary.failed
+        );
+    }
+    anyhow::ensure!(summary.failed == 0, "{} records were not delivered", summary.failed);
+    Ok(())
 }
 
 fn progress_bar(len: u64, quiet: bool) -> ProgressBar {

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
 use crate::event::EventTime;
-use crate::fold::Fold;
+use crate::fold::{Fold, NoStoredUsers};
 use crate::source::{kafka_partition, Record};
 use crate::window::Position;
 
@@ -59,6 +59,9 @@ pub fn replay(
     let mut fold = Fold::new(config)?;
     let partitions = partitions.max(1);
     let mut next_offsets = vec![0i64; partitions as usize];
+    for partition in 0..partitions {
+        fold.windows_mut().register_partition(partition, 0);
+    }
     let started = Instant::now();
     for (index, record) in records.iter().enumerate() {
         // An unkeyed record cannot be a valid event (no string user_id): the decoder will say
@@ -70,14 +73,15 @@ pub fn replay(
         // Rejections are counted by the fold; a file replay has no dead-letter topic.
         let _ = fold.offer(&record.value, position, None::<EventTime>, 0);
         if index % 4096 == 4095 {
-            fold.poll(0);
+            fold.poll(0, &mut NoStoredUsers);
             progress.set_position(index as u64 + 1);
         }
     }
-    fold.drain();
+    fold.drain(&mut NoStoredUsers);
     progress.set_position(records.len() as u64);
     let fold_seconds = started.elapsed().as_secs_f64();
     let stats = fold.stats().clone();
+    let model = fold.model();
     let summary = ReplaySummary {
         received: stats.received,
         applied: stats.applied,
@@ -86,12 +90,13 @@ pub fn replay(
         late: stats.late,
         duplicates: stats.duplicates,
         windows_closed: stats.windows_closed,
-        users: fold.model().user_count(),
-        items: fold.model().item_count(),
-        digest: fold.model().digest(),
+        users: model.user_count(),
+        items: model.item_count(),
+        digest: model.digest(),
         partitions,
         fold_seconds,
         events_per_second: stats.received as f64 / fold_seconds.max(1e-9),
     };
+    drop(model);
     Ok((summary, fold))
 }

@@ -103,7 +103,9 @@ pub enum WindowError {
 
 #[derive(Debug, Clone, Copy)]
 struct PartitionClock {
-    max_ts: i64,
+    /// Highest event time delivered; `None` for a partition assigned but silent so far, which
+    /// holds the watermark at its minimum until it delivers or idles.
+    max_ts: Option<i64>,
     last_event_at_ms: i64,
 }
 
@@ -173,8 +175,8 @@ impl<T> Windows<T> {
         let clock = self
             .partitions
             .entry(position.partition)
-            .or_insert(PartitionClock { max_ts: ts.0, last_event_at_ms: now_ms });
-        clock.max_ts = clock.max_ts.max(ts.0);
+            .or_insert(PartitionClock { max_ts: None, last_event_at_ms: now_ms });
+        clock.max_ts = Some(clock.max_ts.map_or(ts.0, |max_ts| max_ts.max(ts.0)));
         clock.last_event_at_ms = clock.last_event_at_ms.max(now_ms);
 
         let start = self.window_start(ts);
@@ -189,20 +191,35 @@ impl<T> Windows<T> {
         Ok(Admission::OnTime)
     }
 
+    /// Registers an assigned partition before its first event, so that it holds the watermark
+    /// back until it delivers or goes idle (otherwise a partition fetched later than its
+    /// siblings would find its windows already closed). `now_ms` starts its idle clock.
+    pub fn register_partition(&mut self, partition: i32, now_ms: i64) {
+        self.partitions
+            .entry(partition)
+            .or_insert(PartitionClock { max_ts: None, last_event_at_ms: now_ms });
+    }
+
     /// The watermark of one partition, if it has delivered anything.
     pub fn partition_watermark(&self, partition: i32) -> Option<i64> {
         self.partitions
             .get(&partition)
-            .map(|clock| clock.max_ts.saturating_sub(self.config.out_of_orderness_ms))
+            .and_then(|clock| clock.max_ts)
+            .map(|max_ts| max_ts.saturating_sub(self.config.out_of_orderness_ms))
     }
 
-    /// The combined watermark at `now_ms`: the minimum over partitions that are not idle.
-    /// `None` before any event, and when every partition is idle.
+    /// The combined watermark at `now_ms`: the minimum over partitions that are not idle
+    /// (`i64::MIN` while an active partition has delivered nothing). `None` when there are no
+    /// partitions or every partition is idle.
     pub fn watermark(&self, now_ms: i64) -> Option<i64> {
         self.partitions
             .iter()
             .filter(|(_, clock)| !self.is_idle(clock, now_ms))
-            .map(|(_, clock)| clock.max_ts.saturating_sub(self.config.out_of_orderness_ms))
+            .map(|(_, clock)| {
+                clock.max_ts.map_or(i64::MIN, |max_ts| {
+                    max_ts.saturating_sub(self.config.out_of_orderness_ms)
+                })
+            })
             .min()
     }
 
@@ -226,9 +243,35 @@ impl<T> Windows<T> {
         self.close_through(i64::MAX)
     }
 
-    /// Forgets a partition's clock (after a revoke), so it no longer holds the watermark back.
-    pub fn remove_partition(&mut self, partition: i32) {
+    /// Forgets a partition (after a revoke): its clock no longer holds the watermark back, and
+    /// its buffered events are removed and returned unapplied, for the next owner to re-read.
+    pub fn remove_partition(&mut self, partition: i32) -> Vec<Windowed<T>> {
         self.partitions.remove(&partition);
+        let mut removed = Vec::new();
+        let mut keep = |events: &mut Vec<Windowed<T>>| {
+            let (theirs, ours): (Vec<_>, Vec<_>) =
+                events.drain(..).partition(|windowed| windowed.position.partition == partition);
+            *events = ours;
+            removed.extend(theirs);
+        };
+        for events in self.open.values_mut() {
+            keep(events);
+        }
+        keep(&mut self.late);
+        self.open.retain(|_, events| !events.is_empty());
+        self.buffered -= removed.len();
+        removed
+    }
+
+    /// End of the last closed window, ms (`i64::MIN` before any): events of earlier windows
+    /// are late. Part of the durable state, so a restart classifies re-read events the same way.
+    pub fn closed_until(&self) -> i64 {
+        self.closed_until
+    }
+
+    /// Restores [`Windows::closed_until`] after a restart.
+    pub fn restore_closed_until(&mut self, closed_until: i64) {
+        self.closed_until = self.closed_until.max(closed_until);
     }
 
     fn close_through(&mut self, watermark: i64) -> Vec<ClosedWindow<T>> {

@@ -149,9 +149,13 @@ fn removed_partition_stops_holding_the_watermark() {
     admit(&mut windows, 0, 0, 5_000, 0, "p0");
     admit(&mut windows, 1, 0, 100, 0, "p1");
     assert_eq!(windows.watermark(0), Some(BASE - 900));
-    windows.remove_partition(1);
+    let removed = windows.remove_partition(1);
+    assert_eq!(removed.iter().map(|e| e.value).collect::<Vec<_>>(), ["p1"]);
+    assert_eq!(windows.buffered(), 1);
     assert_eq!(windows.watermark(0), Some(BASE + 4_000));
-    assert_eq!(windows.poll_closed(0).len(), 1);
+    let closed = windows.poll_closed(0);
+    assert_eq!(closed.len(), 0, "only p0's event at 5000 is left, in an open window");
+    assert_eq!(windows.drain().iter().flat_map(values).collect::<Vec<_>>(), ["p0"]);
 }
 
 #[test]
@@ -166,4 +170,22 @@ fn drain_emits_everything_including_late_only_leftovers() {
     assert_eq!(all, ["late", "b"]);
     assert_eq!(windows.buffered(), 0);
     assert!(windows.drain().is_empty());
+}
+
+#[test]
+fn a_registered_silent_partition_holds_the_watermark_until_idle() {
+    let mut windows = Windows::new(cfg());
+    windows.register_partition(0, 0);
+    windows.register_partition(1, 0);
+    admit(&mut windows, 0, 0, 100, 0, "p0-a");
+    admit(&mut windows, 0, 1, 50_000, 0, "p0-far");
+    assert_eq!(windows.watermark(0), Some(i64::MIN), "p1 has said nothing yet");
+    assert!(windows.poll_closed(1_000).is_empty());
+    // p1 delivers late in processing time but early in event time: not late
+    assert_eq!(admit(&mut windows, 1, 0, 200, 1_000, "p1-a"), Admission::OnTime);
+    let closed = windows.poll_closed(1_000);
+    assert_eq!(closed.len(), 0, "p1's watermark (200 - 1000) still holds");
+    // p1 silent for the idle timeout: the watermark follows p0 alone
+    let closed = windows.poll_closed(6_000);
+    assert_eq!(values(&closed[0]), ["p0-a", "p1-a"]);
 }

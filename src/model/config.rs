@@ -35,6 +35,9 @@ pub struct ModelConfig {
     pub max_event_weight: f32,
     /// Half-life of the decayed item popularity, in ms of event time (default 7 days).
     pub popularity_half_life_ms: i64,
+    /// Most recent distinct items remembered per user, excluded by `exclude_seen`
+    /// (default 500; 0 disables).
+    pub seen_items_per_user: usize,
 }
 
 impl Default for ModelConfig {
@@ -53,6 +56,7 @@ impl Default for ModelConfig {
             max_bias: 8.0,
             max_event_weight: 1000.0,
             popularity_half_life_ms: 7 * 24 * 3600 * 1000,
+            seen_items_per_user: 500,
         }
     }
 }

@@ -18,6 +18,7 @@
 
 mod config;
 mod digest;
+mod state;
 mod table;
 mod vector;
 
@@ -26,6 +27,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 pub use config::{ModelConfig, ModelConfigError};
+pub use state::{ItemState, RestoreError, UserState};
 pub use vector::{dot, log_add_exp, sigmoid};
 
 use table::Table;
@@ -54,6 +56,13 @@ pub struct Model {
     scratch_user: Vec<f32>,
     scratch_item: Vec<f32>,
     negatives: Vec<u32>,
+    /// Items each user interacted with, most recent last, at most `seen_items_per_user`.
+    user_seen: Vec<std::collections::VecDeque<u32>>,
+    /// `events_applied` when each item last changed: what the ANN index compares its snapshot
+    /// against.
+    item_version: Vec<u64>,
+    dirty_users: state::DirtySet,
+    dirty_items: state::DirtySet,
 }
 
 impl Model {
@@ -75,6 +84,10 @@ impl Model {
             scratch_user: vec![0.0; dim],
             scratch_item: vec![0.0; dim],
             negatives: Vec::new(),
+            user_seen: Vec::new(),
+            item_version: Vec::new(),
+            dirty_users: state::DirtySet::default(),
+            dirty_items: state::DirtySet::default(),
             config,
         })
     }
@@ -166,11 +179,15 @@ impl Model {
     pub fn apply(&mut self, event_id: &str, user_id: &str, item_id: &str, ts: i64, weight: f32) {
         let seed = self.config.seed;
         let scale = self.config.init_scale;
-        let (user, _) = self.users.row_or_insert(user_id, seed, scale);
+        let (user, user_created) = self.users.row_or_insert(user_id, seed, scale);
+        if user_created {
+            self.user_seen.push(std::collections::VecDeque::new());
+        }
         let (item, created) = self.items.row_or_insert(item_id, seed.rotate_left(1), scale);
         if created {
             self.item_bias.push(0.0);
             self.item_popularity_log.push(f64::NEG_INFINITY);
+            self.item_version.push(0);
         }
         let weight = if weight.is_finite() && weight > 0.0 {
             weight.min(self.config.max_event_weight)
@@ -198,6 +215,7 @@ impl Model {
             table.last_ts[row as usize] = table.last_ts[row as usize].max(ts);
         }
         self.events_applied += 1;
+        self.record_changes(user, item);
     }
 
     fn bump_popularity(&mut self, item: u32, ts: i64, weight: f32) {

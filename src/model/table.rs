@@ -45,6 +45,35 @@ impl Table {
         (row, true)
     }
 
+    /// Appends a row with given values (restore); replaces nothing.
+    pub(crate) fn insert(&mut self, id: &str, vector: &[f32], events: u64, last_ts: i64) -> u32 {
+        let row = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
+        self.rows.insert(id.to_owned(), row);
+        self.ids.push(id.to_owned());
+        self.vectors.extend_from_slice(vector);
+        self.events.push(events);
+        self.last_ts.push(last_ts);
+        row
+    }
+
+    /// Removes a row by moving the last row into its place; returns the old index of the row
+    /// that moved, if any.
+    pub(crate) fn swap_remove(&mut self, row: u32) -> Option<u32> {
+        let index = row as usize;
+        let last = self.ids.len() - 1;
+        let removed = self.ids.swap_remove(index);
+        self.rows.remove(&removed);
+        self.events.swap_remove(index);
+        self.last_ts.swap_remove(index);
+        if index != last {
+            let (dim, moved_start) = (self.dim, last * self.dim);
+            self.vectors.copy_within(moved_start..moved_start + dim, index * dim);
+            self.rows.insert(self.ids[index].clone(), row);
+        }
+        self.vectors.truncate(last * self.dim);
+        (index != last).then_some(last as u32)
+    }
+
     pub(crate) fn vector(&self, row: u32) -> &[f32] {
         let start = row as usize * self.dim;
         &self.vectors[start..start + self.dim]

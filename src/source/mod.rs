@@ -26,6 +26,9 @@ pub struct Record {
     pub value: Vec<u8>,
     /// 1-based line number in the input file.
     pub line: u64,
+    /// Event time (ms) when the line has a valid integer `ts`; used as the Kafka record
+    /// timestamp by `produce`.
+    pub ts: Option<i64>,
 }
 
 /// Input file formats.
@@ -73,17 +76,21 @@ fn jsonl_records(bytes: &[u8]) -> Vec<Record> {
         .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
         .map(|(index, line)| {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            Record { key: user_key(line), value: line.to_vec(), line: index as u64 + 1 }
+            let (key, ts) = key_and_ts(line);
+            Record { key, value: line.to_vec(), line: index as u64 + 1, ts }
         })
         .collect()
 }
 
-fn user_key(line: &[u8]) -> Option<Vec<u8>> {
+fn key_and_ts(line: &[u8]) -> (Option<Vec<u8>>, Option<i64>) {
     #[derive(serde::Deserialize)]
-    struct KeyOnly<'a> {
+    struct KeyAndTs<'a> {
         #[serde(borrow)]
         user_id: Option<std::borrow::Cow<'a, str>>,
+        ts: Option<i64>,
     }
-    let parsed: KeyOnly<'_> = serde_json::from_slice(line).ok()?;
-    parsed.user_id.map(|user| user.as_bytes().to_vec())
+    match serde_json::from_slice::<KeyAndTs<'_>>(line) {
+        Ok(parsed) => (parsed.user_id.map(|user| user.as_bytes().to_vec()), parsed.ts),
+        Err(_) => (None, None),
+    }
 }

@@ -59,6 +59,7 @@ impl Rating {
             key: Some(self.user.as_bytes().to_vec()),
             value: value.to_string().into_bytes(),
             line: self.line,
+            ts: Some(self.ts_ms()),
         }
     }
 }

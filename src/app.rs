@@ -1,0 +1,158 @@
+//! Wiring: the only module that knows every other. Builds the ingest engine, the index and the
+//! HTTP server from the configuration and runs them until shutdown.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::index::Index;
+use crate::ingest::{run_consumer, DeadLetters, Engine, StartPosition, Status};
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::serve::{router, serve, AppState};
+use crate::store::{Keys, SyncStore};
+
+/// Runs the service: restores state from Redis, consumes the topic, serves HTTP on
+/// `listener` until `shutdown` completes, then stops the consumer after a final flush.
+///
+/// # Errors
+/// Configuration, Kafka client or listener errors.
+pub async fn run(
+    config: Config,
+    start: StartPosition,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new().context("registering metrics")?;
+    let index = Arc::new(Index::new(config.index.clone()));
+    let status = Arc::new(Status::default());
+    let dead_letters = DeadLetters::new(
+        &config.kafka.client_config(),
+        &config.kafka.dead_letter_topic,
+        tokio::runtime::Handle::current(),
+    )
+    .context("creating the dead-letter producer")?;
+    let mut engine = Engine::new(
+        &config,
+        config.ingest.clone(),
+        start,
+        dead_letters,
+        metrics.clone(),
+        Arc::clone(&index),
+        Arc::clone(&status),
+    )?;
+    let cancel = CancellationToken::new();
+    let model = engine.shared_model();
+    let redis = connect_async_redis(&config).await;
+    let state = AppState {
+        model: Arc::clone(&model),
+        index: Arc::clone(&index),
+        status: Arc::clone(&status),
+        metrics: metrics.clone(),
+        redis,
+        keys: Keys::new(&config.store.namespace),
+        config: config.http.clone(),
+    };
+    let app = router(state);
+    let server_cancel = cancel.clone();
+    let server = tokio::spawn(async move {
+        serve(listener, app, async move { server_cancel.cancelled().await }).await
+    });
+
+    // Restore and first index build off the runtime threads; HTTP answers /readyz 503 meanwhile.
+    let restore_cancel = cancel.clone();
+    let (engine, restored) = tokio::task::spawn_blocking(move || {
+        let mut attempt = 0u32;
+        loop {
+            match engine.restore() {
+                Ok(()) => return (engine, true),
+                Err(error) if !restore_cancel.is_cancelled() => {
+                    attempt += 1;
+                    tracing::warn!(%error, attempt, "restore failed, retrying");
+                    std::thread::sleep(Duration::from_millis(200u64 << attempt.min(5)));
+                    if matches!(error, crate::ingest::EngineError::Store(crate::store::StoreError::Incompatible { .. })) {
+                        tracing::error!(%error, "stored model is incompatible: use another namespace");
+                        return (engine, false);
+                    }
+                }
+                Err(_) => return (engine, false),
+            }
+        }
+    })
+    .await
+    .context("restore task")?;
+    anyhow::ensure!(restored, "state could not be restored from redis (see the log)");
+    let build_index = Arc::clone(&index);
+    let build_model = Arc::clone(&model);
+    let build_metrics = metrics.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Some(seconds) = build_index.rebuild(&build_model) {
+            build_metrics.index_rebuild_duration.observe(seconds);
+            build_metrics.index_items.set(build_index.snapshot_len() as i64);
+        }
+    })
+    .await
+    .context("index build task")?;
+
+    let engine = Arc::new(Mutex::new(engine));
+    let consumer_cancel = cancel.clone();
+    let kafka = config.kafka.clone();
+    let ingest = config.ingest.clone();
+    let consumer = std::thread::Builder::new()
+        .name("ingest".to_owned())
+        .spawn(move || run_consumer(engine, &kafka, &ingest, consumer_cancel))
+        .context("starting the ingest thread")?;
+
+    shutdown.await;
+    tracing::info!("shutdown requested");
+    cancel.cancel();
+    let joined = tokio::task::spawn_blocking(move || consumer.join()).await;
+    match joined {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(%error, "consumer failed"),
+        Ok(Err(_)) | Err(_) => tracing::error!("ingest thread panicked"),
+    }
+    server.await.context("http server task")?.context("http server")?;
+    Ok(())
+}
+
+async fn connect_async_redis(config: &Config) -> Option<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(config.store.url.as_str()).ok()?;
+    let manager_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(config.store.connect_timeout_ms)))
+        .set_response_timeout(Some(Duration::from_millis(config.store.command_timeout_ms)));
+    match client.get_connection_manager_with_config(manager_config).await {
+        Ok(manager) => Some(manager),
+        Err(error) => {
+            tracing::warn!(%error, "no async redis connection: evicted users cannot be served");
+            None
+        }
+    }
+}
+
+/// Loads a namespace's whole state from Redis into a model (for digests and inspection).
+///
+/// # Errors
+/// Redis failures, incompatible or corrupt state.
+pub fn load_stored_model(config: &Config) -> anyhow::Result<Model> {
+    let mut store = SyncStore::new(&config.store)?;
+    let meta = store.load_meta()?.context("the namespace holds no model")?;
+    let mut model = Model::new(meta.model_config.clone())?;
+    model.restore_events_applied(meta.events_applied);
+    for item in store.load_items(meta.dim)? {
+        model.restore_item(item)?;
+    }
+    let mut users: Vec<String> = store.user_ids()?.into_iter().collect();
+    users.sort();
+    for id in users {
+        if let Some(user) = store.load_user(&id, meta.dim)? {
+            model.restore_user(user)?;
+        }
+    }
+    model.restore_negative_pool(meta.negative_pool.0, meta.negative_pool.1);
+    Ok(model)
+}

@@ -1,0 +1,237 @@
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::dlq::SourceRecord;
+use super::engine::{Engine, StartAt};
+use super::{IngestConfig, KafkaConfig};
+
+/// Rebalance handshake: runs inside `poll`, on the consumer thread, while the poll loop does
+/// not hold the engine lock.
+struct IngestContext {
+    engine: Arc<Mutex<Engine>>,
+    topic: String,
+    cancel: CancellationToken,
+}
+
+impl ClientContext for IngestContext {}
+
+fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl IngestContext {
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements_for_topic(&self.topic).iter().map(|element| element.partition()).collect()
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let partitions = self.partitions(tpl);
+        let mut attempt = 0u32;
+        // Redis is authoritative for where to start: never guess, retry until it answers.
+        let starts = loop {
+            match lock(&self.engine).on_assign(&partitions, now_ms()) {
+                Ok(starts) => break starts,
+                Err(error) if !self.cancel.is_cancelled() => {
+                    attempt += 1;
+                    tracing::warn!(%error, attempt, "cannot read stored progress, retrying");
+                    std::thread::sleep(Duration::from_millis(100 << attempt.min(6)));
+                }
+                Err(error) => {
+                    tracing::error!(%error, "shutting down before the assignment was resolved");
+                    return;
+                }
+            }
+        };
+        for (partition, start) in starts {
+            let offset = match start {
+                StartAt::Offset(offset) => Offset::Offset(offset),
+                StartAt::Beginning => Offset::Beginning,
+                StartAt::End => Offset::End,
+                StartAt::Timestamp(ms) => timestamp_offset(consumer, &self.topic, partition, ms),
+            };
+            if let Err(error) = tpl.set_partition_offset(&self.topic, partition, offset) {
+                tracing::error!(%error, partition, "cannot set start offset");
+            }
+            tracing::info!(partition, ?offset, "partition assigned");
+        }
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "assign failed");
+        }
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let partitions = self.partitions(tpl);
+        tracing::info!(?partitions, "partitions revoked: flushing before giving them up");
+        if let Err(error) = lock(&self.engine).on_revoke(&partitions) {
+            // The in-memory state is now ahead of Redis for partitions another member may own:
+            // the only safe continuation is a restart from the durable state.
+            tracing::error!(%error, "flush on revoke failed; exiting to restart from redis");
+            std::process::exit(3);
+        }
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "unassign failed");
+        }
+    }
+}
+
+fn timestamp_offset(consumer: &BaseConsumer<IngestContext>, topic: &str, partition: i32, ms: i64) -> Offset {
+    let mut query = TopicPartitionList::new();
+    if query.add_partition_offset(topic, partition, Offset::Offset(ms)).is_err() {
+        return Offset::Beginning;
+    }
+    match consumer.offsets_for_times(query, Duration::from_secs(10)) {
+        Ok(answer) => answer
+            .find_partition(topic, partition)
+            .map(|element| element.offset())
+            .filter(|offset| matches!(offset, Offset::Offset(_) | Offset::End))
+            .unwrap_or(Offset::End),
+        Err(error) => {
+            tracing::warn!(%error, partition, "offsets_for_times failed, starting at the beginning");
+            Offset::Beginning
+        }
+    }
+}
+
+impl ConsumerContext for IngestContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+/// Runs the consumer until `cancel` fires: joins the group, polls, feeds the engine, flushes,
+/// and commits the group offsets after each successful flush. Blocking: run it on its own
+/// thread.
+///
+/// # Errors
+/// librdkafka errors creating or subscribing the consumer.
+pub fn run_consumer(
+    engine: Arc<Mutex<Engine>>,
+    kafka: &KafkaConfig,
+    ingest: &IngestConfig,
+    cancel: CancellationToken,
+) -> Result<(), KafkaError> {
+    let mut client = kafka.client_config();
+    client
+        .set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", kafka.session_timeout_ms.to_string());
+    for (key, value) in &kafka.properties {
+        client.set(key, value);
+    }
+    let context =
+        IngestContext { engine: Arc::clone(&engine), topic: kafka.topic.clone(), cancel: cancel.clone() };
+    let consumer: BaseConsumer<IngestContext> = client.create_with_context(context)?;
+    consumer.subscribe(&[&kafka.topic])?;
+    let poll_timeout = Duration::from_millis(ingest.poll_timeout_ms);
+    let mut last_lag_check = Instant::now();
+    while !cancel.is_cancelled() {
+        let mut batch: Vec<Result<OwnedMessage, KafkaError>> = Vec::new();
+        let mut next = consumer.poll(poll_timeout);
+        while let Some(message) = next {
+            batch.push(message.map(|borrowed| borrowed.detach()));
+            if batch.len() >= ingest.max_poll_records {
+                break;
+            }
+            next = consumer.poll(Duration::ZERO);
+        }
+        let commit = {
+            let mut engine = lock(&engine);
+            let now = now_ms();
+            for message in &batch {
+                match message {
+                    Ok(message) => engine.on_record(source_record(message), now),
+                    Err(KafkaError::PartitionEOF(partition)) => engine.on_eof(*partition),
+                    Err(error) => tracing::warn!(%error, "consumer error"),
+                }
+            }
+            engine.tick(now)
+        };
+        if let Some(offsets) = commit {
+            commit_offsets(&consumer, &kafka.topic, &offsets);
+        }
+        if last_lag_check.elapsed() >= Duration::from_secs(5) {
+            last_lag_check = Instant::now();
+            report_lag(&consumer, &engine, &kafka.topic);
+        }
+    }
+    tracing::info!("consumer stopping: final flush");
+    let final_flush = lock(&engine).flush();
+    match final_flush {
+        Ok(offsets) => commit_offsets(&consumer, &kafka.topic, &offsets),
+        Err(error) => tracing::warn!(%error, "final flush failed; unflushed events will be re-read"),
+    }
+    consumer.unsubscribe();
+    Ok(())
+}
+
+fn source_record(message: &OwnedMessage) -> SourceRecord<'_> {
+    SourceRecord {
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp: message.timestamp().to_millis(),
+        key: message.key(),
+        value: message.payload().unwrap_or(&[]),
+    }
+}
+
+fn commit_offsets(consumer: &BaseConsumer<IngestContext>, topic: &str, offsets: &[(i32, i64)]) {
+    let mut tpl = TopicPartitionList::new();
+    for (partition, offset) in offsets {
+        if tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)).is_err() {
+            return;
+        }
+    }
+    if tpl.count() > 0 {
+        if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(%error, "group commit failed (redis progress stays authoritative)");
+        }
+    }
+}
+
+fn report_lag(consumer: &BaseConsumer<IngestContext>, engine: &Mutex<Engine>, topic: &str) {
+    let Ok(positions) = consumer.position() else { return };
+    for element in positions.elements_for_topic(topic) {
+        let Offset::Offset(position) = element.offset() else { continue };
+        let partition = element.partition();
+        if let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(1)) {
+            // Some brokers under-report the high watermark: never report negative lag.
+            let lag = (high - position).max(0);
+            lock(engine).metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
+        }
+    }
+}

@@ -1,0 +1,88 @@
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::fold::Rejection;
+
+/// Headers of a dead-letter record. The value is the original record value, byte for byte, and
+/// the key the original key.
+pub const DLQ_HEADERS: [&str; 6] =
+    ["reason", "error", "source_topic", "source_partition", "source_offset", "source_timestamp"];
+
+/// The dead-letter producer (idempotent; a record is only marked done once the broker has
+/// acknowledged it).
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+/// The original record a rejection is about.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceRecord<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Record timestamp, ms.
+    pub timestamp: Option<i64>,
+    /// Key bytes.
+    pub key: Option<&'a [u8]>,
+    /// Value bytes.
+    pub value: &'a [u8],
+}
+
+impl DeadLetters {
+    /// A producer for `topic`.
+    ///
+    /// # Errors
+    /// librdkafka configuration errors.
+    pub fn new(
+        client_config: &rdkafka::ClientConfig,
+        topic: &str,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        let mut config = client_config.clone();
+        config.set("enable.idempotence", "true");
+        config.set("message.timeout.ms", "30000");
+        Ok(Self { producer: config.create()?, topic: topic.to_owned(), runtime })
+    }
+
+    /// Sends one record to the dead-letter topic and waits for the acknowledgement. Blocking:
+    /// call from the ingest thread, never from the async runtime.
+    ///
+    /// # Errors
+    /// The broker's error when the record could not be delivered.
+    pub fn send(
+        &self,
+        source: SourceRecord<'_>,
+        rejection: &Rejection,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let partition = source.partition.to_string();
+        let offset = source.offset.to_string();
+        let timestamp = source.timestamp.map(|ts| ts.to_string()).unwrap_or_default();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "reason", value: Some(rejection.reason.as_str()) })
+            .insert(Header { key: "error", value: Some(rejection.message.as_str()) })
+            .insert(Header { key: "source_topic", value: Some(source.topic) })
+            .insert(Header { key: "source_partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "source_offset", value: Some(offset.as_str()) })
+            .insert(Header { key: "source_timestamp", value: Some(timestamp.as_str()) });
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).payload(source.value).headers(headers);
+        if let Some(key) = source.key {
+            record = record.key(key);
+        }
+        let delivery = self.producer.send(record, Duration::from_secs(30));
+        self.runtime.block_on(delivery).map(|_| ()).map_err(|(error, _)| error)
+    }
+}

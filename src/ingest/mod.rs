@@ -1,0 +1,164 @@
+//! The Kafka conversation: consumer group, rebalance handshake, dead-letter queue, and the
+//! engine that ties the fold to the Redis store with effectively-once progress.
+//!
+//! - `progress`: which offsets are done, stored with the state ([`StoredProgress`]).
+//! - `engine`: fold + store + progress; restore, flush, assign and revoke (no Kafka types).
+//! - `consumer`: the poll loop on its own thread and the rebalance callback.
+//! - `dlq`: the dead-letter producer.
+
+mod consumer;
+mod dlq;
+mod engine;
+mod progress;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use consumer::run_consumer;
+pub use dlq::{DeadLetters, SourceRecord, DLQ_HEADERS};
+pub use engine::{Engine, EngineError, StartAt, Status, StatusSnapshot};
+pub use progress::{PartitionProgress, StoredProgress};
+
+/// Kafka settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers` (default `127.0.0.1:19092`, the port `scripts/dev-up.sh` uses).
+    pub brokers: String,
+    /// Events topic (default `events`; records keyed by user id).
+    pub topic: String,
+    /// Dead-letter topic (default `events-dlq`).
+    pub dead_letter_topic: String,
+    /// Consumer group id (default `embedstream`).
+    pub group_id: String,
+    /// `session.timeout.ms` (default 10000).
+    pub session_timeout_ms: u64,
+    /// Further librdkafka properties, passed through untouched (they override ours).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:19092".to_owned(),
+            topic: "events".to_owned(),
+            dead_letter_topic: "events-dlq".to_owned(),
+            group_id: "embedstream".to_owned(),
+            session_timeout_ms: 10_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// A librdkafka client configuration with our settings, then the pass-through properties.
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+/// Ingest settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Longest time applied state waits before it is written to Redis, ms (default 1000).
+    pub flush_interval_ms: u64,
+    /// Longest poll wait, ms (default 100).
+    pub poll_timeout_ms: u64,
+    /// Records taken per poll round (default 2000).
+    pub max_poll_records: usize,
+    /// Users kept in memory; beyond it the least recently active clean users are evicted and
+    /// reloaded from Redis when they next appear (default 1000000).
+    pub user_cache_capacity: usize,
+    /// Test hook: abort the process right after this many successful flushes, before the Kafka
+    /// commit (default 0: never). For crash-consistency tests only.
+    pub fault_crash_after_flushes: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 1000,
+            poll_timeout_ms: 100,
+            max_poll_records: 2000,
+            user_cache_capacity: 1_000_000,
+            fault_crash_after_flushes: 0,
+        }
+    }
+}
+
+/// Where a partition with no stored progress starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The earliest offset.
+    Earliest,
+    /// The end (only new records).
+    Latest,
+    /// The first offset whose record timestamp is at or after this, ms.
+    Timestamp(i64),
+    /// Explicit offsets per partition; unlisted partitions start at the earliest.
+    Offsets(BTreeMap<i32, i64>),
+}
+
+impl std::str::FromStr for StartPosition {
+    type Err = String;
+
+    /// `earliest`, `latest`, `timestamp:<ms>`, or `offsets:<partition>=<offset>,...`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "earliest" => return Ok(Self::Earliest),
+            "latest" => return Ok(Self::Latest),
+            _ => {}
+        }
+        if let Some(ms) = text.strip_prefix("timestamp:") {
+            return ms
+                .parse()
+                .map(Self::Timestamp)
+                .map_err(|_| format!("bad timestamp {ms:?}: expected integer ms"));
+        }
+        if let Some(list) = text.strip_prefix("offsets:") {
+            let mut offsets = BTreeMap::new();
+            for pair in list.split(',') {
+                let (partition, offset) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("bad partition offset {pair:?}: expected P=O"))?;
+                let partition: i32 =
+                    partition.trim().parse().map_err(|_| format!("bad partition {partition:?}"))?;
+                let offset: i64 =
+                    offset.trim().parse().map_err(|_| format!("bad offset {offset:?}"))?;
+                if partition < 0 || offset < 0 {
+                    return Err(format!("negative partition or offset in {pair:?}"));
+                }
+                offsets.insert(partition, offset);
+            }
+            return Ok(Self::Offsets(offsets));
+        }
+        Err(format!(
+            "unknown start position {text:?}: use earliest, latest, timestamp:<ms> or offsets:<p>=<o>,..."
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_positions_parse() {
+        assert_eq!("earliest".parse(), Ok(StartPosition::Earliest));
+        assert_eq!("timestamp:1700000000000".parse(), Ok(StartPosition::Timestamp(1_700_000_000_000)));
+        assert_eq!(
+            "offsets:0=5,2=7".parse(),
+            Ok(StartPosition::Offsets(BTreeMap::from([(0, 5), (2, 7)])))
+        );
+        assert!("offsets:0".parse::<StartPosition>().is_err());
+        assert!("offsets:0=-1".parse::<StartPosition>().is_err());
+        assert!("yesterday".parse::<StartPosition>().is_err());
+    }
+}

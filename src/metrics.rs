@@ -1,0 +1,157 @@
+//! Every Prometheus metric of the process, in one place. Names follow
+//! `embedstream_<subsystem>_<name>_<unit>`; labels come from small fixed sets (reason, route,
+//! operation, partition, status class), never a user or item id.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The process's metrics. Cloning shares them.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Records read from Kafka.
+    pub records_consumed: IntCounter,
+    /// Events applied to the model.
+    pub events_applied: IntCounter,
+    /// Records refused, by reason code.
+    pub events_rejected: IntCounterVec,
+    /// Events applied after their window had closed.
+    pub events_late: IntCounter,
+    /// Events dropped as retried duplicates.
+    pub events_duplicate: IntCounter,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: IntCounter,
+    /// Events buffered in open windows.
+    pub buffered_events: IntGauge,
+    /// Processing time from a window's first arrival to its close, seconds.
+    pub window_close_lag: Histogram,
+    /// Processing time from a record's receipt to its effect being servable, seconds.
+    pub freshness: Histogram,
+    /// Flush transactions committed.
+    pub flushes: IntCounter,
+    /// Redis operation latency, seconds, by operation.
+    pub redis_duration: HistogramVec,
+    /// Redis operation failures, by operation.
+    pub redis_errors: IntCounterVec,
+    /// Records between the consumer position and the partition end, by partition.
+    pub consumer_lag: IntGaugeVec,
+    /// Items in the HNSW snapshot.
+    pub index_items: IntGauge,
+    /// Items scored exactly because they changed since the snapshot (or cannot be indexed).
+    pub index_fresh_items: IntGauge,
+    /// Snapshot build time, seconds.
+    pub index_rebuild_duration: Histogram,
+    /// HTTP request latency, seconds, by route and status class.
+    pub http_duration: HistogramVec,
+}
+
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+        1.0, 2.5, 5.0,
+    ]
+}
+
+impl Metrics {
+    /// Creates and registers every metric in a fresh registry.
+    ///
+    /// # Errors
+    /// [`prometheus::Error`] only for a duplicate name, which is a bug.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let metric = IntCounter::new(format!("embedstream_{name}"), help)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let metric = IntGauge::new(format!("embedstream_{name}"), help)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let histogram = |name: &str, help: &str| -> Result<Histogram, prometheus::Error> {
+            let opts = HistogramOpts::new(format!("embedstream_{name}"), help)
+                .buckets(latency_buckets());
+            let metric = Histogram::with_opts(opts)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let events_rejected = IntCounterVec::new(
+            Opts::new("embedstream_ingest_events_rejected_total", "Records refused, by reason"),
+            &["reason"],
+        )?;
+        registry.register(Box::new(events_rejected.clone()))?;
+        let redis_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "embedstream_redis_operation_duration_seconds",
+                "Redis operation latency by operation",
+            )
+            .buckets(latency_buckets()),
+            &["operation"],
+        )?;
+        registry.register(Box::new(redis_duration.clone()))?;
+        let redis_errors = IntCounterVec::new(
+            Opts::new("embedstream_redis_errors_total", "Redis operation failures by operation"),
+            &["operation"],
+        )?;
+        registry.register(Box::new(redis_errors.clone()))?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "embedstream_ingest_consumer_lag_records",
+                "Records between the consumer position and the partition end",
+            ),
+            &["partition"],
+        )?;
+        registry.register(Box::new(consumer_lag.clone()))?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "embedstream_http_request_duration_seconds",
+                "HTTP request latency by route and status class",
+            )
+            .buckets(latency_buckets()),
+            &["route", "status"],
+        )?;
+        registry.register(Box::new(http_duration.clone()))?;
+        Ok(Self {
+            records_consumed: counter("ingest_records_consumed_total", "Records read from Kafka")?,
+            events_applied: counter("ingest_events_applied_total", "Events applied to the model")?,
+            events_rejected,
+            events_late: counter("ingest_events_late_total", "Events applied after their window closed")?,
+            events_duplicate: counter("ingest_events_duplicate_total", "Events dropped as retried duplicates")?,
+            dead_lettered: counter("ingest_dead_lettered_total", "Records sent to the dead-letter topic")?,
+            buffered_events: gauge("ingest_buffered_events", "Events buffered in open windows")?,
+            window_close_lag: histogram(
+                "window_close_lag_seconds",
+                "Processing time from a window's first arrival to its close",
+            )?,
+            freshness: histogram(
+                "ingest_freshness_seconds",
+                "Processing time from a record's receipt to its effect being servable",
+            )?,
+            flushes: counter("store_flushes_total", "Flush transactions committed to Redis")?,
+            redis_duration,
+            redis_errors,
+            consumer_lag,
+            index_items: gauge("index_items", "Items in the HNSW snapshot")?,
+            index_fresh_items: gauge("index_fresh_items", "Items scored exactly (fresh tier)")?,
+            index_rebuild_duration: histogram(
+                "index_rebuild_duration_seconds",
+                "HNSW snapshot build time",
+            )?,
+            http_duration,
+            registry,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buffer).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

@@ -1,0 +1,241 @@
+//! Change tracking, export and restore of the model state: what the Redis sink writes after
+//! each window and reads back on start.
+
+use std::collections::VecDeque;
+
+use super::{ItemRow, Model, ModelConfigError, UserRow};
+
+/// Rows changed since the last [`Model::take_dirty`]: a flag per row plus the list, so marking
+/// is O(1) on the fold's hot path.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DirtySet {
+    flags: Vec<bool>,
+    rows: Vec<u32>,
+}
+
+impl DirtySet {
+    fn mark(&mut self, row: u32) {
+        let index = row as usize;
+        if index >= self.flags.len() {
+            self.flags.resize(index + 1, false);
+        }
+        if !self.flags[index] {
+            self.flags[index] = true;
+            self.rows.push(row);
+        }
+    }
+
+    fn take(&mut self) -> Vec<u32> {
+        for row in &self.rows {
+            self.flags[*row as usize] = false;
+        }
+        let mut rows = std::mem::take(&mut self.rows);
+        rows.sort_unstable();
+        rows
+    }
+}
+
+/// Everything stored about one user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserState {
+    /// User id.
+    pub id: String,
+    /// p_u, length `dim`.
+    pub vector: Vec<f32>,
+    /// Events applied.
+    pub events: u64,
+    /// Latest event time applied, ms (`i64::MIN` before any).
+    pub last_ts: i64,
+    /// Items interacted with, oldest first, at most `seen_items_per_user`.
+    pub seen: Vec<String>,
+}
+
+/// Everything stored about one item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemState {
+    /// Item id.
+    pub id: String,
+    /// Order of first appearance (0-based): restoring items in this order reproduces the
+    /// uniform negative sampling exactly.
+    pub row: u32,
+    /// q_i, length `dim`.
+    pub vector: Vec<f32>,
+    /// b_i.
+    pub bias: f32,
+    /// Events applied.
+    pub events: u64,
+    /// Latest event time applied, ms.
+    pub last_ts: i64,
+    /// See [`Model::popularity_log`].
+    pub popularity_log: f64,
+}
+
+/// A restore that does not fit the model.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RestoreError {
+    /// Stored vector of another dimension.
+    #[error("{kind} {id:?} has a vector of dimension {actual}, the model has {expected}")]
+    DimensionMismatch { kind: &'static str, id: String, expected: usize, actual: usize },
+    /// Items must be restored in row order without gaps.
+    #[error("item {id:?} has row {row}, expected {expected}")]
+    RowOutOfOrder { id: String, row: u32, expected: u32 },
+    /// The stored model had another configuration.
+    #[error(transparent)]
+    Config(#[from] ModelConfigError),
+}
+
+impl Model {
+    pub(crate) fn record_changes(&mut self, user: u32, item: u32) {
+        let limit = self.config.seen_items_per_user;
+        let seen = &mut self.user_seen[user as usize];
+        if limit > 0 && !seen.contains(&item) {
+            if seen.len() >= limit {
+                seen.pop_front();
+            }
+            seen.push_back(item);
+        }
+        self.dirty_users.mark(user);
+        let version = self.events_applied;
+        for row in std::iter::once(item).chain(self.negatives.iter().copied()) {
+            self.dirty_items.mark(row);
+            self.item_version[row as usize] = version;
+        }
+    }
+
+    /// Rows of users and items changed since the previous call, ascending.
+    pub fn take_dirty(&mut self) -> (Vec<UserRow>, Vec<ItemRow>) {
+        let users = self.dirty_users.take().into_iter().map(UserRow).collect();
+        let items = self.dirty_items.take().into_iter().map(ItemRow).collect();
+        (users, items)
+    }
+
+    /// `events_applied` when the item last changed.
+    pub fn item_version(&self, row: ItemRow) -> u64 {
+        self.item_version[row.0 as usize]
+    }
+
+    /// Item rows the user interacted with, oldest first (bounded by `seen_items_per_user`).
+    pub fn user_seen(&self, row: UserRow) -> impl Iterator<Item = ItemRow> + '_ {
+        self.user_seen[row.0 as usize].iter().map(|item| ItemRow(*item))
+    }
+
+    /// Exports one user.
+    pub fn user_state(&self, row: UserRow) -> UserState {
+        let index = row.0 as usize;
+        UserState {
+            id: self.users.ids[index].clone(),
+            vector: self.users.vector(row.0).to_vec(),
+            events: self.users.events[index],
+            last_ts: self.users.last_ts[index],
+            seen: self.user_seen[index]
+                .iter()
+                .map(|item| self.items.ids[*item as usize].clone())
+                .collect(),
+        }
+    }
+
+    /// Exports one item.
+    pub fn item_state(&self, row: ItemRow) -> ItemState {
+        let index = row.0 as usize;
+        ItemState {
+            id: self.items.ids[index].clone(),
+            row: row.0,
+            vector: self.items.vector(row.0).to_vec(),
+            bias: self.item_bias[index],
+            events: self.items.events[index],
+            last_ts: self.items.last_ts[index],
+            popularity_log: self.item_popularity_log[index],
+        }
+    }
+
+    /// The negative-sampling pool (item rows) and its next write position.
+    pub fn negative_pool(&self) -> (&[u32], usize) {
+        (&self.negative_pool, self.negative_pool_next)
+    }
+
+    /// Restores the pool written by [`Model::negative_pool`]; rows beyond the known items are
+    /// dropped.
+    pub fn restore_negative_pool(&mut self, pool: Vec<u32>, next: usize) {
+        let items = self.items.len() as u32;
+        self.negative_pool = pool.into_iter().filter(|row| *row < items).collect();
+        self.negative_pool.truncate(self.config.negative_pool_size);
+        self.negative_pool_next = next % self.config.negative_pool_size;
+    }
+
+    /// Sets the applied-event counter (restore).
+    pub fn restore_events_applied(&mut self, events_applied: u64) {
+        self.events_applied = events_applied;
+    }
+
+    /// Restores one item; items must come in row order 0, 1, 2, ...
+    ///
+    /// # Errors
+    /// [`RestoreError`] for a wrong dimension or a row out of order.
+    pub fn restore_item(&mut self, item: ItemState) -> Result<ItemRow, RestoreError> {
+        let expected = self.items.len() as u32;
+        if item.row != expected {
+            return Err(RestoreError::RowOutOfOrder { id: item.id, row: item.row, expected });
+        }
+        self.check_dim("item", &item.id, &item.vector)?;
+        let row = self.items.insert(&item.id, &item.vector, item.events, item.last_ts);
+        self.item_bias.push(item.bias);
+        self.item_popularity_log.push(item.popularity_log);
+        self.item_version.push(self.events_applied);
+        Ok(ItemRow(row))
+    }
+
+    /// Restores one user (items must be restored first, so that `seen` resolves; unknown seen
+    /// items are skipped). Replaces the user when already present.
+    ///
+    /// # Errors
+    /// [`RestoreError::DimensionMismatch`] for a wrong dimension.
+    pub fn restore_user(&mut self, user: UserState) -> Result<UserRow, RestoreError> {
+        self.check_dim("user", &user.id, &user.vector)?;
+        let seen: VecDeque<u32> =
+            user.seen.iter().filter_map(|item| self.items.row(item)).collect();
+        if let Some(row) = self.users.row(&user.id) {
+            self.users.vector_mut(row).copy_from_slice(&user.vector);
+            self.users.events[row as usize] = user.events;
+            self.users.last_ts[row as usize] = user.last_ts;
+            self.user_seen[row as usize] = seen;
+            return Ok(UserRow(row));
+        }
+        let row = self.users.insert(&user.id, &user.vector, user.events, user.last_ts);
+        self.user_seen.push(seen);
+        Ok(UserRow(row))
+    }
+
+    /// Drops a user from memory (a bounded user cache). Only call for users whose state is
+    /// durable; returns false when the user is unknown or has unsaved changes.
+    pub fn evict_user(&mut self, user_id: &str) -> bool {
+        let Some(row) = self.users.row(user_id) else { return false };
+        if self.dirty_users.flags.get(row as usize).copied().unwrap_or(false) {
+            return false;
+        }
+        let moved = self.users.swap_remove(row);
+        self.user_seen.swap_remove(row as usize);
+        if let Some(moved_from) = moved {
+            // The row that moved into `row` keeps its dirty flag.
+            let was_dirty =
+                self.dirty_users.flags.get(moved_from as usize).copied().unwrap_or(false);
+            if was_dirty {
+                self.dirty_users.flags[moved_from as usize] = false;
+                self.dirty_users.rows.retain(|dirty| *dirty != moved_from);
+                self.dirty_users.mark(row);
+            }
+        }
+        true
+    }
+
+    fn check_dim(&self, kind: &'static str, id: &str, vector: &[f32]) -> Result<(), RestoreError> {
+        if vector.len() != self.config.dim {
+            return Err(RestoreError::DimensionMismatch {
+                kind,
+                id: id.to_owned(),
+                expected: self.config.dim,
+                actual: vector.len(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,130 @@
+//! The HTTP API (axum): recommendations, scoring, similar items, vectors, health, readiness
+//! and metrics. Handlers read the in-process state; Redis is the durable copy and the fallback
+//! for users evicted from memory. Contract: `schemas/openapi.json`.
+//!
+//! The user a request is about comes from the [`SubjectUser`] extractor (today the `user_id`
+//! path segment), so that authentication can later supply it from a token without touching the
+//! handlers.
+
+mod error;
+mod handlers;
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+
+pub use error::{ApiError, ErrorCode};
+pub use handlers::SubjectUser;
+
+use crate::index::Index;
+use crate::ingest::Status;
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::store::Keys;
+
+/// HTTP settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Listen address (default `127.0.0.1:8080`).
+    pub listen: String,
+    /// Largest `k` a request may ask for (default 1000).
+    pub max_k: usize,
+    /// Largest candidate list of a scoring request (default 10000).
+    pub max_score_items: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".to_owned(), max_k: 1000, max_score_items: 10_000 }
+    }
+}
+
+/// Everything the handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    /// The live model.
+    pub model: Arc<RwLock<Model>>,
+    /// The ANN index.
+    pub index: Arc<Index>,
+    /// Ingest status.
+    pub status: Arc<Status>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Redis, for users evicted from memory (None: memory only).
+    pub redis: Option<redis::aio::ConnectionManager>,
+    /// Key layout.
+    pub keys: Keys,
+    /// Limits.
+    pub config: ServeConfig,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// Every route as (method, path in OpenAPI form); the router and `schemas/openapi.json` are
+/// both held against this list by the tests.
+pub const ROUTES: [(&str, &str); 8] = [
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/v1/users/{user_id}/recommendations"),
+    ("post", "/v1/users/{user_id}/scores"),
+    ("get", "/v1/users/{user_id}"),
+    ("get", "/v1/items/{item_id}/similar"),
+    ("get", "/v1/items/{item_id}"),
+];
+
+/// The router with every route, JSON fallbacks and the latency middleware.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .route("/v1/users/{user_id}/recommendations", get(handlers::recommendations))
+        .route("/v1/users/{user_id}/scores", post(handlers::scores))
+        .route("/v1/users/{user_id}", get(handlers::user))
+        .route("/v1/items/{item_id}/similar", get(handlers::similar))
+        .route("/v1/items/{item_id}", get(handlers::item))
+        .fallback(handlers::unknown_route)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record_latency))
+        .with_state(state)
+}
+
+async fn record_latency(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let class = format!("{}xx", response.status().as_u16() / 100);
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&[route.as_str(), class.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// IO errors of the listener.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}

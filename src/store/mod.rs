@@ -1,0 +1,80 @@
+//! Redis layout and codec: the durable copy of the learned state.
+//!
+//! Every key starts with the namespace (default `es`), so a rebuild can fill a new namespace and
+//! readers switch by configuration. Key layout (`{ns}` = namespace):
+//!
+//! | key | type | content |
+//! | --- | --- | --- |
+//! | `{ns}:meta` | hash | `schema_version` (1), `dim`, `seed`, `model_config` (JSON), `events_applied`, `closed_until` (ms, window state), `negative_pool` (u32 LE item rows), `negative_pool_next` |
+//! | `{ns}:user:{user_id}` | hash | `vector` (ESV1 value, see [`codec`]), `events`, `last_ts` (ms), `seen` (JSON array of item ids, oldest first) |
+//! | `{ns}:users` | set | every user id |
+//! | `{ns}:item:{item_id}` | hash | `vector` (ESV1), `bias` (decimal f32), `row` (first-appearance order), `events`, `last_ts` (ms), `popularity_log` (decimal f64) |
+//! | `{ns}:items` | sorted set | item id scored by `row` |
+//! | `{ns}:progress:{topic}` | hash | partition number to JSON `{"resume": offset, "done": [[first, last], ...]}` |
+//!
+//! One flush is one `MULTI`/`EXEC` transaction holding the changed users and items, the meta
+//! fields and the progress of every assigned partition: state and offsets move together.
+//! Floats are written with Rust's shortest round-trip formatting, so they read back bit-exact.
+
+pub mod codec;
+mod redis_sync;
+
+pub use redis_sync::{item_from_fields, user_from_fields, FlushBatch, StoreConfig, StoredMeta, SyncStore};
+
+/// Schema version written to `{ns}:meta`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Key names of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    namespace: String,
+}
+
+impl Keys {
+    /// Keys under `namespace`.
+    pub fn new(namespace: &str) -> Self {
+        Self { namespace: namespace.to_owned() }
+    }
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    /// `{ns}:meta`.
+    pub fn meta(&self) -> String {
+        format!("{}:meta", self.namespace)
+    }
+    /// `{ns}:user:{id}`.
+    pub fn user(&self, id: &str) -> String {
+        format!("{}:user:{id}", self.namespace)
+    }
+    /// `{ns}:users`.
+    pub fn users(&self) -> String {
+        format!("{}:users", self.namespace)
+    }
+    /// `{ns}:item:{id}`.
+    pub fn item(&self, id: &str) -> String {
+        format!("{}:item:{id}", self.namespace)
+    }
+    /// `{ns}:items`.
+    pub fn items(&self) -> String {
+        format!("{}:items", self.namespace)
+    }
+    /// `{ns}:progress:{topic}`.
+    pub fn progress(&self, topic: &str) -> String {
+        format!("{}:progress:{topic}", self.namespace)
+    }
+}
+
+/// Why a Redis operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Connection, timeout or command error (an external dependency: retrying can help).
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A stored value is malformed (a bug or a foreign writer: retrying cannot help).
+    #[error("redis key {key} field {field}: {reason}")]
+    Corrupt { key: String, field: &'static str, reason: String },
+    /// The namespace holds a model of another shape.
+    #[error("namespace {namespace} holds a model with {field} = {stored}, configured {configured}")]
+    Incompatible { namespace: String, field: &'static str, stored: String, configured: String },
+}
