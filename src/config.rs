@@ -164,7 +164,11 @@ impl Config {
             ));
         }
         if self.store.namespace.is_empty() || self.store.namespace.contains(char::is_whitespace) {
-            return Err(invalid("store.namespace", &self.store.namespace, "must be non-empty without spaces"));
+            return Err(invalid(
+                "store.namespace",
+                &self.store.namespace,
+                "must be non-empty without spaces",
+            ));
         }
         if self.ingest.flush_interval_ms == 0 {
             return Err(invalid("ingest.flush_interval_ms", &0, "must be >= 1"));

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use embedstream::config::Config;
+use embedstream::eval::{self, EvalConfig, Split};
 use embedstream::ingest::StartPosition;
 use embedstream::produce::{self, Pace};
-use embedstream::eval::{self, EvalConfig, Split};
 use embedstream::replay::replay;
 use embedstream::source::{self, read_movielens, Format};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -238,7 +238,8 @@ fn run_produce(
         .with_context(|| format!("reading {} as {format:?}", input.display()))?;
     let topic = topic.unwrap_or_else(|| config.kafka.topic.clone());
     let bar = progress_bar(records.len() as u64, json);
-    let summary = runtime()?.block_on(produce::produce(&records, &config.kafka, &topic, pace, &bar))?;
+    let summary =
+        runtime()?.block_on(produce::produce(&records, &config.kafka, &topic, pace, &bar))?;
     bar.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string(&summary)?);

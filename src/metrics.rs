@@ -72,8 +72,8 @@ impl Metrics {
             Ok(metric)
         };
         let histogram = |name: &str, help: &str| -> Result<Histogram, prometheus::Error> {
-            let opts = HistogramOpts::new(format!("embedstream_{name}"), help)
-                .buckets(latency_buckets());
+            let opts =
+                HistogramOpts::new(format!("embedstream_{name}"), help).buckets(latency_buckets());
             let metric = Histogram::with_opts(opts)?;
             registry.register(Box::new(metric.clone()))?;
             Ok(metric)
@@ -118,9 +118,18 @@ impl Metrics {
             records_consumed: counter("ingest_records_consumed_total", "Records read from Kafka")?,
             events_applied: counter("ingest_events_applied_total", "Events applied to the model")?,
             events_rejected,
-            events_late: counter("ingest_events_late_total", "Events applied after their window closed")?,
-            events_duplicate: counter("ingest_events_duplicate_total", "Events dropped as retried duplicates")?,
-            dead_lettered: counter("ingest_dead_lettered_total", "Records sent to the dead-letter topic")?,
+            events_late: counter(
+                "ingest_events_late_total",
+                "Events applied after their window closed",
+            )?,
+            events_duplicate: counter(
+                "ingest_events_duplicate_total",
+                "Events dropped as retried duplicates",
+            )?,
+            dead_lettered: counter(
+                "ingest_dead_lettered_total",
+                "Records sent to the dead-letter topic",
+            )?,
             buffered_events: gauge("ingest_buffered_events", "Events buffered in open windows")?,
             window_close_lag: histogram(
                 "window_close_lag_seconds",

@@ -147,7 +147,13 @@ async fn settle(delivery: Option<DeliveryFuture>, produced: &mut u64, failed: &m
     }
 }
 
-async fn pace_until(pace: Pace, index: usize, ts: Option<i64>, first_ts: Option<i64>, started: Instant) {
+async fn pace_until(
+    pace: Pace,
+    index: usize,
+    ts: Option<i64>,
+    first_ts: Option<i64>,
+    started: Instant,
+) {
     let due = match (pace, ts, first_ts) {
         (Pace::Rate(rate), _, _) if rate > 0.0 => Duration::from_secs_f64(index as f64 / rate),
         (Pace::Speedup(factor), Some(ts), Some(first)) if factor > 0.0 => {

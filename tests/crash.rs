@@ -72,8 +72,11 @@ fn kill_minus_nine_during_ingest_then_restart_gives_the_uninterrupted_digest() {
 
     // Crash between the Redis transaction and the Kafka commit (fault-injection hook).
     let before = stored_applied(&mut store);
-    let mut child =
-        spawn_service(&config, free_port(), &[("EMBEDSTREAM_INGEST__FAULT_CRASH_AFTER_FLUSHES", "2")]);
+    let mut child = spawn_service(
+        &config,
+        free_port(),
+        &[("EMBEDSTREAM_INGEST__FAULT_CRASH_AFTER_FLUSHES", "2")],
+    );
     let status = child.wait().unwrap();
     assert!(!status.success(), "the fault hook aborts the process");
     assert!(stored_applied(&mut store) >= before);

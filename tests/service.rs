@@ -97,7 +97,8 @@ fn bad_records_go_to_the_dead_letter_topic_with_reasons_and_the_rest_is_applied(
         if case.get("pad_to_bytes").is_some() {
             continue;
         }
-        expected_reasons.insert(text.as_bytes().to_vec(), case["reason"].as_str().unwrap().to_owned());
+        expected_reasons
+            .insert(text.as_bytes().to_vec(), case["reason"].as_str().unwrap().to_owned());
         records.push(embedstream::source::Record {
             key: Some(format!("k{index}").into_bytes()),
             value: text.as_bytes().to_vec(),
@@ -200,7 +201,11 @@ fn a_revoke_during_ingest_loses_and_duplicates_nothing() {
             .iter()
             .map(|user| store.load_user(user, 64).unwrap().map_or(0, |state| state.events))
             .sum();
-        if both_assigned && a["ingest"]["caught_up"] == true && b["ingest"]["caught_up"] == true && stored == 100_000 {
+        if both_assigned
+            && a["ingest"]["caught_up"] == true
+            && b["ingest"]["caught_up"] == true
+            && stored == 100_000
+        {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "not settled: {a} {b} stored {stored}");

@@ -58,7 +58,12 @@ pub(crate) fn rescore(
 
 /// Exact top k over every item: the ground truth of recall tests and the fallback when no
 /// snapshot exists.
-pub fn exact_top_k(model: &Model, user: &[f32], k: usize, exclude: &HashSet<u32>) -> Vec<ScoredItem> {
+pub fn exact_top_k(
+    model: &Model,
+    user: &[f32],
+    k: usize,
+    exclude: &HashSet<u32>,
+) -> Vec<ScoredItem> {
     let rows = (0..model.item_count() as u32).filter(|row| !exclude.contains(row));
     rescore(model, user, rows, k)
 }

@@ -28,7 +28,10 @@ pub(super) struct Snapshot {
     hnsw: Hnsw<'static, f32, DistL2>,
     dim: usize,
     len: usize,
+    /// Model version (`events_applied`) of the copied vectors.
     version: u64,
+    /// Radius M of the sphere every augmented item lies on.
+    radius: f32,
     unindexed: Vec<u32>,
 }
 
@@ -37,6 +40,7 @@ impl std::fmt::Debug for Snapshot {
         f.debug_struct("Snapshot")
             .field("len", &self.len)
             .field("version", &self.version)
+            .field("radius", &self.radius)
             .field("unindexed", &self.unindexed.len())
             .finish()
     }
@@ -87,17 +91,19 @@ impl Snapshot {
         hnsw.parallel_insert(&references);
         let mut hnsw = hnsw;
         hnsw.set_searching_mode(true);
-        Some(Self { hnsw, dim, len, version: copy.version, unindexed })
+        Some(Self {
+            hnsw,
+            dim,
+            len,
+            version: copy.version,
+            radius: max_norm_squared.sqrt(),
+            unindexed,
+        })
     }
 
     /// Items covered (indexed or listed as unindexed).
     pub(super) fn len(&self) -> usize {
         self.len
-    }
-
-    /// Model version (`events_applied`) of the copied vectors.
-    pub(super) fn version(&self) -> u64 {
-        self.version
     }
 
     /// Rows that could not be indexed.
@@ -115,6 +121,14 @@ impl Snapshot {
         query.push(0.0);
         if query.len() != self.dim + 2 {
             return Vec::new();
+        }
+        // Scaling the query onto the items' sphere keeps the distance order (|y' - x|^2 =
+        // 2 M^2 - 2 (M / |y|) y.x) and puts it where the graph was built, which greedy search
+        // needs: a far-away query sees nearly equal distances everywhere.
+        let norm = query.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 && self.radius > 0.0 {
+            let scale = self.radius / norm;
+            query.iter_mut().for_each(|x| *x *= scale);
         }
         self.hnsw
             .search(&query, wanted, ef_search.max(wanted))

@@ -89,7 +89,12 @@ impl IngestContext {
     }
 }
 
-fn timestamp_offset(consumer: &BaseConsumer<IngestContext>, topic: &str, partition: i32, ms: i64) -> Offset {
+fn timestamp_offset(
+    consumer: &BaseConsumer<IngestContext>,
+    topic: &str,
+    partition: i32,
+    ms: i64,
+) -> Offset {
     let mut query = TopicPartitionList::new();
     if query.add_partition_offset(topic, partition, Offset::Offset(ms)).is_err() {
         return Offset::Beginning;
@@ -152,8 +157,11 @@ pub fn run_consumer(
     for (key, value) in &kafka.properties {
         client.set(key, value);
     }
-    let context =
-        IngestContext { engine: Arc::clone(&engine), topic: kafka.topic.clone(), cancel: cancel.clone() };
+    let context = IngestContext {
+        engine: Arc::clone(&engine),
+        topic: kafka.topic.clone(),
+        cancel: cancel.clone(),
+    };
     let consumer: BaseConsumer<IngestContext> = client.create_with_context(context)?;
     consumer.subscribe(&[&kafka.topic])?;
     let poll_timeout = Duration::from_millis(ingest.poll_timeout_ms);
@@ -192,7 +200,9 @@ pub fn run_consumer(
     let final_flush = lock(&engine).flush();
     match final_flush {
         Ok(offsets) => commit_offsets(&consumer, &kafka.topic, &offsets),
-        Err(error) => tracing::warn!(%error, "final flush failed; unflushed events will be re-read"),
+        Err(error) => {
+            tracing::warn!(%error, "final flush failed; unflushed events will be re-read")
+        }
     }
     consumer.unsubscribe();
     Ok(())

@@ -335,8 +335,7 @@ impl Engine {
     /// the Kafka group (for lag tools) after a successful flush.
     pub fn tick(&mut self, now_ms: i64) -> Option<Vec<(i32, i64)>> {
         let dim = self.fold.model().dim();
-        let mut users =
-            StoredUsers { store: &mut self.store, known: &self.known_users, dim };
+        let mut users = StoredUsers { store: &mut self.store, known: &self.known_users, dim };
         let windows = self.fold.poll(now_ms, &mut users);
         for window in &windows {
             let mut first_arrival: Option<Instant> = None;
@@ -357,7 +356,9 @@ impl Engine {
         let stats = self.fold.stats();
         self.metrics.events_applied.inc_by(stats.applied - self.metrics.events_applied.get());
         self.metrics.events_late.inc_by(stats.late - self.metrics.events_late.get());
-        self.metrics.events_duplicate.inc_by(stats.duplicates - self.metrics.events_duplicate.get());
+        self.metrics
+            .events_duplicate
+            .inc_by(stats.duplicates - self.metrics.events_duplicate.get());
         self.metrics.buffered_events.set(self.fold.buffered() as i64);
         self.status.applied.store(self.fold.model().events_applied(), Ordering::Relaxed);
         if !done.is_empty() {
@@ -367,9 +368,8 @@ impl Engine {
         let all_at_end = !self.assigned.is_empty()
             && self.assigned.iter().all(|partition| self.eof.contains(partition));
         let settled = all_at_end && self.fold.buffered() == 0;
-        let has_work = self.progress_dirty
-            || !self.pending_users.is_empty()
-            || !self.pending_items.is_empty();
+        let has_work =
+            self.progress_dirty || !self.pending_users.is_empty() || !self.pending_items.is_empty();
         let due = self.last_flush.elapsed().as_millis() as u64 >= self.config.flush_interval_ms;
         let mut commit = None;
         if has_work && (due || settled) {
@@ -405,8 +405,16 @@ impl Engine {
             let model = self.fold.model();
             let (pool, next) = model.negative_pool();
             FlushBatch {
-                users: self.pending_users.iter().map(|row| model.user_state(UserRow(*row))).collect(),
-                items: self.pending_items.iter().map(|row| model.item_state(ItemRow(*row))).collect(),
+                users: self
+                    .pending_users
+                    .iter()
+                    .map(|row| model.user_state(UserRow(*row)))
+                    .collect(),
+                items: self
+                    .pending_items
+                    .iter()
+                    .map(|row| model.item_state(ItemRow(*row)))
+                    .collect(),
                 meta: StoredMeta {
                     dim: model.dim(),
                     model_config: model.config().clone(),
@@ -415,12 +423,19 @@ impl Engine {
                     negative_pool: (pool.to_vec(), next),
                 },
                 topic: self.topic.clone(),
-                progress: self.progress.iter().map(|(p, progress)| (*p, progress.stored())).collect(),
+                progress: self
+                    .progress
+                    .iter()
+                    .map(|(p, progress)| (*p, progress.stored()))
+                    .collect(),
             }
         };
         let started = Instant::now();
         let result = self.store.write_flush(&batch);
-        self.metrics.redis_duration.with_label_values(&["flush"]).observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .redis_duration
+            .with_label_values(&["flush"])
+            .observe(started.elapsed().as_secs_f64());
         self.status.redis_ok.store(result.is_ok(), Ordering::Relaxed);
         if let Err(error) = result {
             self.metrics.redis_errors.with_label_values(&["flush"]).inc();
@@ -437,7 +452,10 @@ impl Engine {
         if self.config.fault_crash_after_flushes > 0
             && self.flushes >= self.config.fault_crash_after_flushes
         {
-            tracing::error!(flushes = self.flushes, "fault injection: aborting after flush, before commit");
+            tracing::error!(
+                flushes = self.flushes,
+                "fault injection: aborting after flush, before commit"
+            );
             std::process::abort();
         }
         self.evict_users();

@@ -152,7 +152,10 @@ mod tests {
     #[test]
     fn start_positions_parse() {
         assert_eq!("earliest".parse(), Ok(StartPosition::Earliest));
-        assert_eq!("timestamp:1700000000000".parse(), Ok(StartPosition::Timestamp(1_700_000_000_000)));
+        assert_eq!(
+            "timestamp:1700000000000".parse(),
+            Ok(StartPosition::Timestamp(1_700_000_000_000))
+        );
         assert_eq!(
             "offsets:0=5,2=7".parse(),
             Ok(StartPosition::Offsets(BTreeMap::from([(0, 5), (2, 7)])))

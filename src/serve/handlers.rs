@@ -1,7 +1,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLockReadGuard;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -149,7 +149,9 @@ pub(super) async fn recommendations(
     let stored = user_state(&state, &user_id).await?;
     let model = read(&state);
     let exclude: HashSet<u32> = match (&stored, params.exclude_seen) {
-        (Some(user), true) => user.seen.iter().filter_map(|item| model.item_row(item)).map(|r| r.0).collect(),
+        (Some(user), true) => {
+            user.seen.iter().filter_map(|item| model.item_row(item)).map(|r| r.0).collect()
+        }
         _ => HashSet::new(),
     };
     let (source, items, ann, candidates) = match &stored {
@@ -198,7 +200,9 @@ pub(super) async fn scores(
             continue;
         };
         let score = match personal {
-            Some(user) => crate::model::dot(&user.vector, model.item_vector(row)) + model.item_bias(row),
+            Some(user) => {
+                crate::model::dot(&user.vector, model.item_vector(row)) + model.item_bias(row)
+            }
             None => model.popularity_log(row) as f32,
         };
         scored.push(json!({ "item_id": item_id, "score": score }));
@@ -211,7 +215,10 @@ pub(super) async fn scores(
     })))
 }
 
-pub(super) async fn user(State(state): State<AppState>, SubjectUser(user_id): SubjectUser) -> ApiResult {
+pub(super) async fn user(
+    State(state): State<AppState>,
+    SubjectUser(user_id): SubjectUser,
+) -> ApiResult {
     let Some(user) = user_state(&state, &user_id).await? else {
         return Err(ApiError::new(ErrorCode::NotFound, format!("unknown user {user_id:?}")));
     };
@@ -225,7 +232,11 @@ pub(super) async fn user(State(state): State<AppState>, SubjectUser(user_id): Su
     })))
 }
 
-fn item_row(model: &Model, params: &HashMap<String, String>) -> Result<(String, ItemRow), ApiError> {
+type ItemPath = Result<Path<HashMap<String, String>>, PathRejection>;
+
+fn item_row(model: &Model, path: ItemPath) -> Result<(String, ItemRow), ApiError> {
+    let Path(params) =
+        path.map_err(|error| ApiError::new(ErrorCode::InvalidParameter, error.body_text()))?;
     let item_id = params.get("item_id").cloned().unwrap_or_default();
     valid_id("item_id", &item_id)?;
     let row = model
@@ -243,19 +254,21 @@ pub(super) struct SimilarParams {
 
 pub(super) async fn similar(
     State(state): State<AppState>,
-    Path(path): Path<HashMap<String, String>>,
+    path: ItemPath,
     params: Result<Query<SimilarParams>, QueryRejection>,
 ) -> ApiResult {
     let params = query(params)?;
     check_k(params.k, &state)?;
     let model = read(&state);
-    let (item_id, row) = item_row(&model, &path)?;
-    Ok(Json(json!({ "item_id": item_id, "k": params.k, "items": similar_items(&model, row, params.k) })))
+    let (item_id, row) = item_row(&model, path)?;
+    Ok(Json(
+        json!({ "item_id": item_id, "k": params.k, "items": similar_items(&model, row, params.k) }),
+    ))
 }
 
-pub(super) async fn item(State(state): State<AppState>, Path(path): Path<HashMap<String, String>>) -> ApiResult {
+pub(super) async fn item(State(state): State<AppState>, path: ItemPath) -> ApiResult {
     let model = read(&state);
-    let (item_id, row) = item_row(&model, &path)?;
+    let (item_id, row) = item_row(&model, path)?;
     let item = model.item_state(row);
     Ok(Json(json!({
         "item_id": item_id,

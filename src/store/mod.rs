@@ -19,7 +19,9 @@
 pub mod codec;
 mod redis_sync;
 
-pub use redis_sync::{item_from_fields, user_from_fields, FlushBatch, StoreConfig, StoredMeta, SyncStore};
+pub use redis_sync::{
+    item_from_fields, user_from_fields, FlushBatch, StoreConfig, StoredMeta, SyncStore,
+};
 
 /// Schema version written to `{ns}:meta`.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -75,6 +77,8 @@ pub enum StoreError {
     #[error("redis key {key} field {field}: {reason}")]
     Corrupt { key: String, field: &'static str, reason: String },
     /// The namespace holds a model of another shape.
-    #[error("namespace {namespace} holds a model with {field} = {stored}, configured {configured}")]
+    #[error(
+        "namespace {namespace} holds a model with {field} = {stored}, configured {configured}"
+    )]
     Incompatible { namespace: String, field: &'static str, stored: String, configured: String },
 }

@@ -159,7 +159,10 @@ impl SyncStore {
                 .ignore();
         }
         if !batch.users.is_empty() {
-            pipe.cmd("SADD").arg(keys.users()).arg(batch.users.iter().map(|u| &u.id).collect::<Vec<_>>()).ignore();
+            pipe.cmd("SADD")
+                .arg(keys.users())
+                .arg(batch.users.iter().map(|u| &u.id).collect::<Vec<_>>())
+                .ignore();
         }
         for item in &batch.items {
             pipe.cmd("HSET")
@@ -255,15 +258,17 @@ impl SyncStore {
     /// # Errors
     /// [`StoreError`] for Redis failures or malformed values.
     pub fn load_items(&mut self, dim: usize) -> Result<Vec<ItemState>, StoreError> {
-        let ids: Vec<String> =
-            self.with(|connection, keys| redis::cmd("ZRANGE").arg(keys.items()).arg(0).arg(-1).query(connection))?;
+        let ids: Vec<String> = self.with(|connection, keys| {
+            redis::cmd("ZRANGE").arg(keys.items()).arg(0).arg(-1).query(connection)
+        })?;
         let mut items = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(512) {
             let mut pipe = redis::pipe();
             for id in chunk {
                 pipe.cmd("HGETALL").arg(self.keys.item(id));
             }
-            let rows: Vec<HashMap<String, Vec<u8>>> = self.with(|connection, _| pipe.query(connection))?;
+            let rows: Vec<HashMap<String, Vec<u8>>> =
+                self.with(|connection, _| pipe.query(connection))?;
             for (id, fields) in chunk.iter().zip(rows) {
                 items.push(item_from_fields(&self.keys.item(id), id, &fields, dim)?);
             }
@@ -303,10 +308,12 @@ impl SyncStore {
         partition: i32,
     ) -> Result<Option<StoredProgress>, StoreError> {
         let key = self.keys.progress(topic);
-        let value: Option<String> =
-            self.with(|connection, _| redis::cmd("HGET").arg(&key).arg(partition).query(connection))?;
+        let value: Option<String> = self
+            .with(|connection, _| redis::cmd("HGET").arg(&key).arg(partition).query(connection))?;
         value
-            .map(|text| serde_json::from_str(&text).map_err(|error| corrupt(&key, "partition", error)))
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|error| corrupt(&key, "partition", error))
+            })
             .transpose()
     }
 }
@@ -348,7 +355,9 @@ pub fn user_from_fields(
     dim: usize,
 ) -> Result<UserState, StoreError> {
     let seen: Vec<String> = match fields.get("seen") {
-        Some(bytes) => serde_json::from_slice(bytes).map_err(|error| corrupt(key, "seen", error))?,
+        Some(bytes) => {
+            serde_json::from_slice(bytes).map_err(|error| corrupt(key, "seen", error))?
+        }
         None => Vec::new(),
     };
     Ok(UserState {

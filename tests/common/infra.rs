@@ -52,10 +52,8 @@ pub fn test_config(name: &str) -> Config {
 pub fn create_topics(topics: &[(&str, i32)]) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .create()
-            .unwrap();
+        let admin: AdminClient<DefaultClientContext> =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
         let new_topics: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
@@ -183,13 +181,13 @@ pub fn movielens_records() -> Vec<embedstream::source::Record> {
 }
 
 /// The digest `replay --partitions N` gives for these records under `config`.
-pub fn replay_digest(config: &Config, records: &[embedstream::source::Record], partitions: i32) -> String {
-    let (summary, _) = embedstream::replay::replay(
-        records,
-        config,
-        partitions,
-        &indicatif::ProgressBar::hidden(),
-    )
-    .unwrap();
+pub fn replay_digest(
+    config: &Config,
+    records: &[embedstream::source::Record],
+    partitions: i32,
+) -> String {
+    let (summary, _) =
+        embedstream::replay::replay(records, config, partitions, &indicatif::ProgressBar::hidden())
+            .unwrap();
     summary.digest
 }
