@@ -1,0 +1,147 @@
+//! `schemas/openapi.json` against the router: the same routes, and real responses (success and
+//! error) valid against the documented schemas.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request};
+use embedstream::config::Config;
+use embedstream::index::{Index, IndexConfig};
+use embedstream::ingest::Status;
+use embedstream::metrics::Metrics;
+use embedstream::serve::{router, AppState, ServeConfig, ROUTES};
+use embedstream::store::Keys;
+use serde_json::Value;
+use tower::ServiceExt;
+
+fn spec() -> Value {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/openapi.json"))
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn state() -> AppState {
+    let lines: Vec<String> = (0..300)
+        .map(|n| {
+            format!(
+                r#"{{"event_id":"e{n}","user_id":"u{}","item_id":"i{}","event_type":"click","ts":{}}}"#,
+                n % 7,
+                n % 23,
+                1_700_000_000_000u64 + n * 100
+            )
+        })
+        .collect();
+    let records: Vec<embedstream::source::Record> = lines
+        .iter()
+        .enumerate()
+        .map(|(line, text)| embedstream::source::Record {
+            key: Some(format!("u{}", line % 7).into_bytes()),
+            value: text.clone().into_bytes(),
+            line: line as u64,
+            ts: None,
+        })
+        .collect();
+    let (_, fold) =
+        embedstream::replay::replay(&records, &Config::default(), 1, &indicatif::ProgressBar::hidden())
+            .unwrap();
+    let model = fold.shared_model();
+    let index = Arc::new(Index::new(IndexConfig::default()));
+    index.rebuild(&model).unwrap();
+    let status = Arc::new(Status::default());
+    status.restored.store(true, std::sync::atomic::Ordering::Relaxed);
+    AppState {
+        model,
+        index,
+        status,
+        metrics: Metrics::new().unwrap(),
+        redis: None,
+        keys: Keys::new("test"),
+        config: ServeConfig::default(),
+    }
+}
+
+#[test]
+fn spec_and_router_list_the_same_routes() {
+    let spec = spec();
+    let documented: BTreeSet<(String, String)> = spec["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, operations)| {
+            operations.as_object().unwrap().keys().map(move |method| (method.clone(), path.clone()))
+        })
+        .collect();
+    let routed: BTreeSet<(String, String)> =
+        ROUTES.iter().map(|(method, path)| ((*method).to_owned(), (*path).to_owned())).collect();
+    assert_eq!(documented, routed);
+}
+
+/// Sends a request; returns the status and the body as JSON (or text wrapped in a string).
+async fn call(app: &axum::Router, method: Method, uri: &str, body: Option<&str>) -> (u16, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let request = request.body(Body::from(body.unwrap_or("").to_owned())).unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+fn schema_for(spec: &Value, method: &str, path: &str, status: u16) -> Value {
+    let response = &spec["paths"][path][method]["responses"][status.to_string()];
+    assert!(!response.is_null(), "{method} {path} may not answer {status} per the spec");
+    let schema = &response["content"]["application/json"]["schema"];
+    let reference = schema["$ref"].as_str().unwrap_or_else(|| panic!("no $ref for {method} {path} {status}"));
+    let name = reference.trim_start_matches("#/components/schemas/");
+    spec["components"]["schemas"][name].clone()
+}
+
+#[tokio::test]
+async fn real_responses_match_the_documented_schemas() {
+    let spec = spec();
+    let app = router(state());
+    let cases: Vec<(Method, &str, &str, Option<&str>, u16)> = vec![
+        (Method::GET, "/healthz", "/healthz", None, 200),
+        (Method::GET, "/readyz", "/readyz", None, 200),
+        (Method::GET, "/v1/users/{user_id}/recommendations", "/v1/users/u1/recommendations?k=5", None, 200),
+        (Method::GET, "/v1/users/{user_id}/recommendations", "/v1/users/stranger/recommendations", None, 200),
+        (Method::GET, "/v1/users/{user_id}/recommendations", "/v1/users/u1/recommendations?k=0", None, 400),
+        (Method::GET, "/v1/users/{user_id}/recommendations", "/v1/users/u1/recommendations?k=ten", None, 400),
+        (Method::GET, "/v1/users/{user_id}/recommendations", "/v1/users/u1/recommendations?color=red", None, 400),
+        (Method::POST, "/v1/users/{user_id}/scores", "/v1/users/u1/scores", Some(r#"{"item_ids":["i1","nope"]}"#), 200),
+        (Method::POST, "/v1/users/{user_id}/scores", "/v1/users/u1/scores", Some(r#"{"item_ids":[]}"#), 400),
+        (Method::POST, "/v1/users/{user_id}/scores", "/v1/users/u1/scores", Some("not json"), 400),
+        (Method::GET, "/v1/users/{user_id}", "/v1/users/u1", None, 200),
+        (Method::GET, "/v1/users/{user_id}", "/v1/users/nobody", None, 404),
+        (Method::GET, "/v1/items/{item_id}/similar", "/v1/items/i1/similar?k=3", None, 200),
+        (Method::GET, "/v1/items/{item_id}/similar", "/v1/items/none/similar", None, 404),
+        (Method::GET, "/v1/items/{item_id}", "/v1/items/i1", None, 200),
+        (Method::GET, "/v1/items/{item_id}", "/v1/items/none", None, 404),
+    ];
+    for (method, path, uri, body, expected) in cases {
+        let method_name = method.as_str().to_lowercase();
+        let (status, value) = call(&app, method, uri, body).await;
+        assert_eq!(status, expected, "{uri}: {value}");
+        let schema = schema_for(&spec, &method_name, path, status);
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{uri} -> {status} {value}: {errors:?}");
+    }
+    // Unknown routes and methods are JSON errors too, never 500s.
+    let (status, value) = call(&app, Method::GET, "/v2/nothing", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(value["error"]["code"], "unknown_route");
+    let (status, value) = call(&app, Method::DELETE, "/v1/users/u1", None).await;
+    assert_eq!(status, 405);
+    assert_eq!(value["error"]["code"], "method_not_allowed");
+    let (status, metrics) = call(&app, Method::GET, "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(metrics.as_str().unwrap().contains("embedstream_http_request_duration_seconds"));
+}
