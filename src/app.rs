@@ -16,17 +16,34 @@ use crate::model::Model;
 use crate::serve::{router, serve, AppState};
 use crate::store::{Keys, SyncStore};
 
+/// How `run` starts and when it stops by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Where partitions without stored progress start.
+    pub start: StartPosition,
+    /// Stop once every assigned partition is consumed, applied and flushed.
+    pub exit_when_caught_up: bool,
+}
+
+impl From<StartPosition> for RunOptions {
+    fn from(start: StartPosition) -> Self {
+        Self { start, exit_when_caught_up: false }
+    }
+}
+
 /// Runs the service: restores state from Redis, consumes the topic, serves HTTP on
-/// `listener` until `shutdown` completes, then stops the consumer after a final flush.
+/// `listener` until `shutdown` completes (or, with `exit_when_caught_up`, until caught up),
+/// then stops the consumer after a final flush.
 ///
 /// # Errors
 /// Configuration, Kafka client or listener errors.
 pub async fn run(
     config: Config,
-    start: StartPosition,
+    options: impl Into<RunOptions>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let RunOptions { start, exit_when_caught_up } = options.into();
     let metrics = Metrics::new().context("registering metrics")?;
     let index = Arc::new(Index::new(config.index.clone()));
     let status = Arc::new(Status::default());
@@ -107,8 +124,21 @@ pub async fn run(
         .spawn(move || run_consumer(engine, &kafka, &ingest, consumer_cancel))
         .context("starting the ingest thread")?;
 
-    shutdown.await;
-    tracing::info!("shutdown requested");
+    let caught_up_status = Arc::clone(&status);
+    let caught_up = async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if exit_when_caught_up
+                && caught_up_status.caught_up.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = shutdown => tracing::info!("shutdown requested"),
+        () = caught_up => tracing::info!("caught up: stopping"),
+    }
     cancel.cancel();
     let joined = tokio::task::spawn_blocking(move || consumer.join()).await;
     match joined {

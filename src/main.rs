@@ -79,6 +79,10 @@ enum Command {
         /// HTTP listen address (overrides http.listen).
         #[arg(long)]
         listen: Option<String>,
+        /// Exit (after the final flush) once every assigned partition is consumed, applied and
+        /// flushed: rebuild a namespace from a topic and stop.
+        #[arg(long)]
+        exit_when_caught_up: bool,
     },
     /// Publish a dataset to Kafka in event-time order, keyed by user, event time as the record
     /// timestamp.
@@ -141,7 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let eval_config = EvalConfig { split, batch_epochs, ..EvalConfig::default() };
             run_eval(&config, &input, eval_config, &plot, json)
         }
-        Command::Run { from, namespace, topic, group, listen } => {
+        Command::Run { from, namespace, topic, group, listen, exit_when_caught_up } => {
             let mut config = config;
             if let Some(namespace) = namespace {
                 config.store.namespace = namespace;
@@ -156,7 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.http.listen = listen;
             }
             config.validate()?;
-            run_service(config, from)
+            run_service(config, from, exit_when_caught_up)
         }
         Command::Produce { input, format, topic, rate, speedup, json } => {
             let pace = match (rate, speedup) {
@@ -193,13 +197,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")
 }
 
-fn run_service(config: Config, from: StartPosition) -> anyhow::Result<()> {
+fn run_service(config: Config, from: StartPosition, exit_when_caught_up: bool) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&config.http.listen)
             .await
             .with_context(|| format!("binding {}", config.http.listen))?;
         tracing::info!(listen = %listener.local_addr()?, "http listening");
-        embedstream::app::run(config, from, listener, shutdown_signal()).await
+        let options = embedstream::app::RunOptions { start: from, exit_when_caught_up };
+        embedstream::app::run(config, options, listener, shutdown_signal()).await
     })
 }
 

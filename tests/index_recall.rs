@@ -62,7 +62,7 @@ fn recall_on_movielens_items_while_updates_arrive() {
         let mut guard = model.write().unwrap();
         let _ = guard.take_dirty();
     }
-    let index = Index::new(IndexConfig::default());
+    let index = Index::new(IndexConfig { rebuild_interval_ms: 0, ..IndexConfig::default() });
     index.rebuild(&model).unwrap();
     assert_eq!(index.snapshot_len(), 1_682);
 
@@ -138,7 +138,8 @@ fn recall_on_100000_synthetic_items() {
                 .unwrap();
         }
     }
-    let index_config = IndexConfig { ef_construction: 100, ..IndexConfig::default() };
+    let index_config =
+        IndexConfig { ef_construction: 100, rebuild_interval_ms: 0, ..IndexConfig::default() };
     let index = Index::new(index_config);
     let seconds = index.rebuild(&model).unwrap();
     assert_eq!(index.snapshot_len(), items as usize);

@@ -52,6 +52,9 @@ pub struct IndexConfig {
     pub rebuild_fresh_share: f64,
     /// ... and at least this many items (default 256).
     pub rebuild_min_fresh: usize,
+    /// Least time between the starts of two rebuilds, ms (default 5000): under bulk ingest
+    /// every event touches 17 items, and back-to-back rebuilds would take a core from the fold.
+    pub rebuild_interval_ms: u64,
 }
 
 impl Default for IndexConfig {
@@ -63,6 +66,7 @@ impl Default for IndexConfig {
             ef_search: 128,
             rebuild_fresh_share: 0.1,
             rebuild_min_fresh: 256,
+            rebuild_interval_ms: 5000,
         }
     }
 }
@@ -76,6 +80,7 @@ pub struct Index {
     /// Fresh rows, each with the note sequence number of its latest interaction.
     fresh: Mutex<Fresh>,
     building: Mutex<bool>,
+    last_build_started: Mutex<Option<Instant>>,
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +108,7 @@ impl Index {
             snapshot: RwLock::new(None),
             fresh: Mutex::new(Fresh::default()),
             building: Mutex::new(false),
+            last_build_started: Mutex::new(None),
         }
     }
 
@@ -141,8 +147,14 @@ impl Index {
             return false;
         }
         let fresh = self.fresh_len();
+        let rested = self.last_build_started.lock().map_or(true, |last| {
+            last.is_none_or(|started| {
+                started.elapsed().as_millis() as u64 >= self.config.rebuild_interval_ms
+            })
+        });
         !self.is_built()
-            || (fresh >= self.config.rebuild_min_fresh
+            || (rested
+                && fresh >= self.config.rebuild_min_fresh
                 && fresh as f64 > self.config.rebuild_fresh_share * item_count as f64)
     }
 
@@ -158,6 +170,9 @@ impl Index {
             *building = true;
         }
         let started = Instant::now();
+        if let Ok(mut last) = self.last_build_started.lock() {
+            *last = Some(started);
+        }
         let (copy, noted_before_copy) = {
             let model = model.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             let sequence = self.fresh.lock().map_or(0, |fresh| fresh.sequence);

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Service benchmarks (BENCHMARKS.md): start Redis and the broker (state in .dev-bench/), then
+#   1. ingest: a bare rdkafka consumer (examples/raw_consume.rs) against `embedstream run
+#      --exit-when-caught-up` on the same topic, side by side, each in a fresh consumer group;
+#   2. HTTP: recommendation latency and throughput with wrk at fixed request rates (wrk's
+#      delay() hook) against the no-op route /healthz of the same server;
+#   3. freshness: from `embedstream produce` of one event to its effect visible over HTTP.
+# Usage: scripts/bench-service.sh [copies of ml-100k for the ingest topic, default 5]
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+copies=${1:-5}
+export EMBEDSTREAM_DEV_DIR="$root/.dev-bench"
+export EMBEDSTREAM_REDIS_PORT=46379 EMBEDSTREAM_KAFKA_PORT=49092
+http_port=48080
+bin="$root/target/release/embedstream"
+run_id="bench-$(date +%s)"
+work="$EMBEDSTREAM_DEV_DIR/$run_id"
+
+scripts/fetch-movielens.sh >/dev/null
+cargo build --release --locked --quiet --bins --examples
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+service_pid=""
+cleanup() {
+  [[ -n "$service_pid" ]] && kill "$service_pid" 2>/dev/null && wait "$service_pid" 2>/dev/null
+  scripts/dev-down.sh >/dev/null
+}
+trap cleanup EXIT
+scripts/dev-up.sh "$run_id-ingest:4" "$run_id-serve:4" "$run_id-dlq:1" >/dev/null
+mkdir -p "$work"
+export EMBEDSTREAM_KAFKA__BROKERS="127.0.0.1:$EMBEDSTREAM_KAFKA_PORT"
+export EMBEDSTREAM_KAFKA__DEAD_LETTER_TOPIC="$run_id-dlq"
+export EMBEDSTREAM_KAFKA__SESSION_TIMEOUT_MS=6000
+export EMBEDSTREAM_STORE__URL="redis://127.0.0.1:$EMBEDSTREAM_REDIS_PORT/"
+export RUST_LOG=warn
+
+echo "== 1. ingest: $copies x MovieLens-100k, bare consumer vs embedstream"
+python3 - "$copies" "$work/ingest.jsonl" <<'PY'
+import json, sys
+copies, out = int(sys.argv[1]), sys.argv[2]
+rows = []
+for number, line in enumerate(open("data/ml-100k/u.data")):
+    user, item, rating, ts = line.split("\t")
+    rows.append((int(ts), number, user, item, int(rating)))
+rows.sort()
+year_ms = 365 * 24 * 3600 * 1000
+with open(out, "w") as f:
+    for copy in range(copies):
+        for ts, _, user, item, rating in rows:
+            f.write(json.dumps({"event_id": f"c{copy}-{user}-{item}", "user_id": user, "item_id": item,
+                                "event_type": "like" if rating >= 4 else "view",
+                                "ts": ts * 1000 + copy * year_ms, "rating": rating}) + "\n")
+PY
+"$bin" produce --input "$work/ingest.jsonl" --topic "$run_id-ingest" --json
+for round in 1 2 3; do
+  raw=$(target/release/examples/raw_consume "$EMBEDSTREAM_KAFKA__BROKERS" "$run_id-ingest")
+  start=$(date +%s.%N)
+  "$bin" run --topic "$run_id-ingest" --group "$run_id-run-$round" --namespace "$run_id-run-$round" \
+    --listen 127.0.0.1:0 --exit-when-caught-up
+  end=$(date +%s.%N)
+  python3 - "$raw" "$start" "$end" "$((copies * 100000))" <<'PY'
+import json, sys
+raw = json.loads(sys.argv[1]); seconds = float(sys.argv[3]) - float(sys.argv[2]); records = int(sys.argv[4])
+print(f"bare consumer {raw['records']} records in {raw['seconds']:.2f} s = {raw['records_per_second']:,.0f}/s | "
+      f"embedstream run {records} events in {seconds:.2f} s = {records / seconds:,.0f}/s "
+      f"(ratio {raw['records_per_second'] / (records / seconds):.2f}x; both include joining the group)")
+PY
+done
+
+echo "== 2. HTTP latency (wrk, 2 threads, 8 connections, 15 s per point; server and wrk share 2 cores)"
+"$bin" produce --input data/ml-100k/u.data --format movielens --topic "$run_id-serve" >/dev/null
+"$bin" run --topic "$run_id-serve" --group "$run_id-serve" --namespace "$run_id-serve" \
+  --listen "127.0.0.1:$http_port" >"$work/serve.log" 2>&1 &
+service_pid=$!
+for _ in $(seq 300); do
+  curl -s "127.0.0.1:$http_port/readyz" | grep -q '"caught_up":true' && break
+  sleep 0.5
+done
+cat >"$work/wrk.lua" <<'LUA'
+-- rate (requests/s over all connections) and path come from the environment
+local rate = tonumber(os.getenv("RATE") or "0")
+local path = os.getenv("WRK_PATH")
+local connections = 8
+function request()
+  local uri = path
+  if path == "recs" then
+    uri = "/v1/users/" .. math.random(1, 943) .. "/recommendations?k=10"
+  end
+  return wrk.format("GET", uri)
+end
+function delay()
+  if rate > 0 then return 1000 * connections / rate end
+  return 0
+end
+function done(summary, latency, requests)
+  io.write(string.format("RESULT rps=%.0f p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f errors=%d\n",
+    summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000, latency:percentile(99.9) / 1000,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.timeout))
+end
+LUA
+for target in /healthz recs; do
+  for rate in 1000 4000 0; do
+    line=$(RATE=$rate WRK_PATH=$target wrk -t2 -c8 -d15s -s "$work/wrk.lua" "http://127.0.0.1:$http_port" | grep RESULT)
+    label=$([[ $rate == 0 ]] && echo "unthrottled" || echo "$rate req/s")
+    echo "$( [[ $target == recs ]] && echo recommendations || echo "no-op /healthz") @ $label: ${line#RESULT }"
+  done
+done
+
+echo "== 3. freshness: produce one event for a new user, poll until its vector is served"
+for probe in 1 2 3 4 5; do
+  now=$(python3 -c 'import time; print(int(time.time() * 1000))')
+  echo "{\"event_id\":\"probe-$run_id-$probe\",\"user_id\":\"probe-$probe\",\"item_id\":\"50\",\"event_type\":\"buy\",\"ts\":$now}" >"$work/probe.jsonl"
+  start=$(date +%s.%N)
+  "$bin" produce --input "$work/probe.jsonl" --topic "$run_id-serve" >/dev/null
+  until curl -sf "127.0.0.1:$http_port/v1/users/probe-$probe" >/dev/null; do sleep 0.01; done
+  end=$(date +%s.%N)
+  python3 -c "print('probe $probe: produce to visible %.2f s' % ($end - $start))"
+done
+echo "(a quiet stream: the probe's window closes by the idle timeout, window.idle_timeout_ms = 5000)"
