@@ -197,7 +197,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")
 }
 
-fn run_service(config: Config, from: StartPosition, exit_when_caught_up: bool) -> anyhow::Result<()> {
+fn run_service(
+    config: Config,
+    from: StartPosition,
+    exit_when_caught_up: bool,
+) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&config.http.listen)
             .await

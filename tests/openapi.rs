@@ -18,8 +18,9 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 fn spec() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/openapi.json"))
-        .unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/openapi.json"))
+            .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -44,9 +45,13 @@ fn state() -> AppState {
             ts: None,
         })
         .collect();
-    let (_, fold) =
-        embedstream::replay::replay(&records, &Config::default(), 1, &indicatif::ProgressBar::hidden())
-            .unwrap();
+    let (_, fold) = embedstream::replay::replay(
+        &records,
+        &Config::default(),
+        1,
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
     let model = fold.shared_model();
     let index = Arc::new(Index::new(IndexConfig::default()));
     index.rebuild(&model).unwrap();
@@ -98,7 +103,8 @@ fn schema_for(spec: &Value, method: &str, path: &str, status: u16) -> Value {
     let response = &spec["paths"][path][method]["responses"][status.to_string()];
     assert!(!response.is_null(), "{method} {path} may not answer {status} per the spec");
     let schema = &response["content"]["application/json"]["schema"];
-    let reference = schema["$ref"].as_str().unwrap_or_else(|| panic!("no $ref for {method} {path} {status}"));
+    let reference =
+        schema["$ref"].as_str().unwrap_or_else(|| panic!("no $ref for {method} {path} {status}"));
     let name = reference.trim_start_matches("#/components/schemas/");
     spec["components"]["schemas"][name].clone()
 }
@@ -110,13 +116,55 @@ async fn real_responses_match_the_documented_schemas() {
     let cases: Vec<(Method, &str, &str, Option<&str>, u16)> = vec![
         (Method::GET, "/healthz", "/healthz", None, 200),
         (Method::GET, "/readyz", "/readyz", None, 200),
-        (Method::GET, "/v1/users/{user_id}/recommendations", "/v1/users/u1/recommendations?k=5", None, 200),
-        (Method::GET, "/v1/users/{user_id}/recommendations", "/v1/users/stranger/recommendations", None, 200),
-        (Method::GET, "/v1/users/{user_id}/recommendations", "/v1/users/u1/recommendations?k=0", None, 400),
-        (Method::GET, "/v1/users/{user_id}/recommendations", "/v1/users/u1/recommendations?k=ten", None, 400),
-        (Method::GET, "/v1/users/{user_id}/recommendations", "/v1/users/u1/recommendations?color=red", None, 400),
-        (Method::POST, "/v1/users/{user_id}/scores", "/v1/users/u1/scores", Some(r#"{"item_ids":["i1","nope"]}"#), 200),
-        (Method::POST, "/v1/users/{user_id}/scores", "/v1/users/u1/scores", Some(r#"{"item_ids":[]}"#), 400),
+        (
+            Method::GET,
+            "/v1/users/{user_id}/recommendations",
+            "/v1/users/u1/recommendations?k=5",
+            None,
+            200,
+        ),
+        (
+            Method::GET,
+            "/v1/users/{user_id}/recommendations",
+            "/v1/users/stranger/recommendations",
+            None,
+            200,
+        ),
+        (
+            Method::GET,
+            "/v1/users/{user_id}/recommendations",
+            "/v1/users/u1/recommendations?k=0",
+            None,
+            400,
+        ),
+        (
+            Method::GET,
+            "/v1/users/{user_id}/recommendations",
+            "/v1/users/u1/recommendations?k=ten",
+            None,
+            400,
+        ),
+        (
+            Method::GET,
+            "/v1/users/{user_id}/recommendations",
+            "/v1/users/u1/recommendations?color=red",
+            None,
+            400,
+        ),
+        (
+            Method::POST,
+            "/v1/users/{user_id}/scores",
+            "/v1/users/u1/scores",
+            Some(r#"{"item_ids":["i1","nope"]}"#),
+            200,
+        ),
+        (
+            Method::POST,
+            "/v1/users/{user_id}/scores",
+            "/v1/users/u1/scores",
+            Some(r#"{"item_ids":[]}"#),
+            400,
+        ),
         (Method::POST, "/v1/users/{user_id}/scores", "/v1/users/u1/scores", Some("not json"), 400),
         (Method::GET, "/v1/users/{user_id}", "/v1/users/u1", None, 200),
         (Method::GET, "/v1/users/{user_id}", "/v1/users/nobody", None, 404),
