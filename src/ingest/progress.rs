@@ -35,6 +35,8 @@ pub struct PartitionProgress {
     next_offset: i64,
     pending: BTreeSet<i64>,
     done_ahead: BTreeSet<i64>,
+    /// Lowest offset given up unapplied (revoke): resume can never pass it.
+    lowest_abandoned: Option<i64>,
 }
 
 impl PartitionProgress {
@@ -51,7 +53,12 @@ impl PartitionProgress {
             .flat_map(|[first, last]| *first..=*last)
             .filter(|offset| *offset >= stored.resume)
             .collect();
-        Self { next_offset: stored.resume, pending: BTreeSet::new(), done_ahead }
+        Self {
+            next_offset: stored.resume,
+            pending: BTreeSet::new(),
+            done_ahead,
+            lowest_abandoned: None,
+        }
     }
 
     /// True when a record at `offset` was already handled (before `resume`, or done ahead): a
@@ -89,20 +96,24 @@ impl PartitionProgress {
     /// must be re-read by whoever owns the partition next.
     pub fn abandoned(&mut self, offset: i64) {
         self.pending.remove(&offset);
+        self.lowest_abandoned = Some(self.lowest_abandoned.map_or(offset, |low| low.min(offset)));
     }
 
     fn resume_floor(&self) -> i64 {
-        self.pending.first().copied().unwrap_or(self.next_offset).min(self.next_offset)
+        let pending = self.pending.first().copied().unwrap_or(self.next_offset);
+        let abandoned = self.lowest_abandoned.unwrap_or(self.next_offset);
+        pending.min(abandoned).min(self.next_offset)
     }
 
     /// Lowest offset not yet done (Kafka's "next offset to read" convention).
     pub fn resume(&self) -> i64 {
         let mut resume = self.resume_floor();
-        // Done offsets directly at the floor extend it (nothing pending there).
+        // Done offsets directly at the floor extend it (nothing pending or abandoned there).
         while self.done_ahead.contains(&resume) && !self.pending.contains(&resume) {
             resume += 1;
         }
-        resume.min(self.pending.first().copied().unwrap_or(i64::MAX))
+        let ceiling = self.pending.first().copied().unwrap_or(i64::MAX);
+        resume.min(ceiling).min(self.lowest_abandoned.unwrap_or(i64::MAX))
     }
 
     /// Offsets admitted and not yet done.

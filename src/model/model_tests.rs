@@ -183,3 +183,30 @@ fn invalid_config_is_refused_with_the_field_named() {
         Model::new(ModelConfig { learning_rate: f32::NAN, ..ModelConfig::default() }).unwrap_err();
     assert_eq!(error.field, "learning_rate");
 }
+
+#[test]
+fn evicted_users_restore_bit_identically() {
+    let mut model = small(8);
+    for step in 0..300 {
+        let user = format!("u{}", step % 4);
+        model.apply(&format!("e{step}"), &user, &format!("i{}", step % 9), step, 2.0);
+    }
+    let before = model.digest();
+    let saved = model.user_state(model.user_row("u2").unwrap());
+    assert!(!model.evict_user("u2"), "a user with unsaved changes must not be evicted");
+    let _ = model.take_dirty();
+    assert!(model.evict_user("u2"));
+    assert!(model.user_row("u2").is_none());
+    assert_eq!(model.user_count(), 3);
+    model.restore_user(saved).unwrap();
+    assert_eq!(model.digest(), before);
+    // The cache can be emptied and refilled the same way.
+    let states: Vec<UserState> =
+        (0..model.user_count() as u32).map(|row| model.user_state(UserRow(row))).collect();
+    model.evict_clean_users();
+    assert_eq!(model.user_count(), 0);
+    for state in states {
+        model.restore_user(state).unwrap();
+    }
+    assert_eq!(model.digest(), before);
+}
