@@ -9,7 +9,7 @@ runs=${1:-7}
 scripts/fetch-movielens.sh >/dev/null
 cargo build --release --locked --quiet
 for _ in $(seq "$runs"); do
-  taskset -c 0 target/release/embedstream replay --json --format movielens --input data/ml-100k/u.data
+  taskset -c 0 "${CARGO_TARGET_DIR:-target}/release/embedstream" replay --json --format movielens --input data/ml-100k/u.data
 done | python3 -c '
 import json, statistics, sys
 runs = [json.loads(line) for line in sys.stdin]

@@ -13,7 +13,7 @@ copies=${1:-5}
 export EMBEDSTREAM_DEV_DIR="$root/.dev-bench"
 export EMBEDSTREAM_REDIS_PORT=46379 EMBEDSTREAM_KAFKA_PORT=49092
 http_port=48080
-bin="$root/target/release/embedstream"
+bin="${CARGO_TARGET_DIR:-$root/target}/release/embedstream"
 run_id="bench-$(date +%s)"
 work="$EMBEDSTREAM_DEV_DIR/$run_id"
 
@@ -53,7 +53,7 @@ with open(out, "w") as f:
 PY
 "$bin" produce --input "$work/ingest.jsonl" --topic "$run_id-ingest" --json
 for round in 1 2 3; do
-  raw=$(target/release/examples/raw_consume "$EMBEDSTREAM_KAFKA__BROKERS" "$run_id-ingest")
+  raw=$("${CARGO_TARGET_DIR:-$root/target}/release/examples/raw_consume" "$EMBEDSTREAM_KAFKA__BROKERS" "$run_id-ingest")
   start=$(date +%s.%N)
   "$bin" run --topic "$run_id-ingest" --group "$run_id-run-$round" --namespace "$run_id-run-$round" \
     --listen 127.0.0.1:0 --exit-when-caught-up

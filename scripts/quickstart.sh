@@ -16,7 +16,7 @@ export EMBEDSTREAM_REDIS_PORT="${EMBEDSTREAM_REDIS_PORT:-36379}"
 export EMBEDSTREAM_KAFKA_PORT="${EMBEDSTREAM_KAFKA_PORT:-39092}"
 http_port="${EMBEDSTREAM_HTTP_PORT:-38080}"
 run_id="quickstart-$(date +%s)"
-bin="$root/target/release/embedstream"
+bin="${CARGO_TARGET_DIR:-$root/target}/release/embedstream"
 
 scripts/fetch-movielens.sh
 cargo build --release --locked

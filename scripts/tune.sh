@@ -7,7 +7,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 input=${1:-$root/data/ml-100k/u.data}
-bin=${EMBEDSTREAM_BIN:-$root/target/release/embedstream}
+bin=${EMBEDSTREAM_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/embedstream}
 [[ -x $bin ]] || cargo build --release --manifest-path "$root/Cargo.toml"
 results=$(mktemp)
 for lr in ${TUNE_LR:-0.01 0.02 0.05}; do
