@@ -47,12 +47,8 @@ pub async fn run(
     let metrics = Metrics::new().context("registering metrics")?;
     let index = Arc::new(Index::new(config.index.clone()));
     let status = Arc::new(Status::default());
-    let dead_letters = DeadLetters::new(
-        &config.kafka.client_config(),
-        &config.kafka.dead_letter_topic,
-        tokio::runtime::Handle::current(),
-    )
-    .context("creating the dead-letter producer")?;
+    let dead_letters = DeadLetters::new(&config.kafka, tokio::runtime::Handle::current())
+        .context("creating the dead-letter producer")?;
     let mut engine = Engine::new(
         &config,
         config.ingest.clone(),

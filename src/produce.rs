@@ -54,14 +54,11 @@ pub enum ProduceError {
 /// # Errors
 /// librdkafka configuration errors.
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::KafkaError> {
-    let mut config = kafka.client_config();
-    config
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "60000");
-    for (key, value) in &kafka.properties {
-        config.set(key, value);
-    }
+    let config = kafka.client_config(&[
+        ("enable.idempotence", "true"),
+        ("linger.ms", "5"),
+        ("message.timeout.ms", "60000"),
+    ]);
     config.create()
 }
 

@@ -3,12 +3,11 @@ use hnsw_rs::prelude::{DistL2, Hnsw};
 use super::IndexConfig;
 use crate::model::{ItemRow, Model};
 
-/// Item vectors and biases copied out of the model at one version.
+/// Item vectors and biases copied out of the model.
 pub(super) struct ItemsCopy {
     dim: usize,
     vectors: Vec<f32>,
     biases: Vec<f32>,
-    version: u64,
 }
 
 impl ItemsCopy {
@@ -18,7 +17,6 @@ impl ItemsCopy {
             dim: model.dim(),
             vectors: model.item_matrix().to_vec(),
             biases: (0..count as u32).map(|row| model.item_bias(ItemRow(row))).collect(),
-            version: model.events_applied(),
         }
     }
 }
@@ -28,8 +26,6 @@ pub(super) struct Snapshot {
     hnsw: Hnsw<'static, f32, DistL2>,
     dim: usize,
     len: usize,
-    /// Model version (`events_applied`) of the copied vectors.
-    version: u64,
     /// Radius M of the sphere every augmented item lies on.
     radius: f32,
     unindexed: Vec<u32>,
@@ -39,7 +35,6 @@ impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot")
             .field("len", &self.len)
-            .field("version", &self.version)
             .field("radius", &self.radius)
             .field("unindexed", &self.unindexed.len())
             .finish()
@@ -91,14 +86,7 @@ impl Snapshot {
         hnsw.parallel_insert(&references);
         let mut hnsw = hnsw;
         hnsw.set_searching_mode(true);
-        Some(Self {
-            hnsw,
-            dim,
-            len,
-            version: copy.version,
-            radius: max_norm_squared.sqrt(),
-            unindexed,
-        })
+        Some(Self { hnsw, dim, len, radius: max_norm_squared.sqrt(), unindexed })
     }
 
     /// Items covered (indexed or listed as unindexed).

@@ -146,17 +146,15 @@ pub fn run_consumer(
     ingest: &IngestConfig,
     cancel: CancellationToken,
 ) -> Result<(), KafkaError> {
-    let mut client = kafka.client_config();
-    client
-        .set("group.id", &kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", kafka.session_timeout_ms.to_string());
-    for (key, value) in &kafka.properties {
-        client.set(key, value);
-    }
+    let session_timeout = kafka.session_timeout_ms.to_string();
+    let client = kafka.client_config(&[
+        ("group.id", &kafka.group_id),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("enable.partition.eof", "true"),
+        ("auto.offset.reset", "earliest"),
+        ("session.timeout.ms", &session_timeout),
+    ]);
     let context = IngestContext {
         engine: Arc::clone(&engine),
         topic: kafka.topic.clone(),

@@ -42,19 +42,17 @@ pub struct SourceRecord<'a> {
 }
 
 impl DeadLetters {
-    /// A producer for `topic`.
+    /// A producer for the dead-letter topic, idempotent, with the pass-through properties applied.
     ///
     /// # Errors
     /// librdkafka configuration errors.
     pub fn new(
-        client_config: &rdkafka::ClientConfig,
-        topic: &str,
+        kafka: &super::KafkaConfig,
         runtime: tokio::runtime::Handle,
     ) -> Result<Self, rdkafka::error::KafkaError> {
-        let mut config = client_config.clone();
-        config.set("enable.idempotence", "true");
-        config.set("message.timeout.ms", "30000");
-        Ok(Self { producer: config.create()?, topic: topic.to_owned(), runtime })
+        let config =
+            kafka.client_config(&[("enable.idempotence", "true"), ("message.timeout.ms", "30000")]);
+        Ok(Self { producer: config.create()?, topic: kafka.dead_letter_topic.clone(), runtime })
     }
 
     /// Sends one record to the dead-letter topic and waits for the acknowledgement. Blocking:

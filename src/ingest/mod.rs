@@ -52,10 +52,14 @@ impl Default for KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// A librdkafka client configuration with our settings, then the pass-through properties.
-    pub fn client_config(&self) -> rdkafka::ClientConfig {
+    /// A librdkafka client configuration: `bootstrap.servers`, then `ours`, then the
+    /// pass-through properties, which therefore override ours.
+    pub fn client_config(&self, ours: &[(&str, &str)]) -> rdkafka::ClientConfig {
         let mut config = rdkafka::ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in ours {
+            config.set(*key, *value);
+        }
         for (key, value) in &self.properties {
             config.set(key, value);
         }

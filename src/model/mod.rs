@@ -58,9 +58,6 @@ pub struct Model {
     negatives: Vec<u32>,
     /// Items each user interacted with, most recent last, at most `seen_items_per_user`.
     user_seen: Vec<std::collections::VecDeque<u32>>,
-    /// `events_applied` when each item last changed: what the ANN index compares its snapshot
-    /// against.
-    item_version: Vec<u64>,
     dirty_users: state::DirtySet,
     dirty_items: state::DirtySet,
 }
@@ -85,7 +82,6 @@ impl Model {
             scratch_item: vec![0.0; dim],
             negatives: Vec::new(),
             user_seen: Vec::new(),
-            item_version: Vec::new(),
             dirty_users: state::DirtySet::default(),
             dirty_items: state::DirtySet::default(),
             config,
@@ -187,7 +183,6 @@ impl Model {
         if created {
             self.item_bias.push(0.0);
             self.item_popularity_log.push(f64::NEG_INFINITY);
-            self.item_version.push(0);
         }
         let weight = if weight.is_finite() && weight > 0.0 {
             weight.min(self.config.max_event_weight)

@@ -95,10 +95,8 @@ impl Model {
             seen.push_back(item);
         }
         self.dirty_users.mark(user);
-        let version = self.events_applied;
         for row in std::iter::once(item).chain(self.negatives.iter().copied()) {
             self.dirty_items.mark(row);
-            self.item_version[row as usize] = version;
         }
     }
 
@@ -107,11 +105,6 @@ impl Model {
         let users = self.dirty_users.take().into_iter().map(UserRow).collect();
         let items = self.dirty_items.take().into_iter().map(ItemRow).collect();
         (users, items)
-    }
-
-    /// `events_applied` when the item last changed.
-    pub fn item_version(&self, row: ItemRow) -> u64 {
-        self.item_version[row.0 as usize]
     }
 
     /// Item rows the user interacted with, oldest first (bounded by `seen_items_per_user`).
@@ -180,7 +173,6 @@ impl Model {
         let row = self.items.insert(&item.id, &item.vector, item.events, item.last_ts);
         self.item_bias.push(item.bias);
         self.item_popularity_log.push(item.popularity_log);
-        self.item_version.push(self.events_applied);
         Ok(ItemRow(row))
     }
 
