@@ -18,6 +18,7 @@
 //! - [`serve`]: the HTTP API (axum).
 //! - [`produce`]: publishing a dataset to Kafka in event-time order.
 //! - [`metrics`]: every Prometheus metric.
+//! - [`resilience`]: circuit breakers, retries with backoff.
 //! - [`app`]: wires ingest, store, index and serve into the `run` service.
 //! - [`config`]: layered configuration (defaults, file, environment).
 
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod model;
 pub mod produce;
 pub mod replay;
+pub mod resilience;
 pub mod serve;
 pub mod source;
 pub mod store;

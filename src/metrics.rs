@@ -45,6 +45,8 @@ pub struct Metrics {
     pub index_rebuild_duration: Histogram,
     /// HTTP request latency, seconds, by route and status class.
     pub http_duration: HistogramVec,
+    /// Circuit breaker state by breaker (0 closed, 1 open, 2 half-open) and transitions.
+    pub breakers: crate::resilience::BreakerMetrics,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -114,7 +116,27 @@ impl Metrics {
             &["route", "status"],
         )?;
         registry.register(Box::new(http_duration.clone()))?;
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "embedstream_circuit_breaker_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+            ),
+            &["breaker"],
+        )?;
+        registry.register(Box::new(breaker_state.clone()))?;
+        let breaker_transitions = IntCounterVec::new(
+            Opts::new(
+                "embedstream_circuit_breaker_transitions_total",
+                "Circuit breaker transitions by breaker and new state",
+            ),
+            &["breaker", "to"],
+        )?;
+        registry.register(Box::new(breaker_transitions.clone()))?;
         Ok(Self {
+            breakers: crate::resilience::BreakerMetrics {
+                state: breaker_state,
+                transitions: breaker_transitions,
+            },
             records_consumed: counter("ingest_records_consumed_total", "Records read from Kafka")?,
             events_applied: counter("ingest_events_applied_total", "Events applied to the model")?,
             events_rejected,

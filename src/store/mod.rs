@@ -17,7 +17,10 @@
 //! Floats are written with Rust's shortest round-trip formatting, so they read back bit-exact.
 
 pub mod codec;
+mod redis_async;
 mod redis_sync;
+
+pub use redis_async::{is_outage, AsyncRedis, RedisUnavailable};
 
 pub use redis_sync::{
     item_from_fields, user_from_fields, FlushBatch, StoreConfig, StoredMeta, SyncStore,

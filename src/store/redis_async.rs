@@ -1,0 +1,209 @@
+//! The async Redis handle of the HTTP side: one multiplexed connection (redis's
+//! `ConnectionManager`, which reconnects by itself), every call bounded by the command timeout
+//! and guarded by the `redis` circuit breaker, latency and failures in the metrics.
+//!
+//! The handle exists even when Redis is down at start: the connection is made on first use
+//! and retried (through the breaker) until it succeeds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis::{FromRedisValue, RedisError};
+
+use super::{Keys, StoreConfig};
+use crate::metrics::Metrics;
+use crate::resilience::{BreakerOpen, CircuitBreaker, Guarded};
+
+/// Why an async Redis call did not produce a value.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisUnavailable {
+    /// The breaker is open: not tried.
+    #[error(transparent)]
+    Open(#[from] BreakerOpen),
+    /// No answer within the command timeout.
+    #[error("redis {op} timed out after {ms} ms")]
+    Timeout { op: &'static str, ms: u64 },
+    /// Connection or command error.
+    #[error("redis {op}: {source}")]
+    Failed {
+        op: &'static str,
+        #[source]
+        source: RedisError,
+    },
+}
+
+/// Whether a Redis error says the server is unhealthy (counts against the breaker) rather
+/// than that the command was wrong (a script error, a wrong type).
+pub fn is_outage(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+}
+
+struct Inner {
+    client: redis::Client,
+    manager: tokio::sync::RwLock<Option<ConnectionManager>>,
+    breaker: Arc<CircuitBreaker>,
+    keys: Keys,
+    metrics: Metrics,
+    connect_timeout: Duration,
+    timeout: Duration,
+}
+
+/// Cloneable handle; clones share the connection and the breaker.
+#[derive(Clone)]
+pub struct AsyncRedis {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AsyncRedis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncRedis").field("keys", &self.inner.keys).finish_non_exhaustive()
+    }
+}
+
+enum CallError {
+    Timeout,
+    Redis(RedisError),
+}
+
+impl AsyncRedis {
+    /// A handle for `config`; connects lazily.
+    ///
+    /// # Errors
+    /// An unparsable Redis URL.
+    pub fn new(
+        config: &StoreConfig,
+        breaker: Arc<CircuitBreaker>,
+        metrics: Metrics,
+    ) -> Result<Self, RedisError> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client: redis::Client::open(config.url.as_str())?,
+                manager: tokio::sync::RwLock::new(None),
+                breaker,
+                keys: Keys::new(&config.namespace),
+                metrics,
+                connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+                timeout: Duration::from_millis(config.command_timeout_ms),
+            }),
+        })
+    }
+
+    /// The namespace's key names.
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// The breaker guarding every call.
+    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.inner.breaker
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, CallError> {
+        if let Some(manager) = self.inner.manager.read().await.as_ref() {
+            return Ok(manager.clone());
+        }
+        let mut slot = self.inner.manager.write().await;
+        if let Some(manager) = slot.as_ref() {
+            return Ok(manager.clone());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.inner.connect_timeout))
+            .set_response_timeout(Some(self.inner.timeout))
+            .set_number_of_retries(1);
+        let connect = self.inner.client.get_connection_manager_with_config(config);
+        let manager = tokio::time::timeout(self.inner.connect_timeout, connect)
+            .await
+            .map_err(|_| CallError::Timeout)?
+            .map_err(CallError::Redis)?;
+        *slot = Some(manager.clone());
+        Ok(manager)
+    }
+
+    async fn guarded<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T, RedisUnavailable>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        let started = Instant::now();
+        let timeout = self.inner.timeout;
+        let attempt = async {
+            let connection = self.connection().await?;
+            match tokio::time::timeout(timeout, call(connection)).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(error)) => Err(CallError::Redis(error)),
+                Err(_) => Err(CallError::Timeout),
+            }
+        };
+        let outage = |error: &CallError| match error {
+            CallError::Timeout => true,
+            CallError::Redis(error) => is_outage(error),
+        };
+        let result = self.inner.breaker.call(outage, attempt).await;
+        let metrics = &self.inner.metrics;
+        metrics.redis_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+        result.map_err(|error| {
+            metrics.redis_errors.with_label_values(&[op]).inc();
+            match error {
+                Guarded::Open(open) => RedisUnavailable::Open(open),
+                Guarded::Inner(CallError::Timeout) => {
+                    RedisUnavailable::Timeout { op, ms: timeout.as_millis() as u64 }
+                }
+                Guarded::Inner(CallError::Redis(source)) => RedisUnavailable::Failed { op, source },
+            }
+        })
+    }
+
+    /// Runs one command.
+    ///
+    /// # Errors
+    /// [`RedisUnavailable`].
+    pub async fn query<T: FromRedisValue + Send>(
+        &self,
+        op: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, RedisUnavailable> {
+        self.guarded(op, |mut connection| async move { cmd.query_async(&mut connection).await })
+            .await
+    }
+
+    /// Runs a pipeline (atomic when built with `.atomic()`).
+    ///
+    /// # Errors
+    /// [`RedisUnavailable`].
+    pub async fn pipeline<T: FromRedisValue + Send>(
+        &self,
+        op: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisUnavailable> {
+        self.guarded(op, |mut connection| async move { pipe.query_async(&mut connection).await })
+            .await
+    }
+
+    /// Runs a Lua script (EVALSHA, loading it on first use) with `keys` and `args`.
+    ///
+    /// # Errors
+    /// [`RedisUnavailable`].
+    pub async fn script<T: FromRedisValue + Send>(
+        &self,
+        op: &'static str,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<T, RedisUnavailable> {
+        self.guarded(op, |mut connection| async move {
+            let mut invocation = script.prepare_invoke();
+            for key in keys {
+                invocation.key(*key);
+            }
+            for arg in args {
+                invocation.arg(*arg);
+            }
+            invocation.invoke_async(&mut connection).await
+        })
+        .await
+    }
+}
