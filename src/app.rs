@@ -14,7 +14,8 @@ use crate::ingest::{run_consumer, DeadLetters, Engine, StartPosition, Status};
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::serve::{router, serve, AppState};
-use crate::store::{Keys, SyncStore};
+use crate::resilience::CircuitBreaker;
+use crate::store::{AsyncRedis, SyncStore};
 
 /// How `run` starts and when it stops by itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,16 +61,21 @@ pub async fn run(
     )?;
     let cancel = CancellationToken::new();
     let model = engine.shared_model();
-    let redis = connect_async_redis(&config).await;
-    let state = AppState {
-        model: Arc::clone(&model),
-        index: Arc::clone(&index),
-        status: Arc::clone(&status),
-        metrics: metrics.clone(),
+    let redis_breaker = Arc::new(CircuitBreaker::new(
+        "redis",
+        config.store.breaker.clone(),
+        Some(metrics.breakers.clone()),
+    ));
+    let redis = AsyncRedis::new(&config.store, Arc::clone(&redis_breaker), metrics.clone())
+        .context("redis url")?;
+    let state = AppState::new(
+        Arc::clone(&model),
+        Arc::clone(&index),
+        Arc::clone(&status),
+        metrics.clone(),
         redis,
-        keys: Keys::new(&config.store.namespace),
-        config: config.http.clone(),
-    };
+        &config,
+    )?;
     let app = router(state);
     let server_cancel = cancel.clone();
     let server = tokio::spawn(async move {
@@ -144,20 +150,6 @@ pub async fn run(
     }
     server.await.context("http server task")?.context("http server")?;
     Ok(())
-}
-
-async fn connect_async_redis(config: &Config) -> Option<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(config.store.url.as_str()).ok()?;
-    let manager_config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(config.store.connect_timeout_ms)))
-        .set_response_timeout(Some(Duration::from_millis(config.store.command_timeout_ms)));
-    match client.get_connection_manager_with_config(manager_config).await {
-        Ok(manager) => Some(manager),
-        Err(error) => {
-            tracing::warn!(%error, "no async redis connection: evicted users cannot be served");
-            None
-        }
-    }
 }
 
 /// Loads a namespace's whole state from Redis into a model (for digests and inspection).

@@ -12,8 +12,9 @@ use embedstream::config::Config;
 use embedstream::index::{Index, IndexConfig};
 use embedstream::ingest::Status;
 use embedstream::metrics::Metrics;
-use embedstream::serve::{router, AppState, ServeConfig, ROUTES};
-use embedstream::store::Keys;
+use embedstream::resilience::CircuitBreaker;
+use embedstream::serve::{router, AppState, ROUTES};
+use embedstream::store::AsyncRedis;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -57,15 +58,15 @@ fn state() -> AppState {
     index.rebuild(&model).unwrap();
     let status = Arc::new(Status::default());
     status.restored.store(true, std::sync::atomic::Ordering::Relaxed);
-    AppState {
-        model,
-        index,
-        status,
-        metrics: Metrics::new().unwrap(),
-        redis: None,
-        keys: Keys::new("test"),
-        config: ServeConfig::default(),
-    }
+    let config = Config::default();
+    let metrics = Metrics::new().unwrap();
+    let breaker = Arc::new(CircuitBreaker::new("redis", config.store.breaker.clone(), None));
+    // Nothing listens on port 1: a user missing from memory is a 503, never a hang.
+    let mut store = config.store.clone();
+    store.url = "redis://127.0.0.1:1/".to_owned();
+    store.namespace = "test".to_owned();
+    let redis = AsyncRedis::new(&store, breaker, metrics.clone()).unwrap();
+    AppState::new(model, index, status, metrics, redis, &config).unwrap()
 }
 
 #[test]

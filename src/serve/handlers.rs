@@ -123,13 +123,12 @@ async fn user_state(state: &AppState, user_id: &str) -> Result<Option<UserState>
             return Ok(Some(model.user_state(row)));
         }
     }
-    let Some(mut redis) = state.redis.clone() else { return Ok(None) };
     let key = state.keys.user(user_id);
-    let fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
-        .arg(&key)
-        .query_async(&mut redis)
+    let fields: HashMap<String, Vec<u8>> = state
+        .redis
+        .query("load_user", redis::cmd("HGETALL").arg(&key))
         .await
-        .map_err(|error| ApiError::new(ErrorCode::Unavailable, format!("redis: {error}")))?;
+        .map_err(|error| ApiError::new(ErrorCode::Unavailable, error.to_string()))?;
     if fields.is_empty() {
         return Ok(None);
     }

@@ -22,11 +22,12 @@ use serde::{Deserialize, Serialize};
 pub use error::{ApiError, ErrorCode};
 pub use handlers::SubjectUser;
 
+use crate::config::Config;
 use crate::index::Index;
 use crate::ingest::Status;
 use crate::metrics::Metrics;
 use crate::model::Model;
-use crate::store::Keys;
+use crate::store::{AsyncRedis, Keys};
 
 /// HTTP settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,12 +58,38 @@ pub struct AppState {
     pub status: Arc<Status>,
     /// Metrics.
     pub metrics: Metrics,
-    /// Redis, for users evicted from memory (None: memory only).
-    pub redis: Option<redis::aio::ConnectionManager>,
+    /// Redis (guarded by the `redis` circuit breaker): users evicted from memory, and every
+    /// other piece of shared state of the HTTP side.
+    pub redis: AsyncRedis,
     /// Key layout.
     pub keys: Keys,
     /// Limits.
     pub config: ServeConfig,
+}
+
+impl AppState {
+    /// The state of the HTTP side: everything not passed in is built from `config`.
+    ///
+    /// # Errors
+    /// A component whose configuration cannot be used (named in the message).
+    pub fn new(
+        model: Arc<RwLock<Model>>,
+        index: Arc<Index>,
+        status: Arc<Status>,
+        metrics: Metrics,
+        redis: AsyncRedis,
+        config: &Config,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            model,
+            index,
+            status,
+            metrics,
+            keys: redis.keys().clone(),
+            redis,
+            config: config.http.clone(),
+        })
+    }
 }
 
 impl std::fmt::Debug for AppState {

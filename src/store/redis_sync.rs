@@ -20,6 +20,8 @@ pub struct StoreConfig {
     pub connect_timeout_ms: u64,
     /// Timeout of one command or transaction, ms (default 5000).
     pub command_timeout_ms: u64,
+    /// The `redis` circuit breaker (shared by ingest and HTTP calls).
+    pub breaker: crate::resilience::BreakerConfig,
 }
 
 impl Default for StoreConfig {
@@ -29,6 +31,7 @@ impl Default for StoreConfig {
             namespace: "es".to_owned(),
             connect_timeout_ms: 2000,
             command_timeout_ms: 5000,
+            breaker: crate::resilience::BreakerConfig::default(),
         }
     }
 }
