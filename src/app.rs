@@ -48,8 +48,19 @@ pub async fn run(
     let metrics = Metrics::new().context("registering metrics")?;
     let index = Arc::new(Index::new(config.index.clone()));
     let status = Arc::new(Status::default());
+    let redis_breaker = Arc::new(CircuitBreaker::new(
+        "redis",
+        config.store.breaker.clone(),
+        Some(metrics.breakers.clone()),
+    ));
+    let producer_breaker = Arc::new(CircuitBreaker::new(
+        "kafka_producer",
+        config.kafka.producer_breaker.clone(),
+        Some(metrics.breakers.clone()),
+    ));
     let dead_letters = DeadLetters::new(&config.kafka, tokio::runtime::Handle::current())
-        .context("creating the dead-letter producer")?;
+        .context("creating the dead-letter producer")?
+        .with_breaker(Arc::clone(&producer_breaker));
     let mut engine = Engine::new(
         &config,
         config.ingest.clone(),
@@ -58,14 +69,10 @@ pub async fn run(
         metrics.clone(),
         Arc::clone(&index),
         Arc::clone(&status),
+        Arc::clone(&redis_breaker),
     )?;
     let cancel = CancellationToken::new();
     let model = engine.shared_model();
-    let redis_breaker = Arc::new(CircuitBreaker::new(
-        "redis",
-        config.store.breaker.clone(),
-        Some(metrics.breakers.clone()),
-    ));
     let redis = AsyncRedis::new(&config.store, Arc::clone(&redis_breaker), metrics.clone())
         .context("redis url")?;
     let state = AppState::new(

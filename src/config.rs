@@ -16,6 +16,7 @@ use crate::event::{DecodeLimits, EventTypes, EventTypesError};
 use crate::index::IndexConfig;
 use crate::ingest::{IngestConfig, KafkaConfig};
 use crate::model::{ModelConfig, ModelConfigError};
+use crate::ratelimit::RateLimitConfig;
 use crate::serve::ServeConfig;
 use crate::store::StoreConfig;
 use crate::window::WindowConfig;
@@ -92,6 +93,8 @@ pub struct Config {
     pub index: IndexConfig,
     /// HTTP API.
     pub http: ServeConfig,
+    /// Rate limits of the `/v1` routes per subject and route class.
+    pub rate_limit: RateLimitConfig,
 }
 
 /// Why configuration could not be loaded.
@@ -185,6 +188,20 @@ impl Config {
         }
         if self.http.max_k == 0 {
             return Err(invalid("http.max_k", &0, "must be >= 1"));
+        }
+        if self.http.max_concurrent_requests == 0 || self.http.request_timeout_ms == 0 {
+            return Err(invalid(
+                "http.max_concurrent_requests / http.request_timeout_ms",
+                &format!("{} / {}", self.http.max_concurrent_requests, self.http.request_timeout_ms),
+                "both must be >= 1",
+            ));
+        }
+        if let Err(error) = self.rate_limit.validate() {
+            return Err(ConfigError::Invalid {
+                field: error.field,
+                value: error.value,
+                rule: error.rule,
+            });
         }
         if self.window.idle_timeout_ms as u64 <= self.ingest.poll_timeout_ms {
             return Err(invalid(

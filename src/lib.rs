@@ -16,6 +16,8 @@
 //! - [`store`]: Redis key layout, vector codec, atomic flush and restore.
 //! - [`index`]: HNSW snapshot, fresh tier and exact re-rank.
 //! - [`serve`]: the HTTP API (axum).
+//! - [`ratelimit`]: admission control of the HTTP side: rate limits (Redis GCRA) and load
+//!   shedding.
 //! - [`produce`]: publishing a dataset to Kafka in event-time order.
 //! - [`metrics`]: every Prometheus metric.
 //! - [`resilience`]: circuit breakers, retries with backoff.
@@ -32,6 +34,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod produce;
+pub mod ratelimit;
 pub mod replay;
 pub mod resilience;
 pub mod serve;

@@ -25,6 +25,12 @@ pub struct Metrics {
     pub dead_lettered: IntCounter,
     /// Events buffered in open windows.
     pub buffered_events: IntGauge,
+    /// Events applied in memory, not yet flushed to Redis.
+    pub unflushed_events: IntGauge,
+    /// 1 while the consumer has paused its partitions (backpressure).
+    pub paused: IntGauge,
+    /// Times the consumer paused, by reason.
+    pub pauses: IntCounterVec,
     /// Processing time from a window's first arrival to its close, seconds.
     pub window_close_lag: Histogram,
     /// Processing time from a record's receipt to its effect being servable, seconds.
@@ -45,6 +51,11 @@ pub struct Metrics {
     pub index_rebuild_duration: Histogram,
     /// HTTP request latency, seconds, by route and status class.
     pub http_duration: HistogramVec,
+    /// Rate-limit decisions by route class, backend (redis, local) and decision (allowed,
+    /// limited).
+    pub ratelimit_decisions: IntCounterVec,
+    /// Requests refused by load shedding, by reason (overloaded, timeout).
+    pub http_shed: IntCounterVec,
     /// Circuit breaker state by breaker (0 closed, 1 open, 2 half-open) and transitions.
     pub breakers: crate::resilience::BreakerMetrics,
 }
@@ -85,6 +96,11 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(events_rejected.clone()))?;
+        let pauses = IntCounterVec::new(
+            Opts::new("embedstream_ingest_pauses_total", "Times the consumer paused, by reason"),
+            &["reason"],
+        )?;
+        registry.register(Box::new(pauses.clone()))?;
         let redis_duration = HistogramVec::new(
             HistogramOpts::new(
                 "embedstream_redis_operation_duration_seconds",
@@ -116,6 +132,22 @@ impl Metrics {
             &["route", "status"],
         )?;
         registry.register(Box::new(http_duration.clone()))?;
+        let ratelimit_decisions = IntCounterVec::new(
+            Opts::new(
+                "embedstream_ratelimit_decisions_total",
+                "Rate-limit decisions by route class, backend and decision",
+            ),
+            &["class", "backend", "decision"],
+        )?;
+        registry.register(Box::new(ratelimit_decisions.clone()))?;
+        let http_shed = IntCounterVec::new(
+            Opts::new(
+                "embedstream_http_shed_requests_total",
+                "Requests refused by load shedding, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(http_shed.clone()))?;
         let breaker_state = IntGaugeVec::new(
             Opts::new(
                 "embedstream_circuit_breaker_state",
@@ -153,6 +185,12 @@ impl Metrics {
                 "Records sent to the dead-letter topic",
             )?,
             buffered_events: gauge("ingest_buffered_events", "Events buffered in open windows")?,
+            unflushed_events: gauge(
+                "ingest_unflushed_events",
+                "Events applied in memory, not yet flushed to Redis",
+            )?,
+            paused: gauge("ingest_paused", "1 while the consumer has paused its partitions")?,
+            pauses,
             window_close_lag: histogram(
                 "window_close_lag_seconds",
                 "Processing time from a window's first arrival to its close",
@@ -172,6 +210,8 @@ impl Metrics {
                 "HNSW snapshot build time",
             )?,
             http_duration,
+            ratelimit_decisions,
+            http_shed,
             registry,
         })
     }

@@ -164,6 +164,7 @@ pub fn run_consumer(
     consumer.subscribe(&[&kafka.topic])?;
     let poll_timeout = Duration::from_millis(ingest.poll_timeout_ms);
     let mut last_lag_check = Instant::now();
+    let mut paused = false;
     while !cancel.is_cancelled() {
         let mut batch: Vec<Result<OwnedMessage, KafkaError>> = Vec::new();
         let mut next = consumer.poll(poll_timeout);
@@ -174,7 +175,7 @@ pub fn run_consumer(
             }
             next = consumer.poll(Duration::ZERO);
         }
-        let commit = {
+        let (commit, pause) = {
             let mut engine = lock(&engine);
             let now = now_ms();
             for message in &batch {
@@ -184,11 +185,13 @@ pub fn run_consumer(
                     Err(error) => tracing::warn!(%error, "consumer error"),
                 }
             }
-            engine.tick(now)
+            let commit = engine.tick(now);
+            (commit, engine.backpressure())
         };
         if let Some(offsets) = commit {
             commit_offsets(&consumer, &kafka.topic, &offsets);
         }
+        apply_backpressure(&consumer, pause.is_some(), &mut paused);
         if last_lag_check.elapsed() >= Duration::from_secs(5) {
             last_lag_check = Instant::now();
             report_lag(&consumer, &engine, &kafka.topic);
@@ -204,6 +207,22 @@ pub fn run_consumer(
     }
     consumer.unsubscribe();
     Ok(())
+}
+
+/// Pauses every assigned partition while `pause` holds (re-applied each round, so partitions
+/// assigned during a pause are paused too), resumes them once it no longer does. The poll loop
+/// goes on while paused, so the member stays in the group (`max.poll.interval.ms`) and keeps
+/// its position: librdkafka resumes fetching from the last consumed offset.
+fn apply_backpressure(consumer: &BaseConsumer<IngestContext>, pause: bool, paused: &mut bool) {
+    if !pause && !*paused {
+        return;
+    }
+    let Ok(assignment) = consumer.assignment() else { return };
+    let result = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+    match result {
+        Ok(()) => *paused = pause,
+        Err(error) => tracing::warn!(%error, pause, "pause/resume failed"),
+    }
 }
 
 fn source_record(message: &OwnedMessage) -> SourceRecord<'_> {

@@ -1,9 +1,11 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::fold::Rejection;
+use crate::resilience::{BreakerOpen, CircuitBreaker};
 
 /// Headers of a dead-letter record. The value is the original record value, byte for byte, and
 /// the key the original key.
@@ -16,6 +18,18 @@ pub struct DeadLetters {
     producer: FutureProducer,
     topic: String,
     runtime: tokio::runtime::Handle,
+    breaker: Option<Arc<CircuitBreaker>>,
+}
+
+/// Why a dead-letter record was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    /// The `kafka_producer` circuit breaker is open: not tried.
+    #[error(transparent)]
+    Open(#[from] BreakerOpen),
+    /// The broker did not acknowledge the record.
+    #[error("dead-letter produce: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -52,15 +66,43 @@ impl DeadLetters {
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let config =
             kafka.client_config(&[("enable.idempotence", "true"), ("message.timeout.ms", "30000")]);
-        Ok(Self { producer: config.create()?, topic: kafka.dead_letter_topic.clone(), runtime })
+        Ok(Self {
+            producer: config.create()?,
+            topic: kafka.dead_letter_topic.clone(),
+            runtime,
+            breaker: None,
+        })
+    }
+
+    /// Guards every send with `breaker` (the process's `kafka_producer` breaker).
+    #[must_use]
+    pub fn with_breaker(mut self, breaker: Arc<CircuitBreaker>) -> Self {
+        self.breaker = Some(breaker);
+        self
     }
 
     /// Sends one record to the dead-letter topic and waits for the acknowledgement. Blocking:
     /// call from the ingest thread, never from the async runtime.
     ///
     /// # Errors
-    /// The broker's error when the record could not be delivered.
+    /// [`DeadLetterError`]: the breaker is open, or the broker's error.
     pub fn send(
+        &self,
+        source: SourceRecord<'_>,
+        rejection: &Rejection,
+    ) -> Result<(), DeadLetterError> {
+        let permit = match &self.breaker {
+            Some(breaker) => Some(breaker.acquire()?),
+            None => None,
+        };
+        let result = self.deliver(source, rejection);
+        if let (Some(breaker), Some(permit)) = (&self.breaker, permit) {
+            breaker.record(permit, result.is_ok());
+        }
+        Ok(result?)
+    }
+
+    fn deliver(
         &self,
         source: SourceRecord<'_>,
         rejection: &Rejection,

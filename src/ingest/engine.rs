@@ -14,6 +14,7 @@ use crate::fold::{Fold, UserSource};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::model::{ItemRow, UserRow, UserState};
+use crate::resilience::{BreakerState, CircuitBreaker};
 use crate::store::{FlushBatch, StoreError, StoredMeta, SyncStore};
 use crate::window::Position;
 
@@ -48,6 +49,33 @@ pub struct Status {
     pub flushes: AtomicU64,
     /// Partitions assigned.
     pub assigned: Mutex<Vec<i32>>,
+    /// Why consumption is paused (None: consuming).
+    pub paused: Mutex<Option<PauseReason>>,
+    /// Events applied in memory but not yet written to Redis.
+    pub unflushed: AtomicU64,
+}
+
+/// Why the consumer paused its partitions (backpressure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseReason {
+    /// The open windows hold `ingest.max_buffered_events`.
+    BufferFull,
+    /// Redis is down and `ingest.max_unflushed_events` are applied but not persisted.
+    UnflushedLimit,
+    /// The `redis` breaker is open and `ingest.pause_on_redis_outage` is set.
+    RedisOutage,
+}
+
+impl PauseReason {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BufferFull => "buffer_full",
+            Self::UnflushedLimit => "unflushed_limit",
+            Self::RedisOutage => "redis_outage",
+        }
+    }
 }
 
 /// A point-in-time copy of [`Status`] (the `/readyz` detail).
@@ -67,6 +95,10 @@ pub struct StatusSnapshot {
     pub flushes: u64,
     /// Partitions assigned.
     pub assigned_partitions: Vec<i32>,
+    /// Why consumption is paused, or null.
+    pub paused: Option<PauseReason>,
+    /// Events applied in memory but not yet written to Redis.
+    pub unflushed_events: u64,
 }
 
 impl Status {
@@ -80,6 +112,8 @@ impl Status {
             rejected: self.rejected.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             assigned_partitions: self.assigned.lock().map(|a| a.clone()).unwrap_or_default(),
+            paused: self.paused.lock().map(|p| *p).unwrap_or_default(),
+            unflushed_events: self.unflushed.load(Ordering::Relaxed),
         }
     }
 }
@@ -105,6 +139,9 @@ pub struct Engine {
     pub(super) metrics: Metrics,
     index: Arc<Index>,
     status: Arc<Status>,
+    redis_breaker: Arc<CircuitBreaker>,
+    flushed_applied: u64,
+    paused: Option<PauseReason>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -141,10 +178,11 @@ impl Engine {
         metrics: Metrics,
         index: Arc<Index>,
         status: Arc<Status>,
+        redis_breaker: Arc<CircuitBreaker>,
     ) -> Result<Self, EngineError> {
         Ok(Self {
             fold: Fold::new(config)?,
-            store: SyncStore::new(&config.store)?,
+            store: SyncStore::new(&config.store)?.with_breaker(Arc::clone(&redis_breaker)),
             topic: config.kafka.topic.clone(),
             config: ingest,
             start,
@@ -162,7 +200,50 @@ impl Engine {
             metrics,
             index,
             status,
+            redis_breaker,
+            flushed_applied: 0,
+            paused: None,
         })
+    }
+
+    /// Backpressure decision after a tick: `Some(reason)` while the consumer must keep its
+    /// partitions paused, `None` when it may consume. Hysteresis: a full buffer pauses until
+    /// it is below half; the unflushed bound pauses until a flush succeeds.
+    pub fn backpressure(&mut self) -> Option<PauseReason> {
+        let buffered = self.fold.buffered();
+        let unflushed = self.unflushed_events();
+        let breaker_open = self.redis_breaker.state() != BreakerState::Closed;
+        let limit = self.config.max_buffered_events;
+        let next = if buffered >= limit
+            || (self.paused == Some(PauseReason::BufferFull) && buffered >= limit / 2)
+        {
+            Some(PauseReason::BufferFull)
+        } else if unflushed >= self.config.max_unflushed_events {
+            Some(PauseReason::UnflushedLimit)
+        } else if breaker_open && self.config.pause_on_redis_outage {
+            Some(PauseReason::RedisOutage)
+        } else {
+            None
+        };
+        if next != self.paused {
+            match next {
+                Some(reason) => {
+                    tracing::warn!(reason = reason.as_str(), buffered, unflushed, "pausing consumption");
+                    self.metrics.pauses.with_label_values(&[reason.as_str()]).inc();
+                }
+                None => tracing::info!(buffered, unflushed, "resuming consumption"),
+            }
+            self.paused = next;
+            self.metrics.paused.set(i64::from(next.is_some()));
+            if let Ok(mut paused) = self.status.paused.lock() {
+                *paused = next;
+            }
+        }
+        next
+    }
+
+    fn unflushed_events(&self) -> u64 {
+        self.fold.model().events_applied().saturating_sub(self.flushed_applied)
     }
 
     /// The shared model handle.
@@ -202,6 +283,7 @@ impl Engine {
         self.known_users = self.store.user_ids()?;
         self.fold.windows_mut().restore_closed_until(meta.closed_until);
         self.status.applied.store(meta.events_applied, Ordering::Relaxed);
+        self.flushed_applied = meta.events_applied;
         self.status.restored.store(true, Ordering::Relaxed);
         tracing::info!(
             events_applied = meta.events_applied,
@@ -306,11 +388,14 @@ impl Engine {
             Err(rejection) => {
                 self.metrics.events_rejected.with_label_values(&[rejection.reason.as_str()]).inc();
                 self.status.rejected.fetch_add(1, Ordering::Relaxed);
+                // The record only counts as done once the broker has it: retry (the producer is
+                // idempotent) with capped exponential backoff and full jitter, without limit.
                 let mut attempt = 0u32;
                 while let Err(error) = self.dead_letters.send(record, &rejection) {
                     attempt += 1;
-                    tracing::warn!(%error, attempt, "dead-letter produce failed, retrying");
-                    std::thread::sleep(std::time::Duration::from_millis(100 << attempt.min(6)));
+                    let delay = crate::resilience::full_jitter(100, 5000, attempt);
+                    tracing::warn!(%error, attempt, ?delay, "dead-letter produce failed, retrying");
+                    std::thread::sleep(delay);
                 }
                 self.metrics.dead_lettered.inc();
                 progress.finished(record.offset);
@@ -361,6 +446,8 @@ impl Engine {
             .inc_by(stats.duplicates - self.metrics.events_duplicate.get());
         self.metrics.buffered_events.set(self.fold.buffered() as i64);
         self.status.applied.store(self.fold.model().events_applied(), Ordering::Relaxed);
+        self.status.unflushed.store(self.unflushed_events(), Ordering::Relaxed);
+        self.metrics.unflushed_events.set(self.unflushed_events() as i64);
         if !done.is_empty() {
             self.progress_dirty = true;
             self.collect_dirty();
@@ -442,6 +529,8 @@ impl Engine {
             return Err(error);
         }
         self.known_users.extend(batch.users.iter().map(|user| user.id.clone()));
+        self.flushed_applied = batch.meta.events_applied;
+        self.status.unflushed.store(0, Ordering::Relaxed);
         self.pending_users.clear();
         self.pending_items.clear();
         self.progress_dirty = false;

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use consumer::run_consumer;
-pub use dlq::{DeadLetters, SourceRecord, DLQ_HEADERS};
-pub use engine::{Engine, EngineError, StartAt, Status, StatusSnapshot};
+pub use dlq::{DeadLetterError, DeadLetters, SourceRecord, DLQ_HEADERS};
+pub use engine::{Engine, EngineError, PauseReason, StartAt, Status, StatusSnapshot};
 pub use progress::{PartitionProgress, StoredProgress};
 
 /// Kafka settings.
@@ -36,6 +36,8 @@ pub struct KafkaConfig {
     pub session_timeout_ms: u64,
     /// Further librdkafka properties, passed through untouched (they override ours).
     pub properties: BTreeMap<String, String>,
+    /// The `kafka_producer` circuit breaker (dead-letter and HTTP ingestion produces).
+    pub producer_breaker: crate::resilience::BreakerConfig,
 }
 
 impl Default for KafkaConfig {
@@ -47,6 +49,7 @@ impl Default for KafkaConfig {
             group_id: "embedstream".to_owned(),
             session_timeout_ms: 10_000,
             properties: BTreeMap::new(),
+            producer_breaker: crate::resilience::BreakerConfig::default(),
         }
     }
 }
@@ -83,6 +86,16 @@ pub struct IngestConfig {
     /// Test hook: abort the process right after this many successful flushes, before the Kafka
     /// commit (default 0: never). For crash-consistency tests only.
     pub fault_crash_after_flushes: u64,
+    /// Backpressure: events buffered in open (or user-blocked) windows at which the consumer
+    /// pauses its partitions; it resumes below half of it (default 200000).
+    pub max_buffered_events: usize,
+    /// Degradation bound: events applied in memory since the last successful flush (Redis
+    /// down) at which the consumer pauses; it resumes after the next successful flush
+    /// (default 500000).
+    pub max_unflushed_events: u64,
+    /// Pause consumption as soon as the `redis` circuit breaker opens, instead of folding into
+    /// memory up to `max_unflushed_events` (default false).
+    pub pause_on_redis_outage: bool,
 }
 
 impl Default for IngestConfig {
@@ -93,6 +106,9 @@ impl Default for IngestConfig {
             max_poll_records: 2000,
             user_cache_capacity: 1_000_000,
             fault_crash_after_flushes: 0,
+            max_buffered_events: 200_000,
+            max_unflushed_events: 500_000,
+            pause_on_redis_outage: false,
         }
     }
 }

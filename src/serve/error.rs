@@ -20,6 +20,10 @@ pub enum ErrorCode {
     NotReady,
     /// A dependency failed (503).
     Unavailable,
+    /// The subject's rate limit for this route class is spent (429, with `Retry-After`).
+    RateLimited,
+    /// Too many requests in flight: shed before latency collapses (503, `Retry-After: 1`).
+    Overloaded,
     /// A bug (500).
     Internal,
 }
@@ -35,6 +39,8 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::NotReady => "not_ready",
             Self::Unavailable => "unavailable",
+            Self::RateLimited => "rate_limited",
+            Self::Overloaded => "overloaded",
             Self::Internal => "internal",
         }
     }
@@ -45,7 +51,8 @@ impl ErrorCode {
             Self::InvalidParameter | Self::InvalidBody => StatusCode::BAD_REQUEST,
             Self::NotFound | Self::UnknownRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NotReady | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::NotReady | Self::Unavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

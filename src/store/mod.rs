@@ -76,6 +76,9 @@ pub enum StoreError {
     /// Connection, timeout or command error (an external dependency: retrying can help).
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The `redis` circuit breaker is open: not tried.
+    #[error(transparent)]
+    Unavailable(#[from] crate::resilience::BreakerOpen),
     /// A stored value is malformed (a bug or a foreign writer: retrying cannot help).
     #[error("redis key {key} field {field}: {reason}")]
     Corrupt { key: String, field: &'static str, reason: String },

@@ -1,12 +1,14 @@
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::codec::{decode_vector, encode_vector};
-use super::{Keys, StoreError, SCHEMA_VERSION};
+use super::{is_outage, Keys, StoreError, SCHEMA_VERSION};
 use crate::ingest::StoredProgress;
 use crate::model::{ItemState, ModelConfig, UserState};
+use crate::resilience::CircuitBreaker;
 
 /// Where and how to reach Redis.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +74,7 @@ pub struct SyncStore {
     connection: Option<redis::Connection>,
     keys: Keys,
     config: StoreConfig,
+    breaker: Option<Arc<CircuitBreaker>>,
 }
 
 impl std::fmt::Debug for SyncStore {
@@ -91,7 +94,16 @@ impl SyncStore {
             connection: None,
             keys: Keys::new(&config.namespace),
             config: config.clone(),
+            breaker: None,
         })
+    }
+
+    /// Guards every call with `breaker`: refused at once while it is open, outages (IO
+    /// errors, timeouts) counted against it.
+    #[must_use]
+    pub fn with_breaker(mut self, breaker: Arc<CircuitBreaker>) -> Self {
+        self.breaker = Some(breaker);
+        self
     }
 
     /// The key layout.
@@ -121,11 +133,33 @@ impl SyncStore {
         &mut self,
         f: impl FnOnce(&mut redis::Connection, &Keys) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
+        let permit = match &self.breaker {
+            Some(breaker) => Some(breaker.acquire()?),
+            None => None,
+        };
+        let result = self.attempt(f);
+        if let (Some(breaker), Some(permit)) = (&self.breaker, permit) {
+            let outage = matches!(&result, Err(StoreError::Redis(error)) if is_outage(error));
+            breaker.record(permit, !outage);
+        }
+        result
+    }
+
+    fn attempt<T>(
+        &mut self,
+        f: impl FnOnce(&mut redis::Connection, &Keys) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
         let keys = self.keys.clone();
-        let connection = self.connection()?;
+        let connection = match self.connection() {
+            Ok(connection) => connection,
+            Err(error) => {
+                self.connection = None;
+                return Err(error);
+            }
+        };
         let result = f(connection, &keys);
         if let Err(error) = &result {
-            if error.is_io_error() || error.is_timeout() || error.is_connection_dropped() {
+            if is_outage(error) {
                 self.connection = None;
             }
         }

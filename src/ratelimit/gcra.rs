@@ -1,0 +1,190 @@
+//! GCRA, the generic cell rate algorithm (ATM Forum TM 4.1; as a rate limiter: Brandur Leach,
+//! "Rate limiting, cells, and GCRA", 2015, <https://brandur.org/rate-limiting>, implemented in
+//! his `throttled` and `redis-cell` <https://github.com/brandur/redis-cell>).
+//!
+//! One number per bucket: the theoretical arrival time `tat` of the next request. With
+//! emission interval `T = 1 / rate` and tolerance `tau = T * burst`, a request at `now` is
+//! allowed when `max(tat, now) + T - tau <= now`, and then `tat` becomes `max(tat, now) + T`.
+//! A subject idle long enough may send `burst` requests at once, then one every `T`.
+//!
+//! [`SCRIPT`] runs that step atomically in Redis on Redis's own clock (`TIME`), so instances
+//! whose clocks disagree still share one budget; [`step`] is the same arithmetic in Rust, the
+//! reference the unit tests hold the formulas to.
+
+use std::time::Duration;
+
+/// The Lua script: `KEYS[1]` = bucket, `ARGV[1]` = emission interval (microseconds, may be
+/// fractional), `ARGV[2]` = burst. Returns `{allowed (0|1), remaining, retry_after_ms,
+/// reset_after_ms}`. The key expires (`PX`) when the bucket is full again, so idle subjects
+/// cost no memory. Needs Redis >= 5 (effects replication of a script that reads `TIME`).
+///
+/// `tat` is written with `%.0f`: Lua's default number format keeps 14 digits, fewer than a
+/// microsecond timestamp has.
+pub const SCRIPT: &str = r"
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat or tat < now then
+  tat = now
+end
+local new_tat = tat + interval
+local diff = now - (new_tat - interval * burst)
+if diff < 0 then
+  return {0, 0, math.ceil(-diff / 1000), math.ceil((tat - now) / 1000)}
+end
+local reset_ms = math.ceil((new_tat - now) / 1000)
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', reset_ms)
+return {1, math.floor(diff / interval), 0, reset_ms}
+";
+
+/// The outcome of one request against one bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// Further requests the bucket would allow right now.
+    pub remaining: u32,
+    /// When refused: how long until a request would be allowed.
+    pub retry_after: Duration,
+    /// How long until the bucket is full again (all of `burst` available).
+    pub reset_after: Duration,
+}
+
+impl Outcome {
+    /// Reads the script's reply.
+    pub fn from_reply(reply: (i64, i64, i64, i64)) -> Self {
+        let (allowed, remaining, retry_after_ms, reset_after_ms) = reply;
+        let millis = |value: i64| Duration::from_millis(u64::try_from(value).unwrap_or(0));
+        Self {
+            allowed: allowed == 1,
+            remaining: u32::try_from(remaining).unwrap_or(0),
+            retry_after: millis(retry_after_ms),
+            reset_after: millis(reset_after_ms),
+        }
+    }
+}
+
+/// The emission interval `T` of `rate_per_second`, microseconds.
+pub fn interval_us(rate_per_second: f64) -> f64 {
+    1_000_000.0 / rate_per_second
+}
+
+/// One GCRA step at `now_us` on a bucket whose stored `tat` (µs) is `tat_us` (`None` when the
+/// key is absent): the outcome and the `tat` to store (`None`: leave the bucket unchanged).
+/// The same arithmetic as [`SCRIPT`].
+pub fn step(now_us: f64, tat_us: Option<f64>, interval_us: f64, burst: u32) -> (Outcome, Option<f64>) {
+    let tat = tat_us.map_or(now_us, |stored| stored.max(now_us));
+    let new_tat = tat + interval_us;
+    let diff = now_us - (new_tat - interval_us * f64::from(burst));
+    let millis = |micros: f64| Duration::from_millis((micros / 1000.0).ceil().max(0.0) as u64);
+    if diff < 0.0 {
+        let outcome = Outcome {
+            allowed: false,
+            remaining: 0,
+            retry_after: millis(-diff),
+            reset_after: millis(tat - now_us),
+        };
+        return (outcome, None);
+    }
+    let outcome = Outcome {
+        allowed: true,
+        remaining: (diff / interval_us).floor() as u32,
+        retry_after: Duration::ZERO,
+        reset_after: millis(new_tat - now_us),
+    };
+    (outcome, Some(new_tat.round()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends `count` requests at `now_us`, carrying `tat` along.
+    fn burst_at(now_us: f64, tat: &mut Option<f64>, interval: f64, burst: u32, count: u32) -> Vec<Outcome> {
+        (0..count)
+            .map(|_| {
+                let (outcome, stored) = step(now_us, *tat, interval, burst);
+                if stored.is_some() {
+                    *tat = stored;
+                }
+                outcome
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_idle_bucket_allows_exactly_burst_then_refuses() {
+        // 10/s (T = 100 ms), burst 3.
+        let interval = interval_us(10.0);
+        let mut tat = None;
+        let outcomes = burst_at(1e15, &mut tat, interval, 3, 4);
+        let remaining: Vec<u32> = outcomes.iter().map(|o| o.remaining).collect();
+        assert_eq!(remaining, [2, 1, 0, 0]);
+        assert!(outcomes[..3].iter().all(|o| o.allowed));
+        assert!(!outcomes[3].allowed);
+        // One interval until the next request fits; three until the bucket is full.
+        assert_eq!(outcomes[3].retry_after, Duration::from_millis(100));
+        assert_eq!(outcomes[3].reset_after, Duration::from_millis(300));
+        assert_eq!(outcomes[2].reset_after, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn a_refused_request_consumes_nothing() {
+        let interval = interval_us(10.0);
+        let mut tat = None;
+        burst_at(0.0, &mut tat, interval, 2, 2);
+        let before = tat;
+        let refused = burst_at(0.0, &mut tat, interval, 2, 5);
+        assert!(refused.iter().all(|o| !o.allowed));
+        assert_eq!(tat, before);
+    }
+
+    #[test]
+    fn the_budget_refills_at_the_rate() {
+        let interval = interval_us(10.0);
+        let mut tat = None;
+        burst_at(0.0, &mut tat, interval, 3, 3);
+        // 150 ms later one and a half intervals have passed: one request fits, not two.
+        let later = burst_at(150_000.0, &mut tat, interval, 3, 2);
+        assert!(later[0].allowed);
+        assert_eq!(later[0].remaining, 0);
+        assert!(!later[1].allowed);
+        assert_eq!(later[1].retry_after, Duration::from_millis(50));
+        // After a long idle time the whole burst is back.
+        let idle = burst_at(10_000_000.0, &mut tat, interval, 3, 1);
+        assert_eq!(idle[0].remaining, 2);
+    }
+
+    #[test]
+    fn sustained_traffic_at_the_rate_is_never_refused() {
+        let interval = interval_us(100.0);
+        let mut tat = None;
+        for request in 0..1000 {
+            let now = f64::from(request) * interval;
+            assert!(burst_at(now, &mut tat, interval, 1, 1)[0].allowed, "request {request}");
+        }
+    }
+
+    #[test]
+    fn fractional_intervals_keep_the_rate() {
+        // 3/s: T = 333333.3 µs. Over 10 s at most 30 + burst requests pass.
+        let interval = interval_us(3.0);
+        let mut tat = None;
+        let mut allowed = 0;
+        for tick in 0..10_000 {
+            let now = f64::from(tick) * 1000.0;
+            allowed += burst_at(now, &mut tat, interval, 2, 1).iter().filter(|o| o.allowed).count();
+        }
+        assert!((30..=32).contains(&allowed), "{allowed}");
+    }
+
+    #[test]
+    fn script_reply_is_read_without_panics() {
+        let outcome = Outcome::from_reply((0, -1, 250, 1000));
+        assert!(!outcome.allowed);
+        assert_eq!(outcome.remaining, 0);
+        assert_eq!(outcome.retry_after, Duration::from_millis(250));
+    }
+}

@@ -1,0 +1,243 @@
+//! Admission control of the HTTP side: per-subject rate limits (GCRA in Redis, shared by every
+//! instance, with an in-process fallback) and load shedding (a global concurrency limit).
+//!
+//! - [`RateLimiter`]: one decision per request, keyed `{ns}:rl:{class}:{subject}`; one EVALSHA
+//!   of [`gcra::SCRIPT`] on Redis's clock. When Redis is unreachable (error, timeout, or the
+//!   `redis` breaker open) the stricter [`local::LocalLimiter`] decides instead: the service
+//!   neither fails open nor answers 500.
+//! - [`http::enforce`]: the axum middleware: 429 `rate_limited` with `Retry-After`, and the
+//!   `RateLimit-Policy` / `RateLimit` headers ([`headers`]) on every limited route's response.
+//! - [`shed::limit_concurrency`]: tower's concurrency limit and load shedding around the
+//!   `/v1` routes, 503 `overloaded` with `Retry-After: 1` when full.
+
+pub mod config;
+pub mod gcra;
+pub mod headers;
+pub mod http;
+pub mod local;
+pub mod shed;
+
+use std::sync::Arc;
+
+pub use config::{ClassLimit, InvalidRateLimit, RateLimitConfig};
+pub use gcra::Outcome;
+pub use http::enforce;
+pub use shed::limit_concurrency;
+
+use crate::metrics::Metrics;
+use crate::store::AsyncRedis;
+
+/// The route classes with their own budgets. Health, readiness and metrics have none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteClass {
+    /// `/v1/users/*`, `/v1/items/*`: recommendations, scores, vectors.
+    Recs,
+    /// `/v1/events`: event ingestion.
+    Events,
+    /// `/v1/auth/*`: token issuance and revocation.
+    Auth,
+    /// `/v1/admin/*`: flags and operations.
+    Admin,
+}
+
+impl RouteClass {
+    /// Every class.
+    pub const ALL: [RouteClass; 4] = [Self::Recs, Self::Events, Self::Auth, Self::Admin];
+
+    /// The class of a request path, `None` for unlimited routes.
+    pub fn of_path(path: &str) -> Option<Self> {
+        let rest = path.strip_prefix("/v1/")?;
+        let segment = rest.split('/').next().unwrap_or("");
+        match segment {
+            "users" | "items" => Some(Self::Recs),
+            "events" => Some(Self::Events),
+            "auth" => Some(Self::Auth),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+
+    /// Name in keys, headers and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Recs => "recs",
+            Self::Events => "events",
+            Self::Auth => "auth",
+            Self::Admin => "admin",
+        }
+    }
+
+    fn rate_field(self) -> &'static str {
+        match self {
+            Self::Recs => "recs.rate_per_second",
+            Self::Events => "events.rate_per_second",
+            Self::Auth => "auth.rate_per_second",
+            Self::Admin => "admin.rate_per_second",
+        }
+    }
+
+    fn burst_field(self) -> &'static str {
+        match self {
+            Self::Recs => "recs.burst",
+            Self::Events => "events.burst",
+            Self::Auth => "auth.burst",
+            Self::Admin => "admin.burst",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Recs => 0,
+            Self::Events => 1,
+            Self::Auth => 2,
+            Self::Admin => 3,
+        }
+    }
+}
+
+/// Which limiter decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The shared budget in Redis.
+    Redis,
+    /// The in-process fallback.
+    Local,
+}
+
+impl Backend {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Local => "local",
+        }
+    }
+}
+
+/// One rate-limit decision with the budget it was made under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The route class.
+    pub class: RouteClass,
+    /// Allowed or not, remaining, retry and reset times.
+    pub outcome: Outcome,
+    /// The budget enforced (the scaled one when `backend` is local).
+    pub limit: ClassLimit,
+    /// Who decided.
+    pub backend: Backend,
+}
+
+/// The rate limiter of the HTTP side. Cloning shares it.
+#[derive(Clone)]
+pub struct RateLimiter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RateLimitConfig,
+    redis: AsyncRedis,
+    script: redis::Script,
+    namespace: String,
+    local: [local::LocalLimiter; 4],
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+impl RateLimiter {
+    /// A limiter for `config` over `redis` (its namespace prefixes the keys).
+    pub fn new(config: &RateLimitConfig, redis: AsyncRedis, metrics: Metrics) -> Self {
+        let local = RouteClass::ALL.map(|class| {
+            let scaled = config.limit(class).scaled(config.fallback_factor);
+            local::LocalLimiter::new(scaled, config.fallback_max_subjects)
+        });
+        Self {
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                namespace: redis.keys().namespace().to_owned(),
+                redis,
+                script: redis::Script::new(gcra::SCRIPT),
+                local,
+                metrics,
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RateLimitConfig {
+        &self.inner.config
+    }
+
+    /// The Redis key of `subject`'s bucket for `class`.
+    pub fn key(&self, class: RouteClass, subject: &str) -> String {
+        format!("{}:rl:{}:{subject}", self.inner.namespace, class.as_str())
+    }
+
+    /// Counts one request of `subject` in `class`: in Redis, or in process while Redis is
+    /// unreachable. Never fails.
+    pub async fn check(&self, class: RouteClass, subject: &str) -> Decision {
+        let inner = &self.inner;
+        let limit = inner.config.limit(class);
+        let key = self.key(class, subject);
+        let interval = gcra::interval_us(limit.rate_per_second).to_string();
+        let burst = limit.burst.to_string();
+        let reply = inner
+            .redis
+            .script::<(i64, i64, i64, i64)>("rate_limit", &inner.script, &[&key], &[&interval, &burst])
+            .await;
+        let decision = match reply {
+            Ok(reply) => Decision {
+                class,
+                outcome: Outcome::from_reply(reply),
+                limit: limit.clone(),
+                backend: Backend::Redis,
+            },
+            Err(error) => {
+                tracing::debug!(class = class.as_str(), error = %error, "rate limit falls back to the in-process limiter");
+                let local = &inner.local[class.index()];
+                Decision {
+                    class,
+                    outcome: local.check(subject),
+                    limit: local.limit().clone(),
+                    backend: Backend::Local,
+                }
+            }
+        };
+        let verdict = if decision.outcome.allowed { "allowed" } else { "limited" };
+        inner
+            .metrics
+            .ratelimit_decisions
+            .with_label_values(&[class.as_str(), decision.backend.as_str(), verdict])
+            .inc();
+        decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_classes() {
+        let cases = [
+            ("/v1/users/u1/recommendations", Some(RouteClass::Recs)),
+            ("/v1/users/u1", Some(RouteClass::Recs)),
+            ("/v1/items/i1/similar", Some(RouteClass::Recs)),
+            ("/v1/events", Some(RouteClass::Events)),
+            ("/v1/auth/token", Some(RouteClass::Auth)),
+            ("/v1/admin/flags", Some(RouteClass::Admin)),
+            ("/healthz", None),
+            ("/readyz", None),
+            ("/metrics", None),
+            ("/v1/usersx", None),
+            ("/v2/users/u1", None),
+        ];
+        for (path, class) in cases {
+            assert_eq!(RouteClass::of_path(path), class, "{path}");
+        }
+    }
+}
