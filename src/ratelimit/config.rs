@@ -69,9 +69,9 @@ impl Default for RateLimitConfig {
 
 /// A `rate_limit` field out of range.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("rate_limit.{field} = {value} is invalid: {rule}")]
+#[error("{field} = {value} is invalid: {rule}")]
 pub struct InvalidRateLimit {
-    /// Field path under `rate_limit`.
+    /// Field path, e.g. `rate_limit.recs.burst`.
     pub field: &'static str,
     /// Its value.
     pub value: String,
@@ -98,14 +98,14 @@ impl RateLimitConfig {
         let factor = self.fallback_factor;
         if !(factor > 0.0 && factor <= 1.0) {
             return Err(InvalidRateLimit {
-                field: "fallback_factor",
+                field: "rate_limit.fallback_factor",
                 value: factor.to_string(),
                 rule: "must be in (0, 1]",
             });
         }
         if self.fallback_max_subjects == 0 {
             return Err(InvalidRateLimit {
-                field: "fallback_max_subjects",
+                field: "rate_limit.fallback_max_subjects",
                 value: "0".to_owned(),
                 rule: "must be >= 1",
             });
@@ -146,16 +146,16 @@ mod tests {
     fn validate_names_the_field() {
         assert_eq!(RateLimitConfig::default().validate(), Ok(()));
         let factor = RateLimitConfig { fallback_factor: 1.5, ..RateLimitConfig::default() };
-        assert_eq!(factor.validate().map_err(|e| e.field), Err("fallback_factor"));
+        assert_eq!(factor.validate().map_err(|e| e.field), Err("rate_limit.fallback_factor"));
         let rate = RateLimitConfig {
             auth: ClassLimit { rate_per_second: f64::NAN, burst: 1 },
             ..RateLimitConfig::default()
         };
-        assert_eq!(rate.validate().map_err(|e| e.field), Err("auth.rate_per_second"));
+        assert_eq!(rate.validate().map_err(|e| e.field), Err("rate_limit.auth.rate_per_second"));
         let config = RateLimitConfig {
             events: ClassLimit { rate_per_second: 1.0, burst: 0 },
             ..RateLimitConfig::default()
         };
-        assert_eq!(config.validate().map_err(|e| e.field), Err("events.burst"));
+        assert_eq!(config.validate().map_err(|e| e.field), Err("rate_limit.events.burst"));
     }
 }

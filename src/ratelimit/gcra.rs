@@ -74,7 +74,12 @@ pub fn interval_us(rate_per_second: f64) -> f64 {
 /// One GCRA step at `now_us` on a bucket whose stored `tat` (µs) is `tat_us` (`None` when the
 /// key is absent): the outcome and the `tat` to store (`None`: leave the bucket unchanged).
 /// The same arithmetic as [`SCRIPT`].
-pub fn step(now_us: f64, tat_us: Option<f64>, interval_us: f64, burst: u32) -> (Outcome, Option<f64>) {
+pub fn step(
+    now_us: f64,
+    tat_us: Option<f64>,
+    interval_us: f64,
+    burst: u32,
+) -> (Outcome, Option<f64>) {
     let tat = tat_us.map_or(now_us, |stored| stored.max(now_us));
     let new_tat = tat + interval_us;
     let diff = now_us - (new_tat - interval_us * f64::from(burst));
@@ -102,7 +107,13 @@ mod tests {
     use super::*;
 
     /// Sends `count` requests at `now_us`, carrying `tat` along.
-    fn burst_at(now_us: f64, tat: &mut Option<f64>, interval: f64, burst: u32, count: u32) -> Vec<Outcome> {
+    fn burst_at(
+        now_us: f64,
+        tat: &mut Option<f64>,
+        interval: f64,
+        burst: u32,
+        count: u32,
+    ) -> Vec<Outcome> {
         (0..count)
             .map(|_| {
                 let (outcome, stored) = step(now_us, *tat, interval, burst);

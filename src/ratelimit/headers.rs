@@ -42,7 +42,12 @@ pub fn policy_value(class: RouteClass, limit: &ClassLimit) -> String {
 
 /// The `RateLimit` value of `class` after `outcome`.
 pub fn limit_value(class: RouteClass, outcome: &Outcome) -> String {
-    format!("\"{}\";r={};t={}", class.as_str(), outcome.remaining, ceil_seconds(outcome.reset_after))
+    format!(
+        "\"{}\";r={};t={}",
+        class.as_str(),
+        outcome.remaining,
+        ceil_seconds(outcome.reset_after)
+    )
 }
 
 /// The `Retry-After` value of a refusal: whole seconds, rounded up, at least 1 (a client told
@@ -63,7 +68,8 @@ pub fn apply(headers: &mut HeaderMap, class: RouteClass, limit: &ClassLimit, out
         }
     }
     if !outcome.allowed {
-        headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(retry_after_value(outcome)));
+        headers
+            .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(retry_after_value(outcome)));
     }
 }
 

@@ -7,15 +7,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{headers, RateLimiter, RouteClass};
+use crate::auth::Principal;
 use crate::serve::{ApiError, ErrorCode};
 
-/// The verified token subject of `request`, once authentication has put one there.
-///
-/// Authentication (`crate::auth`) stores the verified principal in the request extensions;
-/// this is the one place that reads it for rate limiting.
-fn token_subject(request: &Request) -> Option<String> {
-    let _ = request;
-    None
+/// The verified token subject of `request`: authentication ([`crate::auth::http::authenticate`],
+/// the layer outside this one) stores the [`Principal`] in the request extensions. With
+/// authentication disabled every request carries the principal `anonymous`, one shared bucket.
+fn token_subject(request: &Request) -> Option<&str> {
+    request.extensions().get::<Principal>().map(|principal| principal.sub.as_str())
 }
 
 /// Whose budget `request` spends: `sub:<token subject>`; else `ip:<address>` (the last
@@ -27,14 +26,16 @@ pub fn subject(request: &Request, trust_forwarded_for: bool) -> String {
         return format!("sub:{sub}");
     }
     if trust_forwarded_for {
+        // Only the last entry: the one the trusted proxy appended. Earlier entries are
+        // whatever the client sent.
         let forwarded = request
             .headers()
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
-            .last();
+            .next_back()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.rsplit(',').next())
+            .and_then(|entry| entry.trim().parse::<IpAddr>().ok());
         if let Some(address) = forwarded {
             return format!("ip:{address}");
         }
@@ -61,7 +62,8 @@ pub async fn enforce(State(limiter): State<RateLimiter>, request: Request, next:
         next.run(request).await
     } else {
         let seconds = headers::retry_after_value(&decision.outcome);
-        let message = format!("rate limit of route class {} exceeded; retry in {seconds} s", class.as_str());
+        let message =
+            format!("rate limit of route class {} exceeded; retry in {seconds} s", class.as_str());
         ApiError::new(ErrorCode::RateLimited, message).into_response()
     };
     headers::apply(response.headers_mut(), class, &decision.limit, &decision.outcome);
@@ -88,6 +90,22 @@ mod tests {
         assert_eq!(subject(&forwarded, true), "ip:198.51.100.7");
         assert_eq!(subject(&forwarded, false), "anonymous");
         assert_eq!(subject(&request(&["not an address"]), true), "anonymous");
+        let spoofed_tail = request(&["198.51.100.7, garbage"]);
+        assert_eq!(subject(&spoofed_tail, true), "anonymous", "never an earlier entry");
+    }
+
+    #[test]
+    fn the_token_subject_wins_over_addresses() {
+        let mut authenticated = request(&["198.51.100.7"]);
+        authenticated.extensions_mut().insert(Principal {
+            sub: "anonymous".to_owned(),
+            scopes: crate::auth::Scopes::of(&[]),
+            jti: "j1".to_owned(),
+            exp: u64::MAX,
+            service: false,
+        });
+        // Prefixed, so a user named "anonymous" does not share the unidentified bucket.
+        assert_eq!(subject(&authenticated, true), "sub:anonymous");
     }
 
     #[test]

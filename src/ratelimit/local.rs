@@ -13,7 +13,8 @@ use governor::{Quota, RateLimiter};
 use super::config::ClassLimit;
 use super::gcra::Outcome;
 
-type Keyed = RateLimiter<String, HashMapStateStore<String>, DefaultClock, StateInformationMiddleware>;
+type Keyed =
+    RateLimiter<String, HashMapStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
 /// One class's fallback limiter.
 pub struct LocalLimiter {
@@ -32,9 +33,11 @@ impl LocalLimiter {
     /// A limiter enforcing `limit` (already scaled), keeping at most about `max_subjects`
     /// subjects.
     pub fn new(limit: ClassLimit, max_subjects: usize) -> Self {
-        let period = Duration::from_secs_f64(1.0 / limit.rate_per_second).max(Duration::from_nanos(1));
+        let period =
+            Duration::from_secs_f64(1.0 / limit.rate_per_second).max(Duration::from_nanos(1));
         let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
+        let quota =
+            Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
         let limiter = RateLimiter::hashmap(quota.allow_burst(burst))
             .with_middleware::<StateInformationMiddleware>();
         Self { limit, limiter, max_subjects }

@@ -69,19 +69,19 @@ impl RouteClass {
 
     fn rate_field(self) -> &'static str {
         match self {
-            Self::Recs => "recs.rate_per_second",
-            Self::Events => "events.rate_per_second",
-            Self::Auth => "auth.rate_per_second",
-            Self::Admin => "admin.rate_per_second",
+            Self::Recs => "rate_limit.recs.rate_per_second",
+            Self::Events => "rate_limit.events.rate_per_second",
+            Self::Auth => "rate_limit.auth.rate_per_second",
+            Self::Admin => "rate_limit.admin.rate_per_second",
         }
     }
 
     fn burst_field(self) -> &'static str {
         match self {
-            Self::Recs => "recs.burst",
-            Self::Events => "events.burst",
-            Self::Auth => "auth.burst",
-            Self::Admin => "admin.burst",
+            Self::Recs => "rate_limit.recs.burst",
+            Self::Events => "rate_limit.events.burst",
+            Self::Auth => "rate_limit.auth.burst",
+            Self::Admin => "rate_limit.admin.burst",
         }
     }
 
@@ -187,7 +187,12 @@ impl RateLimiter {
         let burst = limit.burst.to_string();
         let reply = inner
             .redis
-            .script::<(i64, i64, i64, i64)>("rate_limit", &inner.script, &[&key], &[&interval, &burst])
+            .script::<(i64, i64, i64, i64)>(
+                "rate_limit",
+                &inner.script,
+                &[&key],
+                &[&interval, &burst],
+            )
             .await;
         let decision = match reply {
             Ok(reply) => Decision {

@@ -26,7 +26,12 @@ use crate::serve::{ApiError, ErrorCode};
 ///
 /// The limit is one semaphore for all the routes: axum applies a layer to each route
 /// separately, so tower's per-service `ConcurrencyLimitLayer` would give every route its own.
-pub fn limit_concurrency<S>(router: Router<S>, max_in_flight: usize, timeout: Duration, metrics: Metrics) -> Router<S>
+pub fn limit_concurrency<S>(
+    router: Router<S>,
+    max_in_flight: usize,
+    timeout: Duration,
+    metrics: Metrics,
+) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {

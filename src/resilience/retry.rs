@@ -231,7 +231,8 @@ mod tests {
     async fn full_jitter_is_uniform_over_the_whole_window() {
         // At the cap, full jitter is uniform on [0, cap]: mean cap / 2, and both the low and
         // the high tenth are reached (equal jitter would never go below cap / 2).
-        let config = RetryConfig { base_ms: 1000, cap_ms: 1000, max_attempts: 2, max_elapsed_ms: u64::MAX };
+        let config =
+            RetryConfig { base_ms: 1000, cap_ms: 1000, max_attempts: 2, max_elapsed_ms: u64::MAX };
         let samples: Vec<u64> = (0..20_000)
             .filter_map(|seed| FullJitterBuilder::seeded(&config, seed).build().next())
             .map(|delay| delay.as_millis() as u64)
@@ -254,10 +255,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn async_retry_stops_after_max_attempts() {
         let attempts = Cell::new(0u32);
-        let result: Result<(), String> = retry_async(&config(4, u64::MAX), "test", |_| true, || {
-            attempts.set(attempts.get() + 1);
-            async { Err("down".to_owned()) }
-        })
+        let result: Result<(), String> = retry_async(
+            &config(4, u64::MAX),
+            "test",
+            |_| true,
+            || {
+                attempts.set(attempts.get() + 1);
+                async { Err("down".to_owned()) }
+            },
+        )
         .await;
         assert_eq!(result, Err("down".to_owned()));
         assert_eq!(attempts.get(), 4);
@@ -268,13 +274,18 @@ mod tests {
         // 100 attempts allowed, but no retry may start later than 2 s after the first.
         let started = Instant::now();
         let attempts = Cell::new(0u32);
-        let result: Result<(), String> = retry_async(&config(100, 2000), "test", |_| true, || {
-            attempts.set(attempts.get() + 1);
-            async {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                Err("down".to_owned())
-            }
-        })
+        let result: Result<(), String> = retry_async(
+            &config(100, 2000),
+            "test",
+            |_| true,
+            || {
+                attempts.set(attempts.get() + 1);
+                async {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Err("down".to_owned())
+                }
+            },
+        )
         .await;
         assert!(result.is_err());
         let elapsed = started.elapsed();
@@ -286,12 +297,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn async_retry_never_retries_a_non_retryable_error() {
         let attempts = Cell::new(0u32);
-        let result: Result<(), String> =
-            retry_async(&config(5, u64::MAX), "test", |error: &String| error != "bad input", || {
+        let result: Result<(), String> = retry_async(
+            &config(5, u64::MAX),
+            "test",
+            |error: &String| error != "bad input",
+            || {
                 attempts.set(attempts.get() + 1);
                 async { Err("bad input".to_owned()) }
-            })
-            .await;
+            },
+        )
+        .await;
         assert!(result.is_err());
         assert_eq!(attempts.get(), 1);
     }
@@ -299,17 +314,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn async_retry_returns_the_first_success() {
         let attempts = Cell::new(0u32);
-        let result: Result<u32, String> = retry_async(&config(5, u64::MAX), "test", |_| true, || {
-            attempts.set(attempts.get() + 1);
-            let attempt = attempts.get();
-            async move {
-                if attempt < 3 {
-                    Err("down".to_owned())
-                } else {
-                    Ok(attempt)
+        let result: Result<u32, String> = retry_async(
+            &config(5, u64::MAX),
+            "test",
+            |_| true,
+            || {
+                attempts.set(attempts.get() + 1);
+                let attempt = attempts.get();
+                async move {
+                    if attempt < 3 {
+                        Err("down".to_owned())
+                    } else {
+                        Ok(attempt)
+                    }
                 }
-            }
-        })
+            },
+        )
         .await;
         assert_eq!(result, Ok(3));
     }
@@ -319,10 +339,15 @@ mod tests {
         let small = RetryConfig { base_ms: 1, cap_ms: 4, max_attempts: 5, max_elapsed_ms: 1000 };
         let started = std::time::Instant::now();
         let mut attempts = 0;
-        let result: Result<(), String> = retry_blocking(&small, "test", |_| true, || {
-            attempts += 1;
-            Err("down".to_owned())
-        });
+        let result: Result<(), String> = retry_blocking(
+            &small,
+            "test",
+            |_| true,
+            || {
+                attempts += 1;
+                Err("down".to_owned())
+            },
+        );
         assert!(result.is_err());
         assert_eq!(attempts, 5);
         // Four delays of at most 1, 2, 4 and 4 ms.

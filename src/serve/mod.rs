@@ -10,7 +10,7 @@ mod error;
 mod handlers;
 
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -27,6 +27,7 @@ use crate::index::Index;
 use crate::ingest::Status;
 use crate::metrics::Metrics;
 use crate::model::Model;
+use crate::ratelimit::{self, RateLimiter};
 use crate::store::{AsyncRedis, Keys};
 
 /// HTTP settings.
@@ -39,11 +40,23 @@ pub struct ServeConfig {
     pub max_k: usize,
     /// Largest candidate list of a scoring request (default 10000).
     pub max_score_items: usize,
+    /// Requests in flight at once across the `/v1` routes; one more is shed at once with 503
+    /// `overloaded` (default 256, >= 1). Health, readiness and metrics are never shed.
+    pub max_concurrent_requests: usize,
+    /// A `/v1` request still running after this long is cut off with 503 `overloaded`, ms
+    /// (default 5000, >= 1).
+    pub request_timeout_ms: u64,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".to_owned(), max_k: 1000, max_score_items: 10_000 }
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+            max_k: 1000,
+            max_score_items: 10_000,
+            max_concurrent_requests: 256,
+            request_timeout_ms: 5000,
+        }
     }
 }
 
@@ -65,6 +78,8 @@ pub struct AppState {
     pub keys: Keys,
     /// Limits.
     pub config: ServeConfig,
+    /// Per-subject rate limits of the `/v1` routes (shared through Redis).
+    pub rate_limiter: RateLimiter,
 }
 
 impl AppState {
@@ -80,12 +95,14 @@ impl AppState {
         redis: AsyncRedis,
         config: &Config,
     ) -> anyhow::Result<Self> {
+        let rate_limiter = RateLimiter::new(&config.rate_limit, redis.clone(), metrics.clone());
         Ok(Self {
             model,
             index,
             status,
             metrics,
             keys: redis.keys().clone(),
+            rate_limiter,
             redis,
             config: config.http.clone(),
         })
@@ -112,16 +129,33 @@ pub const ROUTES: [(&str, &str); 8] = [
 ];
 
 /// The router with every route, JSON fallbacks and the latency middleware.
+///
+/// The `/v1` routes sit behind, from the outside in: load shedding (a global concurrency
+/// limit, [`ratelimit::limit_concurrency`]), then the per-subject rate limit
+/// ([`ratelimit::enforce`], which reads the subject authentication puts on the request, so
+/// authentication must run between the two). Health, readiness and metrics have neither.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
-        .route("/metrics", get(handlers::metrics))
+    let api = Router::new()
         .route("/v1/users/{user_id}/recommendations", get(handlers::recommendations))
         .route("/v1/users/{user_id}/scores", post(handlers::scores))
         .route("/v1/users/{user_id}", get(handlers::user))
         .route("/v1/items/{item_id}/similar", get(handlers::similar))
         .route("/v1/items/{item_id}", get(handlers::item))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.rate_limiter.clone(),
+            ratelimit::enforce,
+        ));
+    let api = ratelimit::limit_concurrency(
+        api,
+        state.config.max_concurrent_requests,
+        Duration::from_millis(state.config.request_timeout_ms),
+        state.metrics.clone(),
+    );
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .merge(api)
         .fallback(handlers::unknown_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), record_latency))

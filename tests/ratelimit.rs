@@ -1,0 +1,268 @@
+//! Rate limiting against the real Redis (`EMBEDSTREAM_TEST_REDIS`) through the real router and
+//! real tokens, the in-process fallback when Redis is unreachable, and load shedding.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use common::auth::{shared_keys, token};
+use common::infra::{test_config, unique};
+use embedstream::config::Config;
+use embedstream::index::Index;
+use embedstream::ingest::Status;
+use embedstream::metrics::Metrics;
+use embedstream::model::Model;
+use embedstream::ratelimit::{limit_concurrency, ClassLimit};
+use embedstream::resilience::CircuitBreaker;
+use embedstream::serve::{router, AppState};
+use embedstream::store::AsyncRedis;
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// A config of its own namespace with real token verification and small budgets:
+/// recs burst 4 at 0.1/s (one request back every 10 s, so nothing refills during a test),
+/// admin burst 2.
+fn config(name: &str) -> Config {
+    let mut config = test_config(&unique(name));
+    shared_keys().configure(&mut config);
+    config.rate_limit.recs = ClassLimit { rate_per_second: 0.1, burst: 4 };
+    config.rate_limit.admin = ClassLimit { rate_per_second: 0.1, burst: 2 };
+    config
+}
+
+fn state(config: &Config) -> AppState {
+    let model = Arc::new(RwLock::new(Model::new(config.model.clone()).unwrap()));
+    let index = Arc::new(Index::new(config.index.clone()));
+    let status = Arc::new(Status::default());
+    status.restored.store(true, Ordering::Relaxed);
+    let metrics = Metrics::new().unwrap();
+    let breaker = Arc::new(CircuitBreaker::new(
+        "redis",
+        config.store.breaker.clone(),
+        Some(metrics.breakers.clone()),
+    ));
+    let redis = AsyncRedis::new(&config.store, breaker, metrics.clone()).unwrap();
+    AppState::new(model, index, status, metrics, redis, config).unwrap()
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    json: Value,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|value| value.to_str().unwrap())
+    }
+}
+
+async fn call(app: &Router, method: Method, uri: &str, bearer: Option<&str>) -> Reply {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = bearer {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = app.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    Reply { status, headers, json: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+}
+
+/// The value of `name` (e.g. `r`) in a `RateLimit` field.
+fn parameter(field: &str, name: &str) -> u64 {
+    field
+        .split(';')
+        .find_map(|part| part.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {field}"))
+        .parse()
+        .unwrap()
+}
+
+/// The count of `embedstream_ratelimit_decisions_total` for these labels.
+fn decisions(metrics: &Metrics, class: &str, backend: &str, decision: &str) -> u64 {
+    metrics
+        .render()
+        .lines()
+        .filter(|line| line.starts_with("embedstream_ratelimit_decisions_total{"))
+        .filter(|line| {
+            line.contains(&format!("class=\"{class}\""))
+                && line.contains(&format!("backend=\"{backend}\""))
+                && line.contains(&format!("decision=\"{decision}\""))
+        })
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn burst_is_allowed_then_429_with_retry_after_and_ratelimit_headers() {
+    let config = config("rl-burst");
+    let state = state(&config);
+    let metrics = state.metrics.clone();
+    let app = router(state);
+    let alice = token(&config, "alice", "recs:read");
+    let uri = "/v1/users/alice/recommendations?k=5";
+    for expected_remaining in [3, 2, 1, 0] {
+        let reply = call(&app, Method::GET, uri, Some(&alice)).await;
+        assert!(reply.status.is_success(), "{}: {}", reply.status, reply.json);
+        assert_eq!(reply.header("ratelimit-policy"), Some("\"recs\";q=4;w=40"));
+        let limit = reply.header("ratelimit").unwrap();
+        assert!(limit.starts_with("\"recs\";"), "{limit}");
+        assert_eq!(parameter(limit, "r"), expected_remaining);
+        // The bucket is full again (4 - remaining) intervals of 10 s from now.
+        assert_eq!(parameter(limit, "t"), (4 - expected_remaining) * 10);
+        assert!(reply.header("retry-after").is_none());
+    }
+    let refused = call(&app, Method::GET, uri, Some(&alice)).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.json["error"]["code"], "rate_limited");
+    let retry_after: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert_eq!(retry_after, 10, "one emission interval, rounded up to whole seconds");
+    assert_eq!(parameter(refused.header("ratelimit").unwrap(), "r"), 0);
+    assert_eq!(refused.header("ratelimit-policy"), Some("\"recs\";q=4;w=40"));
+    // Unlimited routes carry no RateLimit headers and are never refused.
+    let health = call(&app, Method::GET, "/healthz", None).await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert!(health.header("ratelimit").is_none());
+    assert_eq!(decisions(&metrics, "recs", "redis", "allowed"), 4);
+    assert_eq!(decisions(&metrics, "recs", "redis", "limited"), 1);
+    // The bucket lives in Redis under the documented key, expiring when full again.
+    let mut redis =
+        redis::Client::open(config.store.url.as_str()).unwrap().get_connection().unwrap();
+    let key = format!("{}:rl:recs:sub:alice", config.store.namespace);
+    let ttl_ms: i64 = redis::cmd("PTTL").arg(&key).query(&mut redis).unwrap();
+    assert!((39_000..=40_000).contains(&ttl_ms), "PTTL {key} = {ttl_ms}");
+}
+
+#[tokio::test]
+async fn two_instances_on_one_redis_share_one_budget() {
+    let config = config("rl-shared");
+    let first = router(state(&config));
+    let second = router(state(&config));
+    let bob = token(&config, "bob", "recs:read");
+    let mut allowed = 0;
+    for round in 0..4 {
+        for app in [&first, &second] {
+            let reply = call(app, Method::GET, "/v1/items/i1", Some(&bob)).await;
+            assert_ne!(reply.status.as_u16() / 100, 5, "round {round}: {}", reply.json);
+            if reply.status != StatusCode::TOO_MANY_REQUESTS {
+                allowed += 1;
+            }
+        }
+    }
+    assert_eq!(allowed, 4, "8 requests over two instances, one budget of 4");
+}
+
+#[tokio::test]
+async fn subjects_and_route_classes_have_independent_budgets() {
+    let config = config("rl-independent");
+    let app = router(state(&config));
+    let carol = token(&config, "carol", "recs:read admin");
+    let dave = token(&config, "dave", "recs:read");
+    for _ in 0..4 {
+        let reply = call(&app, Method::GET, "/v1/items/i1", Some(&carol)).await;
+        assert_ne!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+    let spent = call(&app, Method::GET, "/v1/items/i1", Some(&carol)).await;
+    assert_eq!(spent.status, StatusCode::TOO_MANY_REQUESTS);
+    // Another subject, same class: a budget of its own.
+    let other = call(&app, Method::GET, "/v1/items/i1", Some(&dave)).await;
+    assert_ne!(other.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(parameter(other.header("ratelimit").unwrap(), "r"), 3);
+    // Same subject, another class: a budget of its own, with its own policy.
+    let admin = call(&app, Method::GET, "/v1/admin/flags", Some(&carol)).await;
+    assert_ne!(admin.status, StatusCode::TOO_MANY_REQUESTS, "{}", admin.json);
+    assert_eq!(admin.header("ratelimit-policy"), Some("\"admin\";q=2;w=20"));
+    assert_eq!(parameter(admin.header("ratelimit").unwrap(), "r"), 1);
+}
+
+#[tokio::test]
+async fn unreachable_redis_hands_over_to_the_stricter_local_limiter_never_500() {
+    let mut config = config("rl-fallback");
+    // Nothing listens on port 1.
+    config.store.url = "redis://127.0.0.1:1/".to_owned();
+    config.rate_limit.fallback_factor = 0.5;
+    let state = state(&config);
+    let metrics = state.metrics.clone();
+    let app = router(state);
+    let erin = token(&config, "erin", "recs:read");
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let reply = call(&app, Method::GET, "/v1/items/i1", Some(&erin)).await;
+        assert_ne!(reply.status.as_u16() / 100, 5, "{}: {}", reply.status, reply.json);
+        // The headers describe the budget enforced: half of burst 4 and of 0.1/s.
+        assert_eq!(reply.header("ratelimit-policy"), Some("\"recs\";q=2;w=40"));
+        statuses.push(reply.status);
+    }
+    let limited = statuses.iter().filter(|status| **status == StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.count(), 4, "burst 2 of 6 allowed: {statuses:?}");
+    assert_eq!(decisions(&metrics, "recs", "local", "allowed"), 2);
+    assert_eq!(decisions(&metrics, "recs", "local", "limited"), 4);
+    assert_eq!(decisions(&metrics, "recs", "redis", "allowed"), 0);
+    // Another subject still gets its own (local) budget.
+    let frank = token(&config, "frank", "recs:read");
+    let reply = call(&app, Method::GET, "/v1/items/i1", Some(&frank)).await;
+    assert_ne!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+async fn slow() -> &'static str {
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    "done"
+}
+
+#[tokio::test]
+async fn saturated_concurrency_sheds_with_503_overloaded_and_spares_health() {
+    let metrics = Metrics::new().unwrap();
+    let api = Router::new().route("/v1/slow", get(slow));
+    let app = limit_concurrency(api, 2, Duration::from_secs(5), metrics.clone())
+        .route("/healthz", get(slow));
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { call(&app, Method::GET, "/v1/slow", None).await })
+        })
+        .collect();
+    // Give the eight requests time to arrive while the first two are still running.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let health = call(&app, Method::GET, "/healthz", None).await;
+    assert_eq!(health.status, StatusCode::OK, "health is never shed");
+    let mut ok = 0;
+    for handle in calls {
+        let reply = handle.await.unwrap();
+        match reply.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(reply.json["error"]["code"], "overloaded");
+                assert_eq!(reply.header("retry-after"), Some("1"));
+            }
+            other => panic!("unexpected {other}: {}", reply.json),
+        }
+    }
+    assert_eq!(ok, 2, "two slots, the other six shed at once");
+    assert!(metrics
+        .render()
+        .contains("embedstream_http_shed_requests_total{reason=\"overloaded\"} 6"));
+    // With the slots free again, requests pass.
+    assert_eq!(call(&app, Method::GET, "/v1/slow", None).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_request_past_the_timeout_is_cut_off_with_503_overloaded() {
+    let metrics = Metrics::new().unwrap();
+    let api = Router::new().route("/v1/slow", get(slow));
+    let app = limit_concurrency(api, 4, Duration::from_millis(50), metrics.clone());
+    let reply = call(&app, Method::GET, "/v1/slow", None).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.json["error"]["code"], "overloaded");
+    assert!(metrics
+        .render()
+        .contains("embedstream_http_shed_requests_total{reason=\"timeout\"} 1"));
+}
