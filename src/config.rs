@@ -13,6 +13,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{DecodeLimits, EventTypes, EventTypesError};
+use crate::flags::FlagsConfig;
 use crate::index::IndexConfig;
 use crate::ingest::{IngestConfig, KafkaConfig};
 use crate::model::{ModelConfig, ModelConfigError};
@@ -95,6 +96,8 @@ pub struct Config {
     pub http: ServeConfig,
     /// Rate limits of the `/v1` routes per subject and route class.
     pub rate_limit: RateLimitConfig,
+    /// Feature-flags cache.
+    pub flags: FlagsConfig,
 }
 
 /// Why configuration could not be loaded.
@@ -202,6 +205,9 @@ impl Config {
                 value: error.value,
                 rule: error.rule,
             });
+        }
+        if self.flags.refresh_ms < 10 {
+            return Err(invalid("flags.refresh_ms", &self.flags.refresh_ms, "must be >= 10"));
         }
         if self.window.idle_timeout_ms as u64 <= self.ingest.poll_timeout_ms {
             return Err(invalid(

@@ -21,6 +21,7 @@
 //! - [`produce`]: publishing a dataset to Kafka in event-time order.
 //! - [`metrics`]: every Prometheus metric.
 //! - [`resilience`]: circuit breakers, retries with backoff.
+//! - [`flags`]: feature flags (kill switches, rollouts, A/B variant), cached from Redis.
 //! - [`app`]: wires ingest, store, index and serve into the `run` service.
 //! - [`config`]: layered configuration (defaults, file, environment).
 
@@ -28,6 +29,7 @@ pub mod app;
 pub mod config;
 pub mod eval;
 pub mod event;
+pub mod flags;
 pub mod fold;
 pub mod index;
 pub mod ingest;

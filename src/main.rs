@@ -115,6 +115,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Feature flags of the namespace (`{ns}:flags`); prints the resulting document as JSON.
+    /// Running services pick a change up within flags.refresh_ms.
+    Flags {
+        /// Redis namespace (overrides store.namespace).
+        #[arg(long, global = true)]
+        namespace: Option<String>,
+        #[command(subcommand)]
+        action: FlagsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FlagsCommand {
+    /// Print the stored document (the defaults when none is stored).
+    Get,
+    /// Replace the whole document with a JSON file (validated), or stdin without --file.
+    Set {
+        /// JSON document; `-` or absent: read stdin.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Turn a switch (personalization, session_blending, ann, redis_reads) on for a share of
+    /// users.
+    Enable {
+        /// Flag name.
+        name: String,
+        /// Share of users, by stable bucket, 0..=100.
+        #[arg(long, default_value_t = 100)]
+        percent: u32,
+    },
+    /// Turn a switch off for everyone.
+    Disable {
+        /// Flag name.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -169,6 +204,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => Pace::Unlimited,
             };
             run_produce(&config, &input, format, topic, pace, json)
+        }
+        Command::Flags { namespace, action } => {
+            let mut store = config.store;
+            if let Some(namespace) = namespace {
+                store.namespace = namespace;
+            }
+            run_flags(&store, action)
         }
         Command::Digest { namespace, json } => {
             let mut config = config;
@@ -343,5 +385,28 @@ fn run_eval(
         );
     }
     println!("plot        {}", plot.display());
+    Ok(())
+}
+
+fn run_flags(store: &embedstream::store::StoreConfig, command: FlagsCommand) -> anyhow::Result<()> {
+    use embedstream::flags::{FlagsAction, FlagsDoc};
+    let action = match command {
+        FlagsCommand::Get => FlagsAction::Get,
+        FlagsCommand::Set { file } => {
+            let text = match file.as_deref() {
+                Some(path) if path != Path::new("-") => std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+                _ => std::io::read_to_string(std::io::stdin()).context("reading stdin")?,
+            };
+            FlagsAction::Set(FlagsDoc::from_json(&text)?)
+        }
+        FlagsCommand::Enable { name, percent } => {
+            FlagsAction::Enable { name: name.parse()?, percent }
+        }
+        FlagsCommand::Disable { name } => FlagsAction::Disable { name: name.parse()? },
+    };
+    let doc = embedstream::flags::run_action(store, action)
+        .with_context(|| format!("flags of namespace {}", store.namespace))?;
+    println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(())
 }

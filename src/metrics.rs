@@ -58,6 +58,11 @@ pub struct Metrics {
     pub http_shed: IntCounterVec,
     /// Circuit breaker state by breaker (0 closed, 1 open, 2 half-open) and transitions.
     pub breakers: crate::resilience::BreakerMetrics,
+    /// Ranking responses by route, source of the ranking and experiment variant
+    /// (`embedstream_rankings_total{route,source,variant}`).
+    pub rankings_total: IntCounterVec,
+    /// Failed refreshes of the flags cache, by reason (unavailable, invalid).
+    pub flags_refresh_failures: IntCounterVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -164,6 +169,22 @@ impl Metrics {
             &["breaker", "to"],
         )?;
         registry.register(Box::new(breaker_transitions.clone()))?;
+        let rankings_total = IntCounterVec::new(
+            Opts::new(
+                "embedstream_rankings_total",
+                "Ranking responses by route, ranking source and experiment variant",
+            ),
+            &["route", "source", "variant"],
+        )?;
+        registry.register(Box::new(rankings_total.clone()))?;
+        let flags_refresh_failures = IntCounterVec::new(
+            Opts::new(
+                "embedstream_flags_refresh_failures_total",
+                "Failed refreshes of the flags cache by reason (the last document is kept)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(flags_refresh_failures.clone()))?;
         Ok(Self {
             breakers: crate::resilience::BreakerMetrics {
                 state: breaker_state,
@@ -212,6 +233,8 @@ impl Metrics {
             http_duration,
             ratelimit_decisions,
             http_shed,
+            rankings_total,
+            flags_refresh_failures,
             registry,
         })
     }

@@ -11,6 +11,7 @@
 //! | `{ns}:item:{item_id}` | hash | `vector` (ESV1), `bias` (decimal f32), `row` (first-appearance order), `events`, `last_ts` (ms), `popularity_log` (decimal f64) |
 //! | `{ns}:items` | sorted set | item id scored by `row` |
 //! | `{ns}:progress:{topic}` | hash | partition number to JSON `{"resume": offset, "done": [[first, last], ...]}` |
+//! | `{ns}:flags` | string | the feature-flags document as JSON (see [`crate::flags`]), replaced whole |
 //!
 //! One flush is one `MULTI`/`EXEC` transaction holding the changed users and items, the meta
 //! fields and the progress of every assigned partition: state and offsets move together.
@@ -67,6 +68,10 @@ impl Keys {
     /// `{ns}:progress:{topic}`.
     pub fn progress(&self, topic: &str) -> String {
         format!("{}:progress:{topic}", self.namespace)
+    }
+    /// `{ns}:flags`: the feature-flags document (JSON string).
+    pub fn flags(&self) -> String {
+        format!("{}:flags", self.namespace)
     }
 }
 
