@@ -12,6 +12,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
 use crate::event::{DecodeLimits, EventTypes, EventTypesError};
 use crate::flags::FlagsConfig;
 use crate::index::IndexConfig;
@@ -96,6 +97,8 @@ pub struct Config {
     pub http: ServeConfig,
     /// Rate limits of the `/v1` routes per subject and route class.
     pub rate_limit: RateLimitConfig,
+    /// Authentication: token verification and issuance.
+    pub auth: AuthConfig,
     /// Feature-flags cache.
     pub flags: FlagsConfig,
 }
@@ -198,6 +201,13 @@ impl Config {
                 &format!("{} / {}", self.http.max_concurrent_requests, self.http.request_timeout_ms),
                 "both must be >= 1",
             ));
+        }
+        if let Err(error) = self.auth.validate() {
+            return Err(ConfigError::Invalid {
+                field: error.field,
+                value: error.value,
+                rule: error.rule,
+            });
         }
         if let Err(error) = self.rate_limit.validate() {
             return Err(ConfigError::Invalid {

@@ -16,6 +16,7 @@
 //! - [`store`]: Redis key layout, vector codec, atomic flush and restore.
 //! - [`index`]: HNSW snapshot, fresh tier and exact re-rank.
 //! - [`serve`]: the HTTP API (axum).
+//! - [`auth`]: JWT verification (JWKS, scopes, revocation) and token issuance for clients.
 //! - [`ratelimit`]: admission control of the HTTP side: rate limits (Redis GCRA) and load
 //!   shedding.
 //! - [`produce`]: publishing a dataset to Kafka in event-time order.
@@ -26,6 +27,7 @@
 //! - [`config`]: layered configuration (defaults, file, environment).
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod eval;
 pub mod event;

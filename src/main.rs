@@ -124,6 +124,40 @@ enum Command {
         #[command(subcommand)]
         action: FlagsCommand,
     },
+    /// Authentication tools: key pairs, tokens, client secret hashes.
+    Auth {
+        #[command(subcommand)]
+        action: AuthCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthCommand {
+    /// Generate an Ed25519 key pair: DIR/signing-key.pem (PKCS#8, for auth.signing_key_path)
+    /// and DIR/jwks.json (the public JWK, for auth.jwks_path).
+    Keygen {
+        /// Output directory (created if missing; existing files are overwritten).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Key id (default: key-<unix seconds>).
+        #[arg(long)]
+        kid: Option<String>,
+    },
+    /// Mint an access token with the configured signing key and print it (dev and ops tool).
+    Token {
+        /// Subject: a user id, or client:<id> for a service.
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes (recs:read, events:write, admin).
+        #[arg(long, default_value = "recs:read")]
+        scope: String,
+        /// Lifetime, s (default: auth.access_ttl_s).
+        #[arg(long)]
+        ttl_s: Option<u64>,
+    },
+    /// Read a client secret from stdin and print its argon2id PHC string (for the clients
+    /// file's secret_hash).
+    HashSecret,
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,6 +207,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
+        Command::Auth { action } => run_auth(&config, action),
         Command::Replay { input, format, partitions, json } => {
             run_replay(&config, &input, format, partitions, json)
         }
@@ -408,5 +443,38 @@ fn run_flags(store: &embedstream::store::StoreConfig, command: FlagsCommand) -> 
     let doc = embedstream::flags::run_action(store, action)
         .with_context(|| format!("flags of namespace {}", store.namespace))?;
     println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
+fn run_auth(config: &Config, command: AuthCommand) -> anyhow::Result<()> {
+    use embedstream::auth::{issue, now_s, Scopes};
+    match command {
+        AuthCommand::Keygen { dir, kid } => {
+            let kid = kid.unwrap_or_else(|| format!("key-{}", now_s()));
+            let files = issue::keygen(&dir, &kid)?;
+            let summary = serde_json::json!({
+                "kid": kid,
+                "signing_key_path": files.signing_key,
+                "jwks_path": files.jwks,
+            });
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        AuthCommand::Token { sub, scope, ttl_s } => {
+            let scopes = Scopes::parse_strict(&scope)
+                .map_err(|name| anyhow::anyhow!("unknown scope {name:?}"))?;
+            let signer = issue::Signer::from_config(&config.auth)?.ok_or_else(|| {
+                anyhow::anyhow!("set auth.signing_key_path and auth.signing_kid to mint tokens")
+            })?;
+            let ttl_s = ttl_s.unwrap_or(config.auth.access_ttl_s);
+            let (token, _) = signer.mint(&sub, scopes, ttl_s, now_s())?;
+            println!("{token}");
+        }
+        AuthCommand::HashSecret => {
+            let secret = std::io::read_to_string(std::io::stdin()).context("reading stdin")?;
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(secret.len() >= 16, "a client secret needs at least 16 characters");
+            println!("{}", issue::hash_secret(secret)?);
+        }
+    }
     Ok(())
 }

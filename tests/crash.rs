@@ -25,6 +25,7 @@ fn spawn_service(config: &Config, port: u16, extra: &[(&str, &str)]) -> Child {
         .env("EMBEDSTREAM_KAFKA__SESSION_TIMEOUT_MS", config.kafka.session_timeout_ms.to_string())
         .env("EMBEDSTREAM_STORE__URL", &config.store.url)
         .env("EMBEDSTREAM_STORE__NAMESPACE", &config.store.namespace)
+        .envs(common::auth::service_env(config))
         .env("EMBEDSTREAM_WINDOW__IDLE_TIMEOUT_MS", config.window.idle_timeout_ms.to_string())
         .env("EMBEDSTREAM_INGEST__FLUSH_INTERVAL_MS", "100")
         .env("EMBEDSTREAM_INGEST__MAX_POLL_RECORDS", "200")

@@ -18,6 +18,8 @@ use embedstream::store::AsyncRedis;
 use serde_json::Value;
 use tower::ServiceExt;
 
+mod common;
+
 fn spec() -> Value {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/openapi.json"))
@@ -58,7 +60,8 @@ fn state() -> AppState {
     index.rebuild(&model).unwrap();
     let status = Arc::new(Status::default());
     status.restored.store(true, std::sync::atomic::Ordering::Relaxed);
-    let config = Config::default();
+    let mut config = Config::default();
+    common::auth::shared_keys().configure(&mut config);
     let metrics = Metrics::new().unwrap();
     let breaker = Arc::new(CircuitBreaker::new("redis", config.store.breaker.clone(), None));
     // Nothing listens on port 1: a user missing from memory is a 503, never a hang.
@@ -85,11 +88,26 @@ fn spec_and_router_list_the_same_routes() {
     assert_eq!(documented, routed);
 }
 
-/// Sends a request; returns the status and the body as JSON (or text wrapped in a string).
+/// Sends a request with the tests' service token; returns the status and the body as JSON (or
+/// text wrapped in a string).
 async fn call(app: &axum::Router, method: Method, uri: &str, body: Option<&str>) -> (u16, Value) {
+    call_as(app, method, uri, body, Some(common::auth::bearer())).await
+}
+
+/// Sends a request with the given `Authorization` header (none: anonymous).
+async fn call_as(
+    app: &axum::Router,
+    method: Method,
+    uri: &str,
+    body: Option<&str>,
+    authorization: Option<String>,
+) -> (u16, Value) {
     let mut request = Request::builder().method(method).uri(uri);
     if body.is_some() {
         request = request.header("content-type", "application/json");
+    }
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
     }
     let request = request.body(Body::from(body.unwrap_or("").to_owned())).unwrap();
     let response = app.clone().oneshot(request).await.unwrap();
@@ -193,4 +211,66 @@ async fn real_responses_match_the_documented_schemas() {
     let (status, metrics) = call(&app, Method::GET, "/metrics", None).await;
     assert_eq!(status, 200);
     assert!(metrics.as_str().unwrap().contains("embedstream_http_request_duration_seconds"));
+}
+
+/// Method, documented path, URI, JSON body, `Authorization` header, expected status.
+type AuthCase<'a> = (Method, &'a str, &'a str, Option<&'a str>, Option<String>, u16);
+
+#[tokio::test]
+async fn auth_responses_match_the_documented_schemas() {
+    let spec = spec();
+    let state = state();
+    let mut config = Config::default();
+    common::auth::shared_keys().configure(&mut config);
+    let user_u2 = format!("Bearer {}", common::auth::token(&config, "u2", "recs:read"));
+    let writer = format!("Bearer {}", common::auth::token(&config, "client:w", "events:write"));
+    let fresh_u2 = format!("Bearer {}", common::auth::token(&config, "u2", "recs:read"));
+    let app = router(state);
+    let recs = "/v1/users/{user_id}/recommendations";
+    let cases: Vec<AuthCase<'_>> = vec![
+        (Method::GET, recs, "/v1/users/u1/recommendations", None, None, 401),
+        (Method::GET, recs, "/v1/users/u1/recommendations", None, Some("Bearer x.y.z".into()), 401),
+        (Method::GET, recs, "/v1/users/u1/recommendations", None, Some(user_u2.clone()), 403),
+        (Method::GET, recs, "/v1/users/u2/recommendations", None, Some(writer), 403),
+        (Method::GET, "/v1/items/{item_id}", "/v1/items/i1", None, None, 401),
+        (Method::POST, "/v1/auth/revoke", "/v1/auth/revoke", None, None, 401),
+        (
+            Method::POST,
+            "/v1/auth/revoke",
+            "/v1/auth/revoke",
+            Some(r#"{"token":"not.a.token"}"#),
+            Some(user_u2.clone()),
+            200,
+        ),
+        (
+            Method::POST,
+            "/v1/auth/revoke",
+            "/v1/auth/revoke",
+            Some("[]"),
+            Some(user_u2.clone()),
+            400,
+        ),
+        // Nothing listens on the state's Redis: revoked on this instance only, 503.
+        (Method::POST, "/v1/auth/revoke", "/v1/auth/revoke", None, Some(user_u2), 503),
+        // No clients configured: the grant is refused, in RFC 6749 format.
+        (
+            Method::POST,
+            "/v1/auth/token",
+            "/v1/auth/token",
+            Some(r#"{"grant_type":"client_credentials","client_id":"a","client_secret":"b"}"#),
+            None,
+            400,
+        ),
+        // A fresh token: user_u2's was revoked above.
+        (Method::GET, recs, "/v1/users/u2/recommendations", None, Some(fresh_u2), 200),
+    ];
+    for (method, path, uri, body, authorization, expected) in cases {
+        let method_name = method.as_str().to_lowercase();
+        let (status, value) = call_as(&app, method, uri, body, authorization).await;
+        assert_eq!(status, expected, "{uri}: {value}");
+        let schema = schema_for(&spec, &method_name, path, status);
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{uri} -> {status} {value}: {errors:?}");
+    }
 }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
-use figment::providers::{Format, Json, Toml};
+use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
@@ -22,12 +22,8 @@ use super::principal::{Scope, Scopes};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientsError {
     /// Unreadable, not TOML/JSON, or an unknown field.
-    #[error("clients file {path}: {source}")]
-    Load {
-        path: PathBuf,
-        #[source]
-        source: Box<figment::Error>,
-    },
+    #[error("clients file {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
     /// One client is unusable.
     #[error("clients file {path}: client {client_id:?}: {reason}")]
     BadClient { path: PathBuf, client_id: String, reason: String },
@@ -73,14 +69,15 @@ impl Clients {
     /// # Errors
     /// [`ClientsError`].
     pub fn load(path: &Path) -> Result<Self, ClientsError> {
-        let figment = if path.extension().is_some_and(|ext| ext == "json") {
-            Figment::from(Json::file_exact(path))
+        let load = |reason: String| ClientsError::Load { path: path.to_owned(), reason };
+        let file: ClientsFile = if path.extension().is_some_and(|ext| ext == "json") {
+            let text = std::fs::read_to_string(path).map_err(|error| load(error.to_string()))?;
+            serde_json::from_str(&text).map_err(|error| load(error.to_string()))?
         } else {
             Figment::from(Toml::file_exact(path))
+                .extract()
+                .map_err(|error| load(error.to_string()))?
         };
-        let file: ClientsFile = figment
-            .extract()
-            .map_err(|source| ClientsError::Load { path: path.to_owned(), source: Box::new(source) })?;
         let mut by_id = HashMap::new();
         for entry in file.clients {
             let bad = |reason: String| ClientsError::BadClient {
@@ -95,7 +92,8 @@ impl Clients {
                 .map_err(|error| bad(format!("secret_hash is not a PHC string: {error}")))?;
             let mut allowed = Vec::new();
             for name in &entry.scopes {
-                allowed.push(Scope::parse(name).ok_or_else(|| bad(format!("unknown scope {name}")))?);
+                allowed
+                    .push(Scope::parse(name).ok_or_else(|| bad(format!("unknown scope {name}")))?);
             }
             let client = Client {
                 client_id: entry.client_id.clone(),
@@ -106,11 +104,13 @@ impl Clients {
                 return Err(bad("duplicate client_id".to_owned()));
             }
         }
-        let dummy_hash = super::issue::hash_secret(&super::issue::random_token(16))
-            .map_err(|error| ClientsError::BadClient {
-                path: path.to_owned(),
-                client_id: String::new(),
-                reason: error.to_string(),
+        let dummy_hash =
+            super::issue::hash_secret(&super::issue::random_token(16)).map_err(|error| {
+                ClientsError::BadClient {
+                    path: path.to_owned(),
+                    client_id: String::new(),
+                    reason: error.to_string(),
+                }
             })?;
         Ok(Self { by_id, dummy_hash })
     }
@@ -126,7 +126,8 @@ impl Clients {
         let client = self.by_id.get(client_id);
         let hash = client.map_or(self.dummy_hash.as_str(), |client| client.secret_hash.as_str());
         let parsed = PasswordHash::new(hash).ok()?;
-        let verified = argon2::Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok();
+        let verified =
+            argon2::Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok();
         client.filter(|_| verified)
     }
 }
@@ -151,8 +152,11 @@ mod tests {
         assert!(clients.authenticate("recs", "wrong").is_none());
         assert!(clients.authenticate("nobody", "s3cret").is_none());
         assert_eq!(clients.get("recs").unwrap().allowed, Scopes::of(&[Scope::RecsRead]));
-        std::fs::write(&path, "[[clients]]\nclient_id = \"x\"\nsecret_hash = 'plain'\nscopes = []\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "[[clients]]\nclient_id = \"x\"\nsecret_hash = 'plain'\nscopes = []\n",
+        )
+        .unwrap();
         assert!(matches!(Clients::load(&path), Err(ClientsError::BadClient { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -104,9 +104,9 @@ impl Default for AuthConfig {
 
 /// One `[auth]` field out of range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("auth.{field} = {value} is invalid: {rule}")]
+#[error("{field} = {value} is invalid: {rule}")]
 pub struct InvalidAuthConfig {
-    /// The field (several, for a cross-field rule).
+    /// The field, `auth.` included (several, for a cross-field rule).
     pub field: &'static str,
     /// Its value.
     pub value: String,
@@ -125,52 +125,64 @@ impl AuthConfig {
             Err(InvalidAuthConfig { field, value: format!("{value:?}"), rule })
         };
         if self.issuer.is_empty() || self.audience.is_empty() {
-            return invalid("issuer / audience", &(&self.issuer, &self.audience), "non-empty");
+            return invalid(
+                "auth.issuer / auth.audience",
+                &(&self.issuer, &self.audience),
+                "non-empty",
+            );
         }
         if self.algorithms.is_empty() {
-            return invalid("algorithms", &self.algorithms, "must name at least one algorithm");
+            return invalid(
+                "auth.algorithms",
+                &self.algorithms,
+                "must name at least one algorithm",
+            );
         }
         if self.leeway_s > 300 {
-            return invalid("leeway_s", &self.leeway_s, "must be <= 300");
+            return invalid("auth.leeway_s", &self.leeway_s, "must be <= 300");
         }
         if self.jwks_reload_interval_ms < 100 {
-            return invalid("jwks_reload_interval_ms", &self.jwks_reload_interval_ms, ">= 100");
+            return invalid(
+                "auth.jwks_reload_interval_ms",
+                &self.jwks_reload_interval_ms,
+                ">= 100",
+            );
         }
         if self.unknown_kid_reload_min_interval_ms < 1000 {
             let value = self.unknown_kid_reload_min_interval_ms;
-            return invalid("unknown_kid_reload_min_interval_ms", &value, ">= 1000");
+            return invalid("auth.unknown_kid_reload_min_interval_ms", &value, ">= 1000");
         }
         let cookie_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
         if self.cookie_name.is_empty() || !self.cookie_name.chars().all(cookie_char) {
-            return invalid("cookie_name", &self.cookie_name, "non-empty, [A-Za-z0-9_-]");
+            return invalid("auth.cookie_name", &self.cookie_name, "non-empty, [A-Za-z0-9_-]");
         }
         if !(1..=86_400).contains(&self.access_ttl_s) {
-            return invalid("access_ttl_s", &self.access_ttl_s, "must be in 1..=86400");
+            return invalid("auth.access_ttl_s", &self.access_ttl_s, "must be in 1..=86400");
         }
         if self.refresh_ttl_s < self.access_ttl_s {
             return invalid(
-                "refresh_ttl_s / access_ttl_s",
+                "auth.refresh_ttl_s / auth.access_ttl_s",
                 &(self.refresh_ttl_s, self.access_ttl_s),
                 "refresh_ttl_s must be >= access_ttl_s",
             );
         }
         if self.signing_key_path.is_some() != self.signing_kid.is_some() {
             return invalid(
-                "signing_key_path / signing_kid",
+                "auth.signing_key_path / auth.signing_kid",
                 &(&self.signing_key_path, &self.signing_kid),
                 "set both or neither",
             );
         }
         if self.signing_key_path.is_some() && !self.algorithms.contains(&self.signing_algorithm) {
             return invalid(
-                "signing_algorithm / algorithms",
+                "auth.signing_algorithm / auth.algorithms",
                 &(self.signing_algorithm, &self.algorithms),
                 "the signing algorithm must be one of the accepted algorithms",
             );
         }
         if self.clients_path.is_some() && self.signing_key_path.is_none() {
             return invalid(
-                "clients_path / signing_key_path",
+                "auth.clients_path / auth.signing_key_path",
                 &self.clients_path,
                 "issuing tokens to clients needs a signing key",
             );
@@ -196,20 +208,29 @@ mod tests {
     #[test]
     fn cross_field_rules_name_both_fields() {
         let config = AuthConfig { signing_kid: Some("k1".to_owned()), ..AuthConfig::default() };
-        assert_eq!(config.validate().map_err(|e| e.field), Err("signing_key_path / signing_kid"));
+        assert_eq!(
+            config.validate().map_err(|e| e.field),
+            Err("auth.signing_key_path / auth.signing_kid")
+        );
         let config = AuthConfig {
             signing_key_path: Some("key.pem".into()),
             signing_kid: Some("k1".to_owned()),
             signing_algorithm: SigningAlgorithm::RS256,
             ..AuthConfig::default()
         };
-        assert_eq!(config.validate().map_err(|e| e.field), Err("signing_algorithm / algorithms"));
+        assert_eq!(
+            config.validate().map_err(|e| e.field),
+            Err("auth.signing_algorithm / auth.algorithms")
+        );
         let config = AuthConfig { refresh_ttl_s: 10, ..AuthConfig::default() };
-        assert_eq!(config.validate().map_err(|e| e.field), Err("refresh_ttl_s / access_ttl_s"));
+        assert_eq!(
+            config.validate().map_err(|e| e.field),
+            Err("auth.refresh_ttl_s / auth.access_ttl_s")
+        );
         let config = AuthConfig { clients_path: Some("c.toml".into()), ..AuthConfig::default() };
         assert_eq!(
             config.validate().map_err(|e| e.field),
-            Err("clients_path / signing_key_path")
+            Err("auth.clients_path / auth.signing_key_path")
         );
     }
 

@@ -64,8 +64,8 @@ impl Signer {
         let (Some(path), Some(kid)) = (&config.signing_key_path, &config.signing_kid) else {
             return Ok(None);
         };
-        let pem = std::fs::read(path)
-            .map_err(|source| IssueError::Io { path: path.clone(), source })?;
+        let pem =
+            std::fs::read(path).map_err(|source| IssueError::Io { path: path.clone(), source })?;
         let key = match config.signing_algorithm {
             SigningAlgorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
             SigningAlgorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
@@ -74,17 +74,13 @@ impl Signer {
         .map_err(|error| IssueError::BadKey { path: path.clone(), reason: error.to_string() })?;
         let mut header = Header::new(config.signing_algorithm.jwt());
         header.kid = Some(kid.clone());
-        let signer = Self {
-            key,
-            header,
-            issuer: config.issuer.clone(),
-            audience: config.audience.clone(),
-        };
+        let signer =
+            Self { key, header, issuer: config.issuer.clone(), audience: config.audience.clone() };
         // A key that does not match its declared algorithm fails here, at start, rather than
         // on the first token request.
-        signer
-            .mint("startup-check", Scopes::default(), 1, 0)
-            .map_err(|error| IssueError::BadKey { path: path.clone(), reason: error.to_string() })?;
+        signer.mint("startup-check", Scopes::default(), 1, 0).map_err(|error| {
+            IssueError::BadKey { path: path.clone(), reason: error.to_string() }
+        })?;
         Ok(Some(signer))
     }
 
@@ -170,8 +166,10 @@ pub fn keygen(dir: &Path, kid: &str) -> Result<GeneratedKeys, IssueError> {
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let key = generate_ed25519();
-    let files = GeneratedKeys { signing_key: dir.join("signing-key.pem"), jwks: dir.join("jwks.json") };
-    write_private(&files.signing_key, ed25519_pem(&key)?.as_bytes()).map_err(io(&files.signing_key))?;
+    let files =
+        GeneratedKeys { signing_key: dir.join("signing-key.pem"), jwks: dir.join("jwks.json") };
+    write_private(&files.signing_key, ed25519_pem(&key)?.as_bytes())
+        .map_err(io(&files.signing_key))?;
     let jwks = serde_json::json!({ "keys": [ed25519_jwk(&key, kid)] });
     std::fs::write(&files.jwks, format!("{jwks:#}\n")).map_err(io(&files.jwks))?;
     Ok(files)

@@ -68,11 +68,8 @@ pub fn parse_jwks(path: &Path, text: &str) -> Result<KeySet, JwksError> {
     let mut keys = KeySet::new();
     for jwk in &set.keys {
         let kid = jwk.common.key_id.clone().unwrap_or_default();
-        let bad = |reason: String| JwksError::BadKey {
-            path: path.to_owned(),
-            kid: kid.clone(),
-            reason,
-        };
+        let bad =
+            |reason: String| JwksError::BadKey { path: path.to_owned(), kid: kid.clone(), reason };
         if kid.is_empty() {
             return Err(bad("every key needs a kid".to_owned()));
         }
@@ -206,7 +203,8 @@ impl KeyStore {
                 .last_unknown_kid_reload
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.is_some_and(|at| now.saturating_duration_since(at) < self.unknown_kid_min_interval)
+            if last
+                .is_some_and(|at| now.saturating_duration_since(at) < self.unknown_kid_min_interval)
             {
                 return false;
             }

@@ -81,6 +81,11 @@ impl Scopes {
         self.0 & !other.0 == 0
     }
 
+    /// The scopes in both sets.
+    pub fn intersection(self, other: Scopes) -> Self {
+        Self(self.0 & other.0)
+    }
+
     /// Whether the set is empty.
     pub fn is_empty(self) -> bool {
         self.0 == 0

@@ -101,10 +101,8 @@ impl Verifier {
         if key.algorithm != algorithm {
             return Err(TokenError::AlgorithmMismatch { token: header.alg, key: key.algorithm });
         }
-        let validation = self
-            .validations
-            .get(&algorithm)
-            .ok_or(TokenError::AlgorithmNotAccepted(header.alg))?;
+        let validation =
+            self.validations.get(&algorithm).ok_or(TokenError::AlgorithmNotAccepted(header.alg))?;
         let claims = jsonwebtoken::decode::<AccessClaims>(token, &key.key, validation)
             .map_err(|error| TokenError::Invalid(error.to_string()))?
             .claims;

@@ -1,4 +1,4 @@
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -10,6 +10,10 @@ pub enum ErrorCode {
     InvalidParameter,
     /// The request body is not the expected JSON (400).
     InvalidBody,
+    /// No valid access token (401, `WWW-Authenticate: Bearer error="invalid_token"`, RFC 6750).
+    Unauthorized,
+    /// The token lacks the scope, or names another user (403, `insufficient_scope`).
+    Forbidden,
     /// The user or item is unknown (404).
     NotFound,
     /// No such route (404).
@@ -34,6 +38,8 @@ impl ErrorCode {
         match self {
             Self::InvalidParameter => "invalid_parameter",
             Self::InvalidBody => "invalid_body",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::UnknownRoute => "unknown_route",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -49,6 +55,8 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
             Self::InvalidParameter | Self::InvalidBody => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound | Self::UnknownRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -77,6 +85,19 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code.as_str(), "message": self.message } });
-        (self.code.status(), Json(body)).into_response()
+        let challenge = match self.code {
+            ErrorCode::Unauthorized => Some(r#"Bearer realm="embedstream", error="invalid_token""#),
+            ErrorCode::Forbidden => {
+                Some(r#"Bearer realm="embedstream", error="insufficient_scope""#)
+            }
+            _ => None,
+        };
+        let mut response = (self.code.status(), Json(body)).into_response();
+        if let Some(challenge) = challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static(challenge));
+        }
+        response
     }
 }

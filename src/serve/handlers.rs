@@ -18,8 +18,10 @@ type ApiResult = Result<Json<Value>, ApiError>;
 
 const MAX_ID_CHARS: usize = 128;
 
-/// The user a request is about. Today: the `{user_id}` path segment, validated. Authentication
-/// will supply it from the token's `sub` instead, without changing the handlers.
+/// The user a request is about: the verified token's `sub` (the session user). The path's
+/// `{user_id}` must equal it, unless the token may name other users (a service client's token
+/// with `recs:read`, or `admin`: [`crate::auth::Principal::may_name`]); otherwise 403
+/// `forbidden`. Without a verified token (a route outside the authentication layer): 401.
 #[derive(Debug, Clone)]
 pub struct SubjectUser(pub String);
 
@@ -27,11 +29,18 @@ impl<S: Send + Sync> FromRequestParts<S> for SubjectUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let principal = crate::auth::Principal::from_request_parts(parts, state).await?;
         let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
             .await
             .map_err(|error| ApiError::new(ErrorCode::InvalidParameter, error.body_text()))?;
         let user_id = params.get("user_id").cloned().unwrap_or_default();
         valid_id("user_id", &user_id)?;
+        if !principal.may_name(&user_id) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "a user token may only name its own user (the token's sub)",
+            ));
+        }
         Ok(Self(user_id))
     }
 }

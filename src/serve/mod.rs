@@ -2,9 +2,9 @@
 //! and metrics. Handlers read the in-process state; Redis is the durable copy and the fallback
 //! for users evicted from memory. Contract: `schemas/openapi.json`.
 //!
-//! The user a request is about comes from the [`SubjectUser`] extractor (today the `user_id`
-//! path segment), so that authentication can later supply it from a token without touching the
-//! handlers.
+//! Every `/v1` route but `POST /v1/auth/token` needs a bearer token ([`crate::auth`]); the
+//! user a request is about comes from the [`SubjectUser`] extractor (the token's `sub`, or the
+//! path's `user_id` when the token may name other users).
 
 mod error;
 mod handlers;
@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{ApiError, ErrorCode};
 pub use handlers::SubjectUser;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::index::Index;
 use crate::ingest::Status;
@@ -80,6 +81,8 @@ pub struct AppState {
     pub config: ServeConfig,
     /// Per-subject rate limits of the `/v1` routes (shared through Redis).
     pub rate_limiter: RateLimiter,
+    /// Token verification, revocation and issuance.
+    pub auth: Arc<Auth>,
 }
 
 impl AppState {
@@ -96,6 +99,7 @@ impl AppState {
         config: &Config,
     ) -> anyhow::Result<Self> {
         let rate_limiter = RateLimiter::new(&config.rate_limit, redis.clone(), metrics.clone());
+        let auth = Arc::new(Auth::from_config(&config.auth, redis.clone())?);
         Ok(Self {
             model,
             index,
@@ -103,9 +107,16 @@ impl AppState {
             metrics,
             keys: redis.keys().clone(),
             rate_limiter,
+            auth,
             redis,
             config: config.http.clone(),
         })
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Arc<Auth> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::clone(&state.auth)
     }
 }
 
@@ -117,10 +128,12 @@ impl std::fmt::Debug for AppState {
 
 /// Every route as (method, path in OpenAPI form); the router and `schemas/openapi.json` are
 /// both held against this list by the tests.
-pub const ROUTES: [(&str, &str); 8] = [
+pub const ROUTES: [(&str, &str); 10] = [
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
+    ("post", "/v1/auth/token"),
+    ("post", "/v1/auth/revoke"),
     ("get", "/v1/users/{user_id}/recommendations"),
     ("post", "/v1/users/{user_id}/scores"),
     ("get", "/v1/users/{user_id}"),
@@ -134,6 +147,10 @@ pub const ROUTES: [(&str, &str); 8] = [
 /// limit, [`ratelimit::limit_concurrency`]), then the per-subject rate limit
 /// ([`ratelimit::enforce`], which reads the subject authentication puts on the request, so
 /// authentication must run between the two). Health, readiness and metrics have neither.
+///
+/// Authentication ([`crate::auth::http::authenticate`]) is the last `route_layer` of `api`:
+/// every `/v1` route added before it needs a token with the scope of its path
+/// ([`crate::auth::http::required_scope`]), except `POST /v1/auth/token`.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/users/{user_id}/recommendations", get(handlers::recommendations))
@@ -141,9 +158,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user_id}", get(handlers::user))
         .route("/v1/items/{item_id}/similar", get(handlers::similar))
         .route("/v1/items/{item_id}", get(handlers::item))
+        .route("/v1/auth/token", post(crate::auth::http::token))
+        .route("/v1/auth/revoke", post(crate::auth::http::revoke))
         .route_layer(axum::middleware::from_fn_with_state(
             state.rate_limiter.clone(),
             ratelimit::enforce,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            crate::auth::http::authenticate,
         ));
     let api = ratelimit::limit_concurrency(
         api,

@@ -12,6 +12,9 @@
 //! | `{ns}:items` | sorted set | item id scored by `row` |
 //! | `{ns}:progress:{topic}` | hash | partition number to JSON `{"resume": offset, "done": [[first, last], ...]}` |
 //! | `{ns}:flags` | string | the feature-flags document as JSON (see [`crate::flags`]), replaced whole |
+//! | `{ns}:auth:revoked:{jti}` | string | `1`; TTL = the revoked access token's remaining life |
+//! | `{ns}:auth:refresh:{sha256}` | hash | `used` (0/1), `client_id`, `scope`, `family`; key = hex SHA-256 of the refresh token; TTL `auth.refresh_ttl_s` |
+//! | `{ns}:auth:family:{id}` | string | `active` or `revoked`; TTL `auth.refresh_ttl_s`, renewed on each rotation |
 //!
 //! One flush is one `MULTI`/`EXEC` transaction holding the changed users and items, the meta
 //! fields and the progress of every assigned partition: state and offsets move together.
@@ -72,6 +75,18 @@ impl Keys {
     /// `{ns}:flags`: the feature-flags document (JSON string).
     pub fn flags(&self) -> String {
         format!("{}:flags", self.namespace)
+    }
+    /// `{ns}:auth:revoked:{jti}`: a revoked access token.
+    pub fn auth_revoked(&self, jti: &str) -> String {
+        format!("{}:auth:revoked:{jti}", self.namespace)
+    }
+    /// `{ns}:auth:refresh:{sha256_hex}`: a refresh token, by the hash of its value.
+    pub fn auth_refresh(&self, token_hash: &str) -> String {
+        format!("{}:auth:refresh:{token_hash}", self.namespace)
+    }
+    /// `{ns}:auth:family:{id}`: the state of a refresh-token family.
+    pub fn auth_family(&self, family: &str) -> String {
+        format!("{}:auth:family:{family}", self.namespace)
     }
 }
 

@@ -45,6 +45,7 @@ pub fn test_config(name: &str) -> Config {
     config.window.idle_timeout_ms = 1000;
     config.ingest.flush_interval_ms = 200;
     config.http.listen = "127.0.0.1:0".to_owned();
+    super::auth::shared_keys().configure(&mut config);
     config
 }
 
@@ -124,16 +125,18 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// GET, returning status and JSON body.
+/// GET with the tests' service token, returning status and JSON body.
 pub fn get_json(url: &str) -> (u16, Value) {
-    let mut response = agent().get(url).call().unwrap();
+    let mut response =
+        agent().get(url).header("authorization", super::auth::bearer()).call().unwrap();
     let status = response.status().as_u16();
     (status, response.body_mut().read_json().unwrap())
 }
 
-/// POST a JSON body, returning status and JSON body.
+/// POST a JSON body with the tests' service token, returning status and JSON body.
 pub fn post_json(url: &str, body: &Value) -> (u16, Value) {
-    let mut response = agent().post(url).send_json(body).unwrap();
+    let mut response =
+        agent().post(url).header("authorization", super::auth::bearer()).send_json(body).unwrap();
     let status = response.status().as_u16();
     (status, response.body_mut().read_json().unwrap())
 }

@@ -1,0 +1,208 @@
+//! The auth state in Redis: the revocation list (with an in-process fallback) and refresh
+//! tokens with rotation and reuse detection. Key names: [`crate::store::Keys`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use super::issue::random_token;
+use super::principal::Scopes;
+use crate::store::{AsyncRedis, Keys, RedisUnavailable};
+
+/// The revocation list: `{ns}:auth:revoked:{jti}` with a TTL equal to the token's remaining
+/// life, shared by every instance. Tokens revoked through this instance are also kept in
+/// process, so that they stay refused here while Redis is unreachable.
+#[derive(Debug)]
+pub struct Revocations {
+    redis: AsyncRedis,
+    keys: Keys,
+    /// jti to `exp` (s since the epoch), pruned on insert.
+    local: Mutex<HashMap<String, u64>>,
+}
+
+/// Whether a `jti` is revoked, and how sure we are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationCheck {
+    /// On the list (in Redis or in process).
+    Revoked,
+    /// Not on the list in Redis.
+    Valid,
+    /// Redis unreachable and not revoked through this instance: accepted, exposure bounded
+    /// by the token's remaining life.
+    ValidLocalOnly,
+}
+
+impl Revocations {
+    /// An empty in-process list over `redis`.
+    pub fn new(redis: AsyncRedis) -> Self {
+        Self { keys: redis.keys().clone(), redis, local: Mutex::new(HashMap::new()) }
+    }
+
+    /// Puts `jti` (expiring at `exp`) on the list until `exp`. A token already expired needs
+    /// no entry.
+    ///
+    /// # Errors
+    /// [`RedisUnavailable`]: the token is then revoked on this instance only.
+    pub async fn revoke(&self, jti: &str, exp: u64, now_s: u64) -> Result<(), RedisUnavailable> {
+        if exp <= now_s {
+            return Ok(());
+        }
+        {
+            let mut local = self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            local.retain(|_, expires| *expires > now_s);
+            local.insert(jti.to_owned(), exp);
+        }
+        let command = redis::cmd("SET")
+            .arg(self.keys.auth_revoked(jti))
+            .arg(1)
+            .arg("EX")
+            .arg(exp - now_s)
+            .to_owned();
+        self.redis.query::<()>("auth_revoke", &command).await
+    }
+
+    /// One `EXISTS` round trip (none when revoked through this instance).
+    pub async fn check(&self, jti: &str) -> RevocationCheck {
+        if self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(jti) {
+            return RevocationCheck::Revoked;
+        }
+        let command = redis::cmd("EXISTS").arg(self.keys.auth_revoked(jti)).to_owned();
+        match self.redis.query::<bool>("auth_revoked", &command).await {
+            Ok(true) => RevocationCheck::Revoked,
+            Ok(false) => RevocationCheck::Valid,
+            Err(error) => {
+                tracing::debug!(error = %error, "revocation list unreachable, local list only");
+                RevocationCheck::ValidLocalOnly
+            }
+        }
+    }
+}
+
+/// What presenting a refresh token did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// Valid and unused: it is now used, `next` replaces it.
+    Rotated { scopes: Scopes, next: String },
+    /// Unknown, expired, or another client's.
+    Unknown,
+    /// Already used: the whole family is now revoked.
+    Reused,
+    /// Its family was revoked earlier (by a reuse) or expired.
+    FamilyRevoked,
+}
+
+/// Rotates atomically. KEYS: presented token, its family, the new token. ARGV: ttl_s, family
+/// id, client id. The presented token stays (marked used) until its own expiry, so a second
+/// use within its life is detected.
+const ROTATE: &str = r"
+local used = redis.call('HGET', KEYS[1], 'used')
+if not used then return {'unknown'} end
+if redis.call('HGET', KEYS[1], 'family') ~= ARGV[2] then return {'unknown'} end
+if redis.call('HGET', KEYS[1], 'client_id') ~= ARGV[3] then return {'unknown'} end
+if redis.call('GET', KEYS[2]) ~= 'active' then return {'revoked'} end
+if used ~= '0' then
+  redis.call('SET', KEYS[2], 'revoked', 'KEEPTTL')
+  return {'reused'}
+end
+local scope = redis.call('HGET', KEYS[1], 'scope')
+redis.call('HSET', KEYS[1], 'used', '1')
+redis.call('HSET', KEYS[3], 'used', '0', 'client_id', ARGV[3], 'scope', scope, 'family', ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return {'ok', scope}
+";
+
+/// Refresh tokens: `<family>.<256 random bits>`, stored by SHA-256 so that a Redis dump does
+/// not hold usable tokens.
+#[derive(Debug)]
+pub struct RefreshTokens {
+    redis: AsyncRedis,
+    keys: Keys,
+    ttl_s: u64,
+    rotate: redis::Script,
+}
+
+fn hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn new_token(family: &str) -> String {
+    format!("{family}.{}", random_token(32))
+}
+
+impl RefreshTokens {
+    /// Refresh tokens living `ttl_s` seconds.
+    pub fn new(redis: AsyncRedis, ttl_s: u64) -> Self {
+        Self { keys: redis.keys().clone(), redis, ttl_s, rotate: redis::Script::new(ROTATE) }
+    }
+
+    /// Starts a new family for `client_id` with `scopes`; returns its first token.
+    ///
+    /// # Errors
+    /// [`RedisUnavailable`].
+    pub async fn issue(&self, client_id: &str, scopes: Scopes) -> Result<String, RedisUnavailable> {
+        let family = random_token(12);
+        let token = new_token(&family);
+        let key = self.keys.auth_refresh(&hash(&token));
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(self.keys.auth_family(&family))
+            .arg("active")
+            .arg("EX")
+            .arg(self.ttl_s)
+            .ignore()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("used")
+            .arg("0")
+            .arg("client_id")
+            .arg(client_id)
+            .arg("scope")
+            .arg(scopes.to_claim())
+            .arg("family")
+            .arg(&family)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(self.ttl_s)
+            .ignore();
+        self.redis.pipeline::<()>("auth_refresh_issue", &pipe).await?;
+        Ok(token)
+    }
+
+    /// Presents `token` on behalf of `client_id`: rotates it, or detects reuse and revokes
+    /// its family, in one Lua script.
+    ///
+    /// # Errors
+    /// [`RedisUnavailable`].
+    pub async fn rotate(&self, token: &str, client_id: &str) -> Result<Rotation, RedisUnavailable> {
+        let Some((family, _)) = token.split_once('.') else {
+            return Ok(Rotation::Unknown);
+        };
+        let next = new_token(family);
+        let presented = self.keys.auth_refresh(&hash(token));
+        let family_key = self.keys.auth_family(family);
+        let next_key = self.keys.auth_refresh(&hash(&next));
+        let ttl = self.ttl_s.to_string();
+        let reply: Vec<String> = self
+            .redis
+            .script(
+                "auth_refresh_rotate",
+                &self.rotate,
+                &[&presented, &family_key, &next_key],
+                &[&ttl, family, client_id],
+            )
+            .await?;
+        Ok(match reply.first().map(String::as_str) {
+            Some("ok") => Rotation::Rotated {
+                scopes: Scopes::parse_lenient(reply.get(1).map_or("", String::as_str)),
+                next,
+            },
+            Some("reused") => Rotation::Reused,
+            Some("revoked") => Rotation::FamilyRevoked,
+            _ => Rotation::Unknown,
+        })
+    }
+}

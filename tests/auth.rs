@@ -1,0 +1,418 @@
+//! The attack suite of authentication (issue 4 item 10): each test sends one kind of bad or
+//! good token to the real router, backed by the real Redis of the test command, and asserts
+//! the exact answer. Run: `EMBEDSTREAM_TEST_REDIS=... EMBEDSTREAM_TEST_BROKERS=... cargo test
+//! --release --test auth`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use embedstream::auth::now_s;
+use embedstream::config::Config;
+use embedstream::serve::{router, AppState};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+mod common;
+
+use common::auth::{app_state, token, TestKeys};
+
+const SECRET: &str = "integration-secret-0123456789";
+const RECS_U1: &str = "/v1/users/u1/recommendations?k=3";
+
+struct Harness {
+    config: Config,
+    keys: TestKeys,
+    state: AppState,
+    app: axum::Router,
+}
+
+impl Harness {
+    /// A router over the test Redis in a fresh namespace, with its own key pair and one client
+    /// (`recs`, allowed `recs:read`).
+    fn new(name: &str, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = common::infra::test_config(&common::infra::unique(name));
+        let keys = TestKeys::generate(name, "k1");
+        keys.configure(&mut config);
+        let clients = keys.dir.join("clients.toml");
+        let hash = embedstream::auth::issue::hash_secret(SECRET).unwrap();
+        let clients_toml = format!(
+            "[[clients]]\nclient_id = \"recs\"\nsecret_hash = '{hash}'\nscopes = [\"recs:read\"]\n"
+        );
+        std::fs::write(&clients, clients_toml).unwrap();
+        config.auth.clients_path = Some(clients);
+        tweak(&mut config);
+        Self::with_config(config, keys)
+    }
+
+    fn with_config(config: Config, keys: TestKeys) -> Self {
+        config.validate().unwrap();
+        let state = app_state(&config);
+        let app = router(state.clone());
+        Self { config, keys, state, app }
+    }
+
+    /// A second instance: same Redis namespace and keys, its own state.
+    fn second_instance(&self) -> Self {
+        Self::with_config(self.config.clone(), self.keys.clone())
+    }
+
+    fn token(&self, sub: &str, scopes: &str) -> String {
+        token(&self.config, sub, scopes)
+    }
+
+    /// Signs arbitrary claims with this harness's private key under `header`.
+    fn sign(&self, header: &Header, claims: &Value) -> String {
+        let pem = std::fs::read(&self.keys.signing_key).unwrap();
+        jsonwebtoken::encode(header, claims, &EncodingKey::from_ed_pem(&pem).unwrap()).unwrap()
+    }
+
+    fn ed_header(&self) -> Header {
+        Header { kid: Some(self.keys.kid.clone()), ..Header::new(Algorithm::EdDSA) }
+    }
+
+    /// Good claims for user `u1` with `recs:read`; tests spoil one field.
+    fn claims(&self) -> Value {
+        let now = now_s();
+        json!({
+            "iss": "embedstream", "aud": "embedstream", "sub": "u1", "scope": "recs:read",
+            "jti": embedstream::auth::issue::random_token(16), "iat": now, "nbf": now,
+            "exp": now + 300,
+        })
+    }
+
+    fn with(&self, field: &str, value: Value) -> String {
+        let mut claims = self.claims();
+        claims[field] = value;
+        self.sign(&self.ed_header(), &claims)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, String)],
+        body: Option<(&str, String)>,
+    ) -> (u16, HeaderMap, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let body = match body {
+            Some((content_type, text)) => {
+                request = request.header("content-type", content_type);
+                Body::from(text)
+            }
+            None => Body::empty(),
+        };
+        let response = self.app.clone().oneshot(request.body(body).unwrap()).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// GET `uri` with `Authorization: Bearer token`.
+    async fn get(&self, uri: &str, token: &str) -> (u16, Value) {
+        let (status, _, body) = self
+            .send(Method::GET, uri, &[("authorization", format!("Bearer {token}"))], None)
+            .await;
+        (status, body)
+    }
+
+    async fn token_request(&self, form: &str) -> (u16, HeaderMap, Value) {
+        let body = Some(("application/x-www-form-urlencoded", form.to_owned()));
+        self.send(Method::POST, "/v1/auth/token", &[], body).await
+    }
+}
+
+/// Asserts a 401 `unauthorized` with the RFC 6750 challenge.
+async fn assert_refused(harness: &Harness, token: &str, why: &str) {
+    let headers = [("authorization", format!("Bearer {token}"))];
+    let (status, headers, body) = harness.send(Method::GET, RECS_U1, &headers, None).await;
+    assert_eq!(status, 401, "{why}: {body}");
+    assert_eq!(body["error"]["code"], "unauthorized", "{why}");
+    let challenge = headers.get("www-authenticate").unwrap().to_str().unwrap();
+    assert!(challenge.starts_with("Bearer ") && challenge.contains("invalid_token"), "{challenge}");
+}
+
+fn b64(value: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+#[tokio::test]
+async fn valid_token_is_accepted() {
+    let harness = Harness::new("auth-valid", |_| {});
+    let (status, body) = harness.get(RECS_U1, &harness.token("u1", "recs:read")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], "u1");
+    // Health, readiness and metrics stay open.
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(harness.send(Method::GET, open, &[], None).await.0, 200, "{open}");
+    }
+}
+
+#[tokio::test]
+async fn missing_token_is_refused() {
+    let harness = Harness::new("auth-missing", |_| {});
+    let (status, headers, body) = harness.send(Method::GET, RECS_U1, &[], None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(headers.contains_key("www-authenticate"));
+    let basic = [("authorization", "Basic dXNlcjpwYXNz".to_owned())];
+    assert_eq!(harness.send(Method::GET, RECS_U1, &basic, None).await.0, 401);
+}
+
+#[tokio::test]
+async fn alg_none_is_refused() {
+    let harness = Harness::new("auth-none", |_| {});
+    let header = json!({ "alg": "none", "typ": "JWT", "kid": "k1" });
+    let unsigned = format!("{}.{}.", b64(&header), b64(&harness.claims()));
+    assert_refused(&harness, &unsigned, "alg none").await;
+    let header = json!({ "alg": "None", "typ": "JWT", "kid": "k1" });
+    let unsigned = format!("{}.{}.", b64(&header), b64(&harness.claims()));
+    assert_refused(&harness, &unsigned, "alg None").await;
+}
+
+#[tokio::test]
+async fn hs256_signed_with_the_public_key_is_refused() {
+    let harness = Harness::new("auth-confusion", |_| {});
+    let jwks: Value = serde_json::from_slice(&std::fs::read(&harness.keys.jwks).unwrap()).unwrap();
+    let x = jwks["keys"][0]["x"].as_str().unwrap();
+    let header = Header { kid: Some("k1".to_owned()), ..Header::new(Algorithm::HS256) };
+    for secret in
+        [URL_SAFE_NO_PAD.decode(x).unwrap(), x.as_bytes().to_vec(), jwks.to_string().into_bytes()]
+    {
+        let forged =
+            jsonwebtoken::encode(&header, &harness.claims(), &EncodingKey::from_secret(&secret))
+                .unwrap();
+        assert_refused(&harness, &forged, "HS256 with the public key").await;
+    }
+}
+
+#[tokio::test]
+async fn expired_beyond_leeway_is_refused() {
+    let harness = Harness::new("auth-expired", |_| {});
+    let expired = harness.with("exp", json!(now_s() - 1));
+    assert_refused(&harness, &expired, "expired 1 s ago, leeway 0").await;
+}
+
+#[tokio::test]
+async fn expired_within_configured_leeway_is_accepted() {
+    let harness = Harness::new("auth-leeway", |config| config.auth.leeway_s = 30);
+    let (status, body) = harness.get(RECS_U1, &harness.with("exp", json!(now_s() - 10))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_refused(&harness, &harness.with("exp", json!(now_s() - 31)), "beyond leeway").await;
+}
+
+#[tokio::test]
+async fn nbf_in_the_future_is_refused() {
+    let harness = Harness::new("auth-nbf", |_| {});
+    assert_refused(&harness, &harness.with("nbf", json!(now_s() + 60)), "nbf in 60 s").await;
+}
+
+#[tokio::test]
+async fn exp_as_a_string_is_refused() {
+    let harness = Harness::new("auth-exp-string", |_| {});
+    let token = harness.with("exp", json!((now_s() + 300).to_string()));
+    assert_refused(&harness, &token, "exp as a string").await;
+    assert_refused(&harness, &harness.with("scope", json!(["admin"])), "scope as a list").await;
+}
+
+#[tokio::test]
+async fn unknown_kid_is_refused_and_reloads_at_most_once_per_interval() {
+    let harness = Harness::new("auth-kid", |config| {
+        config.auth.unknown_kid_reload_min_interval_ms = 60_000;
+    });
+    let keys = harness.state.auth.verifier().unwrap().keys().clone();
+    let before = keys.reloads();
+    for attempt in 0..50 {
+        let header =
+            Header { kid: Some(format!("random-{attempt}")), ..Header::new(Algorithm::EdDSA) };
+        let token = harness.sign(&header, &harness.claims());
+        assert_refused(&harness, &token, "unknown kid").await;
+    }
+    assert_eq!(keys.reloads() - before, 1, "50 unknown kids, one reload");
+}
+
+#[tokio::test]
+async fn tampered_payload_is_refused() {
+    let harness = Harness::new("auth-tamper", |_| {});
+    let good = harness.token("u1", "recs:read");
+    let mut parts: Vec<&str> = good.split('.').collect();
+    let payload: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let mut forged_claims = payload.clone();
+    forged_claims["scope"] = json!("recs:read admin");
+    let forged_payload = b64(&forged_claims);
+    parts[1] = &forged_payload;
+    assert_refused(&harness, &parts.join("."), "tampered payload").await;
+    assert_eq!(harness.get(RECS_U1, &good).await.0, 200, "the untampered token works");
+}
+
+#[tokio::test]
+async fn wrong_issuer_or_audience_is_refused() {
+    let harness = Harness::new("auth-issaud", |_| {});
+    assert_refused(&harness, &harness.with("iss", json!("https://evil.example")), "iss").await;
+    assert_refused(&harness, &harness.with("aud", json!("another-service")), "aud").await;
+}
+
+#[tokio::test]
+async fn revoked_jti_is_refused_on_every_instance() {
+    let first = Harness::new("auth-revoke", |_| {});
+    let second = first.second_instance();
+    let token = first.token("u1", "recs:read");
+    assert_eq!(second.get(RECS_U1, &token).await.0, 200);
+    let (status, _, body) = first
+        .send(
+            Method::POST,
+            "/v1/auth/revoke",
+            &[("authorization", format!("Bearer {token}"))],
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["revoked"], true);
+    assert!(body["expires_in"].as_u64().unwrap() <= 300);
+    assert_refused(&first, &token, "revoked, same instance").await;
+    assert_refused(&second, &token, "revoked through another instance").await;
+    // Another user's token: only with admin.
+    let other = first.token("u2", "recs:read");
+    let body = Some(("application/json", json!({ "token": other }).to_string()));
+    let caller = [("authorization", format!("Bearer {}", first.token("u3", "recs:read")))];
+    let (status, _, _) = first.send(Method::POST, "/v1/auth/revoke", &caller, body.clone()).await;
+    assert_eq!(status, 403);
+    let admin = [("authorization", format!("Bearer {}", first.token("ops", "admin")))];
+    let (status, _, _) = first.send(Method::POST, "/v1/auth/revoke", &admin, body).await;
+    assert_eq!(status, 200);
+    assert_refused(&second, &other, "revoked by an admin").await;
+}
+
+#[tokio::test]
+async fn reused_refresh_token_revokes_the_family() {
+    let harness = Harness::new("auth-refresh", |_| {});
+    let credentials = format!("client_id=recs&client_secret={SECRET}");
+    let (status, headers, issued) =
+        harness.token_request(&format!("grant_type=client_credentials&{credentials}")).await;
+    assert_eq!(status, 200, "{issued}");
+    assert_eq!(headers.get("cache-control").unwrap(), "no-store");
+    assert_eq!(issued["scope"], "recs:read");
+    let first = issued["refresh_token"].as_str().unwrap().to_owned();
+    let refresh =
+        |token: &str| format!("grant_type=refresh_token&refresh_token={token}&{credentials}");
+    let (status, _, rotated) = harness.token_request(&refresh(&first)).await;
+    assert_eq!(status, 200, "{rotated}");
+    let second = rotated["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(first, second);
+    // The rotated access token works, as a service token naming any user.
+    let access = rotated["access_token"].as_str().unwrap();
+    assert_eq!(harness.get("/v1/users/u5/recommendations", access).await.0, 200);
+    // Replaying the first refresh token: refused, and the family with it.
+    let (status, _, reused) = harness.token_request(&refresh(&first)).await;
+    assert_eq!((status, reused["error"].as_str()), (400, Some("invalid_grant")), "{reused}");
+    let (status, _, newest) = harness.token_request(&refresh(&second)).await;
+    assert_eq!((status, newest["error"].as_str()), (400, Some("invalid_grant")), "{newest}");
+}
+
+#[tokio::test]
+async fn client_authentication_and_scopes_are_checked() {
+    let harness = Harness::new("auth-client", |_| {});
+    let (status, headers, body) = harness
+        .token_request("grant_type=client_credentials&client_id=recs&client_secret=wrong")
+        .await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client")));
+    assert!(headers.contains_key("www-authenticate"));
+    let form =
+        format!("grant_type=client_credentials&client_id=recs&client_secret={SECRET}&scope=admin");
+    let (status, _, body) = harness.token_request(&form).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_scope")));
+    // HTTP Basic client authentication (RFC 6749 §2.3.1) and a JSON body.
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("recs:{SECRET}"));
+    let body = Some(("application/json", r#"{"grant_type":"client_credentials"}"#.to_owned()));
+    let (status, _, issued) = harness
+        .send(Method::POST, "/v1/auth/token", &[("authorization", format!("Basic {basic}"))], body)
+        .await;
+    assert_eq!(status, 200, "{issued}");
+}
+
+#[tokio::test]
+async fn missing_scope_is_forbidden() {
+    let harness = Harness::new("auth-scope", |_| {});
+    let (status, body) = harness.get(RECS_U1, &harness.token("u1", "events:write")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    let (status, _) = harness.get("/v1/items/i1", &harness.token("u1", "")).await;
+    assert_eq!(status, 403);
+    // A user token may not name another user; a service token with recs:read and admin may.
+    let (status, body) = harness.get(RECS_U1, &harness.token("u2", "recs:read")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")));
+    assert_eq!(harness.get(RECS_U1, &harness.token("client:recs", "recs:read")).await.0, 200);
+    assert_eq!(harness.get(RECS_U1, &harness.token("ops", "admin")).await.0, 200);
+    let (status, _) = harness.get(RECS_U1, &harness.token("client:ingest", "events:write")).await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn key_rotation_by_editing_the_jwks_file() {
+    let harness = Harness::new("auth-rotate", |config| {
+        config.auth.jwks_reload_interval_ms = 100;
+        config.auth.unknown_kid_reload_min_interval_ms = 600_000;
+    });
+    let old_token = harness.token("u1", "recs:read");
+    let new_keys = TestKeys::generate("auth-rotate-new", "k2");
+    let mut new_config = harness.config.clone();
+    new_keys.configure(&mut new_config);
+    let new_token = token(&new_config, "u1", "recs:read");
+    assert_refused(&harness, &new_token, "k2 not published yet").await;
+    // Publish k2 next to k1: tokens of both work, without a restart.
+    let read = |path: &std::path::Path| -> Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let (old_jwk, new_jwk) =
+        (read(&harness.keys.jwks)["keys"][0].clone(), read(&new_keys.jwks)["keys"][0].clone());
+    std::fs::write(&harness.keys.jwks, json!({ "keys": [old_jwk, new_jwk.clone()] }).to_string())
+        .unwrap();
+    wait_for_status(&harness, &new_token, 200).await;
+    assert_eq!(harness.get(RECS_U1, &old_token).await.0, 200);
+    // Retire k1: its tokens stop working.
+    std::fs::write(&harness.keys.jwks, json!({ "keys": [new_jwk] }).to_string()).unwrap();
+    wait_for_status(&harness, &old_token, 401).await;
+    assert_eq!(harness.get(RECS_U1, &new_token).await.0, 200);
+}
+
+async fn wait_for_status(harness: &Harness, token: &str, expected: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = harness.get(RECS_U1, token).await;
+        if status == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still {status} {body}, expected {expected}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn cookie_variant_works() {
+    let harness = Harness::new("auth-cookie", |_| {});
+    let form = format!("grant_type=client_credentials&client_id=recs&client_secret={SECRET}");
+    let body = Some(("application/x-www-form-urlencoded", form));
+    let (status, headers, issued) =
+        harness.send(Method::POST, "/v1/auth/token?cookie=true", &[], body).await;
+    assert_eq!(status, 200, "{issued}");
+    let cookie = headers.get("set-cookie").unwrap().to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/v1", "Max-Age=300"] {
+        assert!(cookie.contains(attribute), "{attribute} missing: {cookie}");
+    }
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    assert!(pair.starts_with("embedstream_access="));
+    let cookies = [("cookie", format!("theme=dark; {pair}"))];
+    let (status, _, body) = harness.send(Method::GET, RECS_U1, &cookies, None).await;
+    assert_eq!(status, 200, "{body}");
+    // A header wins over the cookie: a bad header is refused even with a good cookie.
+    let both = [("cookie", pair), ("authorization", "Bearer bad.bad.bad".to_owned())];
+    assert_eq!(harness.send(Method::GET, RECS_U1, &both, None).await.0, 401);
+}
