@@ -34,6 +34,12 @@ export EMBEDSTREAM_KAFKA__BROKERS="127.0.0.1:$EMBEDSTREAM_KAFKA_PORT"
 export EMBEDSTREAM_KAFKA__DEAD_LETTER_TOPIC="$run_id-dlq"
 export EMBEDSTREAM_KAFKA__SESSION_TIMEOUT_MS=6000
 export EMBEDSTREAM_STORE__URL="redis://127.0.0.1:$EMBEDSTREAM_REDIS_PORT/"
+# Auth: a fresh key pair; the service verifies with the JWKS, curl sends an ops token.
+"$bin" auth keygen --dir "$EMBEDSTREAM_DEV_DIR/auth" --kid quickstart >/dev/null
+export EMBEDSTREAM_AUTH__JWKS_PATH="$EMBEDSTREAM_DEV_DIR/auth/jwks.json"
+export EMBEDSTREAM_AUTH__SIGNING_KEY_PATH="$EMBEDSTREAM_DEV_DIR/auth/signing-key.pem"
+export EMBEDSTREAM_AUTH__SIGNING_KID=quickstart
+token=$("$bin" auth token --sub client:quickstart --scope recs:read --ttl-s 3600)
 
 echo "== publishing MovieLens-100k to topic $run_id-events"
 "$bin" produce --input data/ml-100k/u.data --format movielens --topic "$run_id-events"
@@ -65,7 +71,7 @@ PY
 for user in 1 196 943; do
   echo
   echo "== curl -s '$base/v1/users/$user/recommendations?k=10'"
-  curl -s "$base/v1/users/$user/recommendations?k=10" | python3 -c '
+  curl -s -H "Authorization: Bearer $token" "$base/v1/users/$user/recommendations?k=10" | python3 -c '
 import json, sys
 body = json.load(sys.stdin)
 print("user %s (source: %s)" % (body["user_id"], body["source"]))
