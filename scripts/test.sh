@@ -24,5 +24,10 @@ scripts/dev-up.sh >/dev/null
 export EMBEDSTREAM_TEST_BROKERS="127.0.0.1:$EMBEDSTREAM_KAFKA_PORT"
 export EMBEDSTREAM_TEST_REDIS="redis://127.0.0.1:$EMBEDSTREAM_REDIS_PORT/"
 
+# The fault-injection tests (tests/faults.rs) start stacks of their own, one with the durable
+# broker (tansu on moto's S3): install moto here, once, rather than inside a test's time budget.
+echo "== fault-injection prerequisites (moto for the durable broker)"
+EMBEDSTREAM_KAFKA_STORAGE=s3 EMBEDSTREAM_DEV_INSTALL_ONLY=1 scripts/dev-up.sh
+
 echo "== cargo test"
 cargo test --release --locked --all-targets
