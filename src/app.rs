@@ -13,8 +13,8 @@ use crate::index::Index;
 use crate::ingest::{run_consumer, DeadLetters, Engine, StartPosition, Status};
 use crate::metrics::Metrics;
 use crate::model::Model;
-use crate::serve::{router, serve, AppState};
 use crate::resilience::CircuitBreaker;
+use crate::serve::{router, serve, AppState, EventProducer};
 use crate::store::{AsyncRedis, SyncStore};
 
 /// How `run` starts and when it stops by itself.
@@ -75,7 +75,7 @@ pub async fn run(
     let model = engine.shared_model();
     let redis = AsyncRedis::new(&config.store, Arc::clone(&redis_breaker), metrics.clone())
         .context("redis url")?;
-    let state = AppState::new(
+    let mut state = AppState::new(
         Arc::clone(&model),
         Arc::clone(&index),
         Arc::clone(&status),
@@ -83,6 +83,8 @@ pub async fn run(
         redis,
         &config,
     )?;
+    // One `kafka_producer` breaker for the dead-letter and the HTTP ingestion produces.
+    state.producer = Arc::new(EventProducer::new(&config, Arc::clone(&producer_breaker))?);
     let app = router(state);
     let server_cancel = cancel.clone();
     let server = tokio::spawn(async move {
@@ -99,7 +101,7 @@ pub async fn run(
                 Err(error) if !restore_cancel.is_cancelled() => {
                     attempt += 1;
                     tracing::warn!(%error, attempt, "restore failed, retrying");
-                    std::thread::sleep(Duration::from_millis(200u64 << attempt.min(5)));
+                    std::thread::sleep(crate::resilience::full_jitter(200, 10_000, attempt));
                     if matches!(error, crate::ingest::EngineError::Store(crate::store::StoreError::Incompatible { .. })) {
                         tracing::error!(%error, "stored model is incompatible: use another namespace");
                         return (engine, false);

@@ -97,10 +97,12 @@ pub struct Config {
     pub http: ServeConfig,
     /// Rate limits of the `/v1` routes per subject and route class.
     pub rate_limit: RateLimitConfig,
-    /// Authentication: token verification and issuance.
-    pub auth: AuthConfig,
     /// Feature-flags cache.
     pub flags: FlagsConfig,
+    /// Authentication: token verification and issuance.
+    pub auth: AuthConfig,
+    /// Server-side sessions.
+    pub session: crate::session::SessionConfig,
 }
 
 /// Why configuration could not be loaded.
@@ -192,13 +194,51 @@ impl Config {
                 "oversampling >= 1, max_connections in 2..=255",
             ));
         }
+        let session = &self.session;
+        if session.ttl_s == 0
+            || session.max_per_user == 0
+            || session.max_events == 0
+            || !(session.decay > 0.0 && session.decay <= 1.0)
+            || !(0.0..=1.0).contains(&session.blend_weight)
+        {
+            return Err(invalid(
+                "session",
+                &format!("{session:?}"),
+                "ttl_s, max_per_user, max_events >= 1; decay in (0, 1]; blend_weight in [0, 1]",
+            ));
+        }
+        for (field, breaker) in [
+            ("store.breaker", &self.store.breaker),
+            ("kafka.producer_breaker", &self.kafka.producer_breaker),
+        ] {
+            if breaker.failure_threshold == 0
+                || breaker.half_open_max_calls == 0
+                || breaker.success_threshold == 0
+            {
+                return Err(invalid(
+                    field,
+                    &format!("{breaker:?}"),
+                    "thresholds and trial calls must be >= 1",
+                ));
+            }
+        }
+        if self.ingest.max_buffered_events == 0 || self.ingest.max_unflushed_events == 0 {
+            return Err(invalid(
+                "ingest.max_buffered_events / ingest.max_unflushed_events",
+                &0,
+                "must be >= 1",
+            ));
+        }
         if self.http.max_k == 0 {
             return Err(invalid("http.max_k", &0, "must be >= 1"));
         }
         if self.http.max_concurrent_requests == 0 || self.http.request_timeout_ms == 0 {
             return Err(invalid(
                 "http.max_concurrent_requests / http.request_timeout_ms",
-                &format!("{} / {}", self.http.max_concurrent_requests, self.http.request_timeout_ms),
+                &format!(
+                    "{} / {}",
+                    self.http.max_concurrent_requests, self.http.request_timeout_ms
+                ),
                 "both must be >= 1",
             ));
         }

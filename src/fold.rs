@@ -165,6 +165,11 @@ impl Fold {
         &self.types
     }
 
+    /// Closed windows waiting for user state from Redis.
+    pub fn blocked_windows(&self) -> usize {
+        self.blocked.len()
+    }
+
     /// Events buffered in open windows or in closed windows waiting for a user load.
     pub fn buffered(&self) -> usize {
         self.windows.buffered() + self.blocked.iter().map(|w| w.events.len()).sum::<usize>()

@@ -16,6 +16,7 @@
 //! - [`store`]: Redis key layout, vector codec, atomic flush and restore.
 //! - [`index`]: HNSW snapshot, fresh tier and exact re-rank.
 //! - [`serve`]: the HTTP API (axum).
+//! - [`session`]: server-side sessions in Redis and session-vector blending.
 //! - [`auth`]: JWT verification (JWKS, scopes, revocation) and token issuance for clients.
 //! - [`ratelimit`]: admission control of the HTTP side: rate limits (Redis GCRA) and load
 //!   shedding.
@@ -42,6 +43,7 @@ pub mod ratelimit;
 pub mod replay;
 pub mod resilience;
 pub mod serve;
+pub mod session;
 pub mod source;
 pub mod store;
 pub mod window;

@@ -207,7 +207,6 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Auth { action } => run_auth(&config, action),
         Command::Replay { input, format, partitions, json } => {
             run_replay(&config, &input, format, partitions, json)
         }
@@ -240,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             run_produce(&config, &input, format, topic, pace, json)
         }
+        Command::Auth { action } => run_auth(&config, action),
         Command::Flags { namespace, action } => {
             let mut store = config.store;
             if let Some(namespace) = namespace {

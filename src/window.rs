@@ -200,6 +200,23 @@ impl<T> Windows<T> {
             .or_insert(PartitionClock { max_ts: None, last_event_at_ms: now_ms });
     }
 
+    /// Restarts every partition's idle clock at `now_ms`. Called while the consumer has paused
+    /// its partitions because a dependency is down: a partition we chose not to read is not
+    /// idle, and letting it idle-close windows would change what the windows hold (and so the
+    /// state) compared with an uninterrupted run.
+    pub fn hold_idle_clocks(&mut self, now_ms: i64) {
+        for clock in self.partitions.values_mut() {
+            clock.last_event_at_ms = clock.last_event_at_ms.max(now_ms);
+        }
+    }
+
+    /// Restarts one partition's idle clock at `now_ms` (see [`Windows::hold_idle_clocks`]).
+    pub fn hold_idle_clock(&mut self, partition: i32, now_ms: i64) {
+        if let Some(clock) = self.partitions.get_mut(&partition) {
+            clock.last_event_at_ms = clock.last_event_at_ms.max(now_ms);
+        }
+    }
+
     /// The watermark of one partition, if it has delivered anything.
     pub fn partition_watermark(&self, partition: i32) -> Option<i64> {
         self.partitions

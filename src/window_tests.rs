@@ -189,3 +189,17 @@ fn a_registered_silent_partition_holds_the_watermark_until_idle() {
     let closed = windows.poll_closed(6_000);
     assert_eq!(values(&closed[0]), ["p0-a", "p1-a"]);
 }
+
+#[test]
+fn held_idle_clocks_keep_a_paused_stream_from_closing_its_windows() {
+    let mut windows = Windows::new(cfg());
+    admit(&mut windows, 0, 0, 100, 1000, "a");
+    // The consumer pauses at 1000 (a dependency is down) and holds the clocks every tick.
+    for now in (2000..=20_000).step_by(1000) {
+        windows.hold_idle_clocks(now);
+        assert!(windows.poll_closed(now).is_empty(), "closed at {now} while held");
+    }
+    // Resumed: the idle timeout counts from the last hold, not from the last event.
+    assert!(windows.poll_closed(24_999).is_empty());
+    assert_eq!(windows.poll_closed(25_000).len(), 1);
+}

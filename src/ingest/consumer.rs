@@ -41,7 +41,7 @@ impl IngestContext {
                 Err(error) if !self.cancel.is_cancelled() => {
                     attempt += 1;
                     tracing::warn!(%error, attempt, "cannot read stored progress, retrying");
-                    std::thread::sleep(Duration::from_millis(100 << attempt.min(6)));
+                    std::thread::sleep(crate::resilience::full_jitter(100, 5000, attempt));
                 }
                 Err(error) => {
                     tracing::error!(%error, "shutting down before the assignment was resolved");

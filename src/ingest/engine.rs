@@ -51,6 +51,8 @@ pub struct Status {
     pub assigned: Mutex<Vec<i32>>,
     /// Why consumption is paused (None: consuming).
     pub paused: Mutex<Option<PauseReason>>,
+    /// The last flush to Redis failed: applied state is ahead of the durable copy.
+    pub flush_failing: AtomicBool,
     /// Events applied in memory but not yet written to Redis.
     pub unflushed: AtomicU64,
 }
@@ -170,6 +172,7 @@ impl Engine {
     ///
     /// # Errors
     /// [`EngineError`] for a bad configuration or Redis URL.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         ingest: IngestConfig,
@@ -228,7 +231,12 @@ impl Engine {
         if next != self.paused {
             match next {
                 Some(reason) => {
-                    tracing::warn!(reason = reason.as_str(), buffered, unflushed, "pausing consumption");
+                    tracing::warn!(
+                        reason = reason.as_str(),
+                        buffered,
+                        unflushed,
+                        "pausing consumption"
+                    );
                     self.metrics.pauses.with_label_values(&[reason.as_str()]).inc();
                 }
                 None => tracing::info!(buffered, unflushed, "resuming consumption"),
@@ -240,6 +248,14 @@ impl Engine {
             }
         }
         next
+    }
+
+    /// Redis is down (breaker not closed, last flush failed, or windows wait for user state):
+    /// a pause is then an outage pause, during which partitions must not count as idle.
+    fn dependency_down(&self) -> bool {
+        self.redis_breaker.state() != BreakerState::Closed
+            || self.status.flush_failing.load(Ordering::Relaxed)
+            || self.fold.blocked_windows() > 0
     }
 
     fn unflushed_events(&self) -> u64 {
@@ -258,6 +274,7 @@ impl Engine {
     /// [`EngineError`] when Redis fails or holds a model of another configuration.
     pub fn restore(&mut self) -> Result<(), EngineError> {
         let Some(meta) = self.store.load_meta()? else {
+            self.status.redis_ok.store(true, Ordering::Relaxed);
             self.status.restored.store(true, Ordering::Relaxed);
             return Ok(());
         };
@@ -284,6 +301,7 @@ impl Engine {
         self.fold.windows_mut().restore_closed_until(meta.closed_until);
         self.status.applied.store(meta.events_applied, Ordering::Relaxed);
         self.flushed_applied = meta.events_applied;
+        self.status.redis_ok.store(true, Ordering::Relaxed);
         self.status.restored.store(true, Ordering::Relaxed);
         tracing::info!(
             events_applied = meta.events_applied,
@@ -419,6 +437,19 @@ impl Engine {
     /// Applies whatever windows can close, flushes when due. Returns the offsets to commit to
     /// the Kafka group (for lag tools) after a successful flush.
     pub fn tick(&mut self, now_ms: i64) -> Option<Vec<(i32, i64)>> {
+        if self.paused.is_some() && self.dependency_down() {
+            self.fold.windows_mut().hold_idle_clocks(now_ms);
+        } else {
+            // Idleness means "the source has nothing more": only a partition the consumer has
+            // read to its end (partition EOF) may go idle. One with unread records is merely
+            // slow to reach (a blocked dead-letter produce, a broker restart, a slow fetch),
+            // and idle-closing its windows would change what they hold.
+            for partition in &self.assigned {
+                if !self.eof.contains(partition) {
+                    self.fold.windows_mut().hold_idle_clock(*partition, now_ms);
+                }
+            }
+        }
         let dim = self.fold.model().dim();
         let mut users = StoredUsers { store: &mut self.store, known: &self.known_users, dim };
         let windows = self.fold.poll(now_ms, &mut users);
@@ -460,8 +491,17 @@ impl Engine {
         let due = self.last_flush.elapsed().as_millis() as u64 >= self.config.flush_interval_ms;
         let mut commit = None;
         if has_work && (due || settled) {
+            let was_failing = self.status.flush_failing.load(Ordering::Relaxed);
             match self.flush() {
-                Ok(offsets) => commit = Some(offsets),
+                Ok(offsets) => {
+                    if was_failing {
+                        tracing::info!("flush succeeded again: redis is back");
+                    }
+                    commit = Some(offsets);
+                }
+                Err(error) if was_failing => {
+                    tracing::debug!(%error, "flush failed, state kept in memory");
+                }
                 Err(error) => tracing::warn!(%error, "flush failed, state kept in memory"),
             }
         }
@@ -524,6 +564,7 @@ impl Engine {
             .with_label_values(&["flush"])
             .observe(started.elapsed().as_secs_f64());
         self.status.redis_ok.store(result.is_ok(), Ordering::Relaxed);
+        self.status.flush_failing.store(result.is_err(), Ordering::Relaxed);
         if let Err(error) = result {
             self.metrics.redis_errors.with_label_values(&["flush"]).inc();
             return Err(error);

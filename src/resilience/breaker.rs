@@ -153,7 +153,11 @@ impl CircuitBreaker {
             }
         }
         if transition {
-            tracing::warn!(breaker = self.name, state = state.as_str(), "circuit breaker transition");
+            tracing::warn!(
+                breaker = self.name,
+                state = state.as_str(),
+                "circuit breaker transition"
+            );
         }
     }
 

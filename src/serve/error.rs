@@ -10,6 +10,12 @@ pub enum ErrorCode {
     InvalidParameter,
     /// The request body is not the expected JSON (400).
     InvalidBody,
+    /// A published event fails validation; the message starts with the reason code of
+    /// `schemas/event.schema.json` (400).
+    InvalidEvent,
+    /// The user already has `session.max_per_user` live sessions and `session.on_limit` is
+    /// `refuse` (409).
+    SessionLimit,
     /// No valid access token (401, `WWW-Authenticate: Bearer error="invalid_token"`, RFC 6750).
     Unauthorized,
     /// The token lacks the scope, or names another user (403, `insufficient_scope`).
@@ -38,6 +44,8 @@ impl ErrorCode {
         match self {
             Self::InvalidParameter => "invalid_parameter",
             Self::InvalidBody => "invalid_body",
+            Self::InvalidEvent => "invalid_event",
+            Self::SessionLimit => "session_limit",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
@@ -54,13 +62,18 @@ impl ErrorCode {
     /// The HTTP status.
     pub fn status(self) -> StatusCode {
         match self {
-            Self::InvalidParameter | Self::InvalidBody => StatusCode::BAD_REQUEST,
+            Self::InvalidParameter | Self::InvalidBody | Self::InvalidEvent => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::SessionLimit => StatusCode::CONFLICT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound | Self::UnknownRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::NotReady | Self::Unavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady | Self::Unavailable | Self::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -1,7 +1,7 @@
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::RwLockReadGuard;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState, ErrorCode};
-use crate::index::{popular_top_k, similar_items};
-use crate::model::{ItemRow, Model, UserState};
+use crate::index::similar_items;
+use crate::model::{ItemRow, Model};
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
@@ -55,17 +55,17 @@ fn valid_id(field: &str, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn read(state: &AppState) -> RwLockReadGuard<'_, Model> {
+pub(super) fn read(state: &AppState) -> RwLockReadGuard<'_, Model> {
     state.model.read().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn query<T>(parsed: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(super) fn query<T>(parsed: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     parsed
         .map(|Query(value)| value)
         .map_err(|error| ApiError::new(ErrorCode::InvalidParameter, error.body_text()))
 }
 
-fn check_k(k: usize, state: &AppState) -> Result<(), ApiError> {
+pub(super) fn check_k(k: usize, state: &AppState) -> Result<(), ApiError> {
     if k == 0 || k > state.config.max_k {
         return Err(ApiError::new(
             ErrorCode::InvalidParameter,
@@ -83,11 +83,34 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let status = state.status.snapshot();
     let index_built = state.index.is_built() || read(&state).item_count() == 0;
     let ready = status.restored && index_built;
+    let redis_breaker = state.redis.breaker().state();
+    let producer_breaker = state.producer.breaker.state();
+    // Ready means "can answer": a degraded instance (Redis down, serving stale in-process
+    // state) stays ready and says why in `degraded`.
+    let mut degraded = Vec::new();
+    if super::ranking::redis_degraded(&state) {
+        degraded.push("redis_unavailable");
+    }
+    if producer_breaker != crate::resilience::BreakerState::Closed {
+        degraded.push("kafka_producer_unavailable");
+    }
+    if status.paused.is_some() {
+        degraded.push("ingest_paused");
+    }
+    if !state.index.is_built() {
+        degraded.push("exact_scoring");
+    }
     let body = json!({
         "ready": ready,
+        "degraded": degraded,
         "index_built": index_built,
         "index_items": state.index.snapshot_len(),
         "fresh_items": state.index.fresh_len(),
+        "breakers": {
+            "redis": redis_breaker,
+            "kafka_producer": producer_breaker,
+        },
+        "flags_age_ms": state.flags.age_ms(),
         "ingest": status,
     });
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -107,127 +130,18 @@ pub(super) async fn method_not_allowed() -> ApiError {
     ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RecommendParams {
-    #[serde(default = "default_k")]
-    k: usize,
-    #[serde(default = "default_true")]
-    exclude_seen: bool,
-}
-
-fn default_k() -> usize {
-    10
-}
-
-fn default_true() -> bool {
-    true
-}
-
-/// A user's vector and seen items from memory, or from Redis when evicted.
-async fn user_state(state: &AppState, user_id: &str) -> Result<Option<UserState>, ApiError> {
-    {
-        let model = read(state);
-        if let Some(row) = model.user_row(user_id) {
-            return Ok(Some(model.user_state(row)));
-        }
-    }
-    let key = state.keys.user(user_id);
-    let fields: HashMap<String, Vec<u8>> = state
-        .redis
-        .query("load_user", redis::cmd("HGETALL").arg(&key))
-        .await
-        .map_err(|error| ApiError::new(ErrorCode::Unavailable, error.to_string()))?;
-    if fields.is_empty() {
-        return Ok(None);
-    }
-    let dim = read(state).dim();
-    crate::store::user_from_fields(&key, user_id, &fields, dim)
-        .map(Some)
-        .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))
-}
-
-pub(super) async fn recommendations(
-    State(state): State<AppState>,
-    SubjectUser(user_id): SubjectUser,
-    params: Result<Query<RecommendParams>, QueryRejection>,
-) -> ApiResult {
-    let params = query(params)?;
-    check_k(params.k, &state)?;
-    let stored = user_state(&state, &user_id).await?;
-    let model = read(&state);
-    let exclude: HashSet<u32> = match (&stored, params.exclude_seen) {
-        (Some(user), true) => {
-            user.seen.iter().filter_map(|item| model.item_row(item)).map(|r| r.0).collect()
-        }
-        _ => HashSet::new(),
-    };
-    let (source, items, ann, candidates) = match &stored {
-        Some(user) if user.events > 0 => {
-            let result = state.index.top_k(&model, &user.vector, params.k, &exclude);
-            ("model", result.items, result.used_ann, result.candidates)
-        }
-        _ => ("popularity", popular_top_k(&model, params.k, &exclude), false, model.item_count()),
-    };
-    Ok(Json(json!({
-        "user_id": user_id,
-        "source": source,
-        "k": params.k,
-        "items": items,
-        "index": { "ann": ann, "candidates": candidates },
-    })))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ScoreRequest {
-    item_ids: Vec<String>,
-}
-
-pub(super) async fn scores(
-    State(state): State<AppState>,
-    SubjectUser(user_id): SubjectUser,
-    body: Result<Json<ScoreRequest>, JsonRejection>,
-) -> ApiResult {
-    let Json(request) =
-        body.map_err(|error| ApiError::new(ErrorCode::InvalidBody, error.body_text()))?;
-    if request.item_ids.is_empty() || request.item_ids.len() > state.config.max_score_items {
-        return Err(ApiError::new(
-            ErrorCode::InvalidBody,
-            format!("item_ids must hold 1 to {} ids", state.config.max_score_items),
-        ));
-    }
-    let stored = user_state(&state, &user_id).await?;
-    let model = read(&state);
-    let personal = stored.as_ref().filter(|user| user.events > 0);
-    let mut scored = Vec::new();
-    let mut unknown = Vec::new();
-    for item_id in &request.item_ids {
-        let Some(row) = model.item_row(item_id) else {
-            unknown.push(item_id.clone());
-            continue;
-        };
-        let score = match personal {
-            Some(user) => {
-                crate::model::dot(&user.vector, model.item_vector(row)) + model.item_bias(row)
-            }
-            None => model.popularity_log(row) as f32,
-        };
-        scored.push(json!({ "item_id": item_id, "score": score }));
-    }
-    Ok(Json(json!({
-        "user_id": user_id,
-        "source": if personal.is_some() { "model" } else { "popularity" },
-        "scores": scored,
-        "unknown_items": unknown,
-    })))
-}
-
 pub(super) async fn user(
     State(state): State<AppState>,
     SubjectUser(user_id): SubjectUser,
 ) -> ApiResult {
-    let Some(user) = user_state(&state, &user_id).await? else {
+    let lookup = super::ranking::lookup_user(&state, &user_id, true).await?;
+    let Some(user) = lookup.user else {
+        if lookup.stale {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("user {user_id:?} is not in memory and redis is unavailable"),
+            ));
+        }
         return Err(ApiError::new(ErrorCode::NotFound, format!("unknown user {user_id:?}")));
     };
     Ok(Json(json!({
@@ -256,7 +170,7 @@ fn item_row(model: &Model, path: ItemPath) -> Result<(String, ItemRow), ApiError
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SimilarParams {
-    #[serde(default = "default_k")]
+    #[serde(default = "super::ranking::default_k")]
     k: usize,
 }
 

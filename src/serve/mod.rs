@@ -6,8 +6,11 @@
 //! user a request is about comes from the [`SubjectUser`] extractor (the token's `sub`, or the
 //! path's `user_id` when the token may name other users).
 
+mod admin;
 mod error;
 mod handlers;
+mod ranking;
+mod sessions;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -21,14 +24,19 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ApiError, ErrorCode};
 pub use handlers::SubjectUser;
+pub use ranking::STALE_HEADER;
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::event::{DecodeLimits, EventTypes};
+use crate::flags::FlagStore;
 use crate::index::Index;
 use crate::ingest::Status;
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::ratelimit::{self, RateLimiter};
+use crate::resilience::CircuitBreaker;
+use crate::session::Sessions;
 use crate::store::{AsyncRedis, Keys};
 
 /// HTTP settings.
@@ -83,6 +91,53 @@ pub struct AppState {
     pub rate_limiter: RateLimiter,
     /// Token verification, revocation and issuance.
     pub auth: Arc<Auth>,
+    /// Server-side sessions in Redis.
+    pub sessions: Arc<Sessions>,
+    /// The producer of `POST /v1/events`.
+    pub producer: Arc<EventProducer>,
+    /// Event types and weights (to validate published events).
+    pub event_types: Arc<EventTypes>,
+    /// Decoder limits of published events.
+    pub decode_limits: DecodeLimits,
+    /// Feature flags, cached from `{ns}:flags` and refreshed in the background.
+    pub flags: Arc<FlagStore>,
+}
+
+/// The producer of HTTP-ingested events: idempotent, Java-compatible murmur2 partitioning of
+/// the user-id key, behind the process's `kafka_producer` circuit breaker.
+pub struct EventProducer {
+    /// The client.
+    pub producer: rdkafka::producer::FutureProducer,
+    /// The events topic.
+    pub topic: String,
+    /// Longest wait for the broker's acknowledgement, ms.
+    pub timeout_ms: u64,
+    /// The `kafka_producer` breaker.
+    pub breaker: Arc<CircuitBreaker>,
+}
+
+impl std::fmt::Debug for EventProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventProducer").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+impl EventProducer {
+    /// The producer for `config.kafka`, guarded by `breaker`.
+    ///
+    /// # Errors
+    /// librdkafka configuration errors.
+    pub fn new(config: &Config, breaker: Arc<CircuitBreaker>) -> anyhow::Result<Self> {
+        let producer = config
+            .kafka
+            .client_config(&[
+                ("enable.idempotence", "true"),
+                ("partitioner", "murmur2_random"),
+                ("message.timeout.ms", "5000"),
+            ])
+            .create()?;
+        Ok(Self { producer, topic: config.kafka.topic.clone(), timeout_ms: 5000, breaker })
+    }
 }
 
 impl AppState {
@@ -100,6 +155,18 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         let rate_limiter = RateLimiter::new(&config.rate_limit, redis.clone(), metrics.clone());
         let auth = Arc::new(Auth::from_config(&config.auth, redis.clone())?);
+        let producer_breaker = Arc::new(CircuitBreaker::new(
+            "kafka_producer",
+            config.kafka.producer_breaker.clone(),
+            Some(metrics.breakers.clone()),
+        ));
+        let producer = Arc::new(EventProducer::new(config, producer_breaker)?);
+        let sessions = Arc::new(Sessions::new(redis.clone(), config.session.clone()));
+        let flags = Arc::new(FlagStore::new(&config.flags, redis.clone(), metrics.clone()));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Stops by itself once the last clone of this state is dropped.
+            flags.spawn_refresh();
+        }
         Ok(Self {
             model,
             index,
@@ -108,6 +175,11 @@ impl AppState {
             keys: redis.keys().clone(),
             rate_limiter,
             auth,
+            sessions,
+            producer,
+            event_types: Arc::new(config.events.event_types()?),
+            decode_limits: config.events.limits,
+            flags,
             redis,
             config: config.http.clone(),
         })
@@ -128,7 +200,7 @@ impl std::fmt::Debug for AppState {
 
 /// Every route as (method, path in OpenAPI form); the router and `schemas/openapi.json` are
 /// both held against this list by the tests.
-pub const ROUTES: [(&str, &str); 10] = [
+pub const ROUTES: [(&str, &str); 16] = [
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -139,6 +211,12 @@ pub const ROUTES: [(&str, &str); 10] = [
     ("get", "/v1/users/{user_id}"),
     ("get", "/v1/items/{item_id}/similar"),
     ("get", "/v1/items/{item_id}"),
+    ("post", "/v1/users/{user_id}/sessions"),
+    ("get", "/v1/users/{user_id}/sessions/{session_id}"),
+    ("delete", "/v1/users/{user_id}/sessions/{session_id}"),
+    ("post", "/v1/events"),
+    ("get", "/v1/admin/flags"),
+    ("put", "/v1/admin/flags"),
 ];
 
 /// The router with every route, JSON fallbacks and the latency middleware.
@@ -153,8 +231,15 @@ pub const ROUTES: [(&str, &str); 10] = [
 /// ([`crate::auth::http::required_scope`]), except `POST /v1/auth/token`.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/v1/users/{user_id}/recommendations", get(handlers::recommendations))
-        .route("/v1/users/{user_id}/scores", post(handlers::scores))
+        .route("/v1/users/{user_id}/recommendations", get(ranking::recommendations))
+        .route("/v1/users/{user_id}/scores", post(ranking::scores))
+        .route("/v1/users/{user_id}/sessions", post(sessions::create))
+        .route(
+            "/v1/users/{user_id}/sessions/{session_id}",
+            get(sessions::get).delete(sessions::delete),
+        )
+        .route("/v1/events", post(sessions::publish))
+        .route("/v1/admin/flags", get(admin::get_flags).put(admin::put_flags))
         .route("/v1/users/{user_id}", get(handlers::user))
         .route("/v1/items/{item_id}/similar", get(handlers::similar))
         .route("/v1/items/{item_id}", get(handlers::item))

@@ -21,6 +21,9 @@ pub enum RedisUnavailable {
     /// The breaker is open: not tried.
     #[error(transparent)]
     Open(#[from] BreakerOpen),
+    /// Another call is connecting to Redis (callers do not queue behind a connect).
+    #[error("redis {op}: connecting")]
+    Connecting { op: &'static str },
     /// No answer within the command timeout.
     #[error("redis {op} timed out after {ms} ms")]
     Timeout { op: &'static str, ms: u64 },
@@ -66,6 +69,7 @@ impl std::fmt::Debug for AsyncRedis {
 
 enum CallError {
     Timeout,
+    Connecting,
     Redis(RedisError),
 }
 
@@ -106,7 +110,11 @@ impl AsyncRedis {
         if let Some(manager) = self.inner.manager.read().await.as_ref() {
             return Ok(manager.clone());
         }
-        let mut slot = self.inner.manager.write().await;
+        // One connect attempt at a time; concurrent callers fail fast instead of queueing
+        // behind it (a silent server would otherwise cost each of them a connect timeout).
+        let Ok(mut slot) = self.inner.manager.try_write() else {
+            return Err(CallError::Connecting);
+        };
         if let Some(manager) = slot.as_ref() {
             return Ok(manager.clone());
         }
@@ -140,6 +148,8 @@ impl AsyncRedis {
         };
         let outage = |error: &CallError| match error {
             CallError::Timeout => true,
+            // Not an observation of the server: another call is connecting.
+            CallError::Connecting => false,
             CallError::Redis(error) => is_outage(error),
         };
         let result = self.inner.breaker.call(outage, attempt).await;
@@ -152,6 +162,7 @@ impl AsyncRedis {
                 Guarded::Inner(CallError::Timeout) => {
                     RedisUnavailable::Timeout { op, ms: timeout.as_millis() as u64 }
                 }
+                Guarded::Inner(CallError::Connecting) => RedisUnavailable::Connecting { op },
                 Guarded::Inner(CallError::Redis(source)) => RedisUnavailable::Failed { op, source },
             }
         })

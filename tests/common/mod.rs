@@ -26,8 +26,8 @@ pub fn run_json(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("stdout is one JSON object")
 }
 
+pub mod auth;
 pub mod faults;
 pub mod http;
-pub mod auth;
 pub mod infra;
 pub mod poison;

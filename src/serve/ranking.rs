@@ -1,0 +1,303 @@
+//! The ranking routes (recommendations, scores) with their fallbacks, in this order:
+//!
+//! 1. `personalization` flag off for the user → popularity.
+//! 2. The user's state: memory first; when evicted, Redis. Redis unavailable (breaker open,
+//!    timeout, `redis_reads` flag off) → the user is treated as unknown and the answer is
+//!    marked stale.
+//! 3. Unknown or cold user (no events) → popularity (decayed counts).
+//! 4. Session blending (`session_id` given, `session_blending` flag on): the session vector is
+//!    blended into the query; a session that cannot be read is skipped (stale).
+//! 5. `ann` flag off, or no index snapshot yet (restoring, first build) → exact scoring of
+//!    every item; otherwise HNSW candidates re-ranked exactly.
+//!
+//! Every answer carries `stale` (true when Redis is unavailable or the last flush failed, so
+//! the served state may be ahead of or behind the durable copy; also sent as the
+//! `X-Embedstream-Stale: true` header), the A/B `variant` and the `fallbacks` taken.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::handlers::{check_k, query, read, SubjectUser};
+use super::{ApiError, AppState, ErrorCode};
+use crate::flags::Decisions;
+use crate::index::{exact_top_k, popular_top_k};
+use crate::model::UserState;
+use crate::resilience::BreakerState;
+use crate::session::{blend, session_vector, Session};
+
+/// The response header of a stale answer.
+pub const STALE_HEADER: HeaderName = HeaderName::from_static("x-embedstream-stale");
+
+/// A user's state, and whether it may be stale.
+pub(super) struct Lookup {
+    pub user: Option<UserState>,
+    pub stale: bool,
+}
+
+/// True when the durable copy is not reachable or behind: the `redis` breaker is not closed
+/// or the last flush failed.
+pub(super) fn redis_degraded(state: &AppState) -> bool {
+    state.redis.breaker().state() != BreakerState::Closed
+        || state.status.flush_failing.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A user's vector and seen items from memory, or from Redis when evicted. Redis unavailable
+/// (or `redis_reads` off) is not an error: the user reads as unknown and the lookup as stale.
+pub(super) async fn lookup_user(
+    state: &AppState,
+    user_id: &str,
+    redis_reads: bool,
+) -> Result<Lookup, ApiError> {
+    let stale = redis_degraded(state) || !redis_reads;
+    {
+        let model = read(state);
+        if let Some(row) = model.user_row(user_id) {
+            return Ok(Lookup { user: Some(model.user_state(row)), stale });
+        }
+    }
+    if !redis_reads {
+        return Ok(Lookup { user: None, stale: true });
+    }
+    let key = state.keys.user(user_id);
+    let fields: HashMap<String, Vec<u8>> =
+        match state.redis.query("load_user", redis::cmd("HGETALL").arg(&key)).await {
+            Ok(fields) => fields,
+            Err(error) => {
+                tracing::debug!(%error, "user lookup degraded to in-process state");
+                return Ok(Lookup { user: None, stale: true });
+            }
+        };
+    if fields.is_empty() {
+        return Ok(Lookup { user: None, stale });
+    }
+    let dim = read(state).dim();
+    crate::store::user_from_fields(&key, user_id, &fields, dim)
+        .map(|user| Lookup { user: Some(user), stale })
+        .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))
+}
+
+/// The session named by the request, when blending applies. A session of another user, or one
+/// that does not exist, is a 404; Redis unavailable skips blending (stale).
+async fn load_session(
+    state: &AppState,
+    user_id: &str,
+    session_id: Option<&str>,
+    decisions: &Decisions,
+    fallbacks: &mut Vec<&'static str>,
+) -> Result<(Option<Session>, bool), ApiError> {
+    let Some(session_id) = session_id else { return Ok((None, false)) };
+    if !decisions.session_blending {
+        fallbacks.push("session_blending_off");
+        return Ok((None, false));
+    }
+    if !decisions.redis_reads {
+        fallbacks.push("session_unavailable");
+        return Ok((None, true));
+    }
+    match state.sessions.get(session_id).await {
+        Ok(Some(session)) if session.user_id == user_id => Ok((Some(session), false)),
+        Ok(_) => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no live session {session_id:?} of user {user_id:?}"),
+        )),
+        Err(error) => {
+            tracing::debug!(%error, "session unavailable, ranking without it");
+            fallbacks.push("session_unavailable");
+            Ok((None, true))
+        }
+    }
+}
+
+fn respond(body: Value, stale: bool) -> Response {
+    let mut response = Json(body).into_response();
+    if stale {
+        response.headers_mut().insert(STALE_HEADER, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn count(state: &AppState, route: &str, source: &str, variant: &str) {
+    state.metrics.rankings_total.with_label_values(&[route, source, variant]).inc();
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RecommendParams {
+    #[serde(default = "default_k")]
+    k: usize,
+    #[serde(default = "default_true")]
+    exclude_seen: bool,
+    session_id: Option<String>,
+}
+
+pub(super) fn default_k() -> usize {
+    10
+}
+
+fn default_true() -> bool {
+    true
+}
+
+pub(super) async fn recommendations(
+    State(state): State<AppState>,
+    SubjectUser(user_id): SubjectUser,
+    params: Result<Query<RecommendParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(params)?;
+    check_k(params.k, &state)?;
+    let decisions = state.flags.decide(&user_id);
+    let mut fallbacks = Vec::new();
+    let lookup = lookup_user(&state, &user_id, decisions.redis_reads).await?;
+    let (session, session_stale) =
+        load_session(&state, &user_id, params.session_id.as_deref(), &decisions, &mut fallbacks)
+            .await?;
+    let stale = lookup.stale || session_stale;
+    if lookup.stale {
+        fallbacks.push("redis_unavailable");
+    }
+    let model = read(&state);
+    let exclude: HashSet<u32> = match (&lookup.user, params.exclude_seen) {
+        (Some(user), true) => {
+            user.seen.iter().filter_map(|item| model.item_row(item)).map(|r| r.0).collect()
+        }
+        _ => HashSet::new(),
+    };
+    let warm = lookup.user.as_ref().filter(|user| user.events > 0);
+    let mut session_events = 0;
+    let (source, items, ann, candidates) = match warm {
+        Some(user) if decisions.personalization => {
+            let mut query_vector = user.vector.clone();
+            if let Some(session) = &session {
+                let lambda =
+                    decisions.session_weight.unwrap_or(state.sessions.config().blend_weight);
+                if let Some(s) =
+                    session_vector(&model, &session.events, state.sessions.config().decay)
+                {
+                    query_vector = blend(&user.vector, &s, lambda);
+                    session_events = session.events.len();
+                }
+            }
+            if decisions.ann && state.index.is_built() {
+                let result = state.index.top_k(&model, &query_vector, params.k, &exclude);
+                ("model", result.items, result.used_ann, result.candidates)
+            } else {
+                fallbacks.push("exact_scoring");
+                let items = exact_top_k(&model, &query_vector, params.k, &exclude);
+                ("model", items, false, model.item_count())
+            }
+        }
+        Some(_) => {
+            fallbacks.push("personalization_off");
+            ("popularity", popular_top_k(&model, params.k, &exclude), false, model.item_count())
+        }
+        None => {
+            fallbacks.push("cold_user");
+            ("popularity", popular_top_k(&model, params.k, &exclude), false, model.item_count())
+        }
+    };
+    drop(model);
+    count(&state, "recommendations", source, &decisions.variant);
+    Ok(respond(
+        json!({
+            "user_id": user_id,
+            "source": source,
+            "k": params.k,
+            "items": items,
+            "index": { "ann": ann, "candidates": candidates },
+            "session": session.as_ref().map(|s| json!({ "session_id": s.session_id, "events_used": session_events })),
+            "stale": stale,
+            "variant": decisions.variant,
+            "fallbacks": fallbacks,
+        }),
+        stale,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ScoreRequest {
+    item_ids: Vec<String>,
+    session_id: Option<String>,
+}
+
+pub(super) async fn scores(
+    State(state): State<AppState>,
+    SubjectUser(user_id): SubjectUser,
+    body: Result<Json<ScoreRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) =
+        body.map_err(|error| ApiError::new(ErrorCode::InvalidBody, error.body_text()))?;
+    if request.item_ids.is_empty() || request.item_ids.len() > state.config.max_score_items {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("item_ids must hold 1 to {} ids", state.config.max_score_items),
+        ));
+    }
+    let decisions = state.flags.decide(&user_id);
+    let mut fallbacks = Vec::new();
+    let lookup = lookup_user(&state, &user_id, decisions.redis_reads).await?;
+    let (session, session_stale) =
+        load_session(&state, &user_id, request.session_id.as_deref(), &decisions, &mut fallbacks)
+            .await?;
+    let stale = lookup.stale || session_stale;
+    if lookup.stale {
+        fallbacks.push("redis_unavailable");
+    }
+    let model = read(&state);
+    let warm = lookup.user.as_ref().filter(|user| user.events > 0);
+    let personal: Option<Vec<f32>> = match warm {
+        Some(user) if decisions.personalization => {
+            let lambda = decisions.session_weight.unwrap_or(state.sessions.config().blend_weight);
+            let blended = session
+                .as_ref()
+                .and_then(|s| session_vector(&model, &s.events, state.sessions.config().decay))
+                .map(|s| blend(&user.vector, &s, lambda));
+            Some(blended.unwrap_or_else(|| user.vector.clone()))
+        }
+        Some(_) => {
+            fallbacks.push("personalization_off");
+            None
+        }
+        None => {
+            fallbacks.push("cold_user");
+            None
+        }
+    };
+    let mut scored = Vec::new();
+    let mut unknown = Vec::new();
+    for item_id in &request.item_ids {
+        let Some(row) = model.item_row(item_id) else {
+            unknown.push(item_id.clone());
+            continue;
+        };
+        let score = match &personal {
+            Some(query_vector) => {
+                crate::model::dot(query_vector, model.item_vector(row)) + model.item_bias(row)
+            }
+            None => model.popularity_log(row) as f32,
+        };
+        scored.push(json!({ "item_id": item_id, "score": score }));
+    }
+    drop(model);
+    let source = if personal.is_some() { "model" } else { "popularity" };
+    count(&state, "scores", source, &decisions.variant);
+    Ok(respond(
+        json!({
+            "user_id": user_id,
+            "source": source,
+            "scores": scored,
+            "unknown_items": unknown,
+            "stale": stale,
+            "variant": decisions.variant,
+            "fallbacks": fallbacks,
+        }),
+        stale,
+    ))
+}
