@@ -109,8 +109,8 @@ pub struct CircuitBreaker {
     metrics: Option<BreakerMetrics>,
 }
 
-/// Permission for one call; report its outcome with [`CircuitBreaker::record`]. A permit
-/// dropped without an outcome counts as neither.
+/// Permission for one call; report its outcome with [`CircuitBreaker::record`], or give it back
+/// with [`CircuitBreaker::release`] when the call says nothing about the dependency.
 #[derive(Debug)]
 #[must_use = "report the outcome with CircuitBreaker::record"]
 pub struct Permit {
@@ -206,6 +206,15 @@ impl CircuitBreaker {
                 Ok(Permit { trial: true })
             }
             state => Err(BreakerOpen { name: self.name, state, retry_after_ms: 0 }),
+        }
+    }
+
+    /// Gives a permit back without an outcome (the call was not made, or says nothing about
+    /// the dependency): frees its trial slot, changes nothing else.
+    pub fn release(&self, permit: Permit) {
+        if permit.trial {
+            let mut inner = self.lock();
+            inner.trials_in_flight = inner.trials_in_flight.saturating_sub(1);
         }
     }
 
@@ -398,5 +407,18 @@ mod tests {
         assert!(matches!(down, Err(Guarded::Inner("timeout"))));
         let refused: Result<(), Guarded<&str>> = b.call(|_: &&str| true, async { Ok(()) }).await;
         assert!(matches!(refused, Err(Guarded::Open(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_trial_frees_its_slot_without_an_outcome() {
+        let b = breaker(1, 100);
+        fail(&b);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let trial = b.acquire().expect("trial");
+        b.release(trial);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let again = b.acquire().expect("the slot is free again");
+        b.record(again, true);
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 }

@@ -146,13 +146,21 @@ impl AsyncRedis {
                 Err(_) => Err(CallError::Timeout),
             }
         };
-        let outage = |error: &CallError| match error {
-            CallError::Timeout => true,
-            // Not an observation of the server: another call is connecting.
-            CallError::Connecting => false,
-            CallError::Redis(error) => is_outage(error),
+        let breaker = &self.inner.breaker;
+        let result = match breaker.acquire() {
+            Err(open) => Err(Guarded::Open(open)),
+            Ok(permit) => {
+                let result = attempt.await;
+                match &result {
+                    // Not an observation of the server: another call is connecting.
+                    Err(CallError::Connecting) => breaker.release(permit),
+                    Err(CallError::Timeout) => breaker.record(permit, false),
+                    Err(CallError::Redis(error)) => breaker.record(permit, !is_outage(error)),
+                    Ok(_) => breaker.record(permit, true),
+                }
+                result.map_err(Guarded::Inner)
+            }
         };
-        let result = self.inner.breaker.call(outage, attempt).await;
         let metrics = &self.inner.metrics;
         metrics.redis_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
         result.map_err(|error| {
