@@ -33,6 +33,14 @@ export EMBEDSTREAM_KAFKA__DEAD_LETTER_TOPIC="$run_id-dlq"
 export EMBEDSTREAM_KAFKA__SESSION_TIMEOUT_MS=6000
 export EMBEDSTREAM_STORE__URL="redis://127.0.0.1:$EMBEDSTREAM_REDIS_PORT/"
 export RUST_LOG=warn
+# Auth: a fresh key pair; requests carry a service token (it may name any user). The latency
+# section measures the ranking path, not the limiter: rate limits are off for it (see
+# scripts/bench-overload.sh for the limiter and load shedding under overload).
+"$bin" auth keygen --dir "$work/auth" --kid bench >/dev/null
+export EMBEDSTREAM_AUTH__JWKS_PATH="$work/auth/jwks.json"
+export EMBEDSTREAM_AUTH__SIGNING_KEY_PATH="$work/auth/signing-key.pem"
+export EMBEDSTREAM_AUTH__SIGNING_KID=bench
+token=$("$bin" auth token --sub client:bench --scope recs:read --ttl-s 7200)
 
 echo "== 1. ingest: $copies x MovieLens-100k, bare consumer vs embedstream"
 python3 - "$copies" "$work/ingest.jsonl" <<'PY'
@@ -69,7 +77,8 @@ done
 
 echo "== 2. HTTP latency (wrk, 2 threads, 8 connections, 15 s per point; server and wrk share 2 cores)"
 "$bin" produce --input data/ml-100k/u.data --format movielens --topic "$run_id-serve" >/dev/null
-"$bin" run --topic "$run_id-serve" --group "$run_id-serve" --namespace "$run_id-serve" \
+EMBEDSTREAM_RATE_LIMIT__ENABLED=false \
+  "$bin" run --topic "$run_id-serve" --group "$run_id-serve" --namespace "$run_id-serve" \
   --listen "127.0.0.1:$http_port" >"$work/serve.log" 2>&1 &
 service_pid=$!
 for _ in $(seq 300); do
@@ -81,6 +90,7 @@ cat >"$work/wrk.lua" <<'LUA'
 local rate = tonumber(os.getenv("RATE") or "0")
 local path = os.getenv("WRK_PATH")
 local connections = 8
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("TOKEN")
 function request()
   local uri = path
   if path == "recs" then
@@ -101,7 +111,7 @@ end
 LUA
 for target in /healthz recs; do
   for rate in 1000 4000 0; do
-    line=$(RATE=$rate WRK_PATH=$target wrk -t2 -c8 -d15s -s "$work/wrk.lua" "http://127.0.0.1:$http_port" | grep RESULT)
+    line=$(TOKEN=$token RATE=$rate WRK_PATH=$target wrk -t2 -c8 -d15s -s "$work/wrk.lua" "http://127.0.0.1:$http_port" | grep RESULT)
     label=$([[ $rate == 0 ]] && echo "unthrottled" || echo "$rate req/s")
     echo "$( [[ $target == recs ]] && echo recommendations || echo "no-op /healthz") @ $label: ${line#RESULT }"
   done
@@ -113,7 +123,7 @@ for probe in 1 2 3 4 5; do
   echo "{\"event_id\":\"probe-$run_id-$probe\",\"user_id\":\"probe-$probe\",\"item_id\":\"50\",\"event_type\":\"buy\",\"ts\":$now}" >"$work/probe.jsonl"
   start=$(date +%s.%N)
   "$bin" produce --input "$work/probe.jsonl" --topic "$run_id-serve" >/dev/null
-  until curl -sf "127.0.0.1:$http_port/v1/users/probe-$probe" >/dev/null; do sleep 0.01; done
+  until curl -sf -H "Authorization: Bearer $token" "127.0.0.1:$http_port/v1/users/probe-$probe" >/dev/null; do sleep 0.01; done
   end=$(date +%s.%N)
   python3 -c "print('probe $probe: produce to visible %.2f s' % ($end - $start))"
 done
