@@ -41,10 +41,11 @@ pub(super) struct Lookup {
     pub stale: bool,
 }
 
-/// True when the durable copy is not reachable or behind: the `redis` breaker is not closed
-/// or the last flush failed.
+/// True when the durable copy is not reachable or behind: the `redis` breaker is not closed,
+/// the last Redis call of the HTTP side failed, or the last flush failed.
 pub(super) fn redis_degraded(state: &AppState) -> bool {
     state.redis.breaker().state() != BreakerState::Closed
+        || state.redis.last_call_failed()
         || state.status.flush_failing.load(std::sync::atomic::Ordering::Relaxed)
 }
 

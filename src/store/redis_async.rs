@@ -53,6 +53,7 @@ struct Inner {
     metrics: Metrics,
     connect_timeout: Duration,
     timeout: Duration,
+    last_failed: std::sync::atomic::AtomicBool,
 }
 
 /// Cloneable handle; clones share the connection and the breaker.
@@ -92,6 +93,7 @@ impl AsyncRedis {
                 metrics,
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms),
                 timeout: Duration::from_millis(config.command_timeout_ms),
+                last_failed: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -99,6 +101,13 @@ impl AsyncRedis {
     /// The namespace's key names.
     pub fn keys(&self) -> &Keys {
         &self.inner.keys
+    }
+
+    /// Whether the most recent call failed (refused by the breaker, timed out, errored, or
+    /// found another call still connecting): the answers built on Redis are then degraded even
+    /// while the breaker is still closed.
+    pub fn last_call_failed(&self) -> bool {
+        self.inner.last_failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The breaker guarding every call.
@@ -121,7 +130,7 @@ impl AsyncRedis {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.inner.connect_timeout))
             .set_response_timeout(Some(self.inner.timeout))
-            .set_number_of_retries(1);
+            .set_number_of_retries(0);
         let connect = self.inner.client.get_connection_manager_with_config(config);
         let manager = tokio::time::timeout(self.inner.connect_timeout, connect)
             .await
@@ -161,6 +170,7 @@ impl AsyncRedis {
                 result.map_err(Guarded::Inner)
             }
         };
+        self.inner.last_failed.store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
         let metrics = &self.inner.metrics;
         metrics.redis_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
         result.map_err(|error| {
