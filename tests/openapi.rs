@@ -4,17 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Method, Request};
 use embedstream::config::Config;
-use embedstream::index::{Index, IndexConfig};
-use embedstream::ingest::Status;
-use embedstream::metrics::Metrics;
-use embedstream::resilience::CircuitBreaker;
 use embedstream::serve::{router, AppState, ROUTES};
-use embedstream::store::AsyncRedis;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -28,48 +22,12 @@ fn spec() -> Value {
 }
 
 fn state() -> AppState {
-    let lines: Vec<String> = (0..300)
-        .map(|n| {
-            format!(
-                r#"{{"event_id":"e{n}","user_id":"u{}","item_id":"i{}","event_type":"click","ts":{}}}"#,
-                n % 7,
-                n % 23,
-                1_700_000_000_000u64 + n * 100
-            )
-        })
-        .collect();
-    let records: Vec<embedstream::source::Record> = lines
-        .iter()
-        .enumerate()
-        .map(|(line, text)| embedstream::source::Record {
-            key: Some(format!("u{}", line % 7).into_bytes()),
-            value: text.clone().into_bytes(),
-            line: line as u64,
-            ts: None,
-        })
-        .collect();
-    let (_, fold) = embedstream::replay::replay(
-        &records,
-        &Config::default(),
-        1,
-        &indicatif::ProgressBar::hidden(),
-    )
-    .unwrap();
-    let model = fold.shared_model();
-    let index = Arc::new(Index::new(IndexConfig::default()));
-    index.rebuild(&model).unwrap();
-    let status = Arc::new(Status::default());
-    status.restored.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut config = Config::default();
     common::auth::shared_keys().configure(&mut config);
-    let metrics = Metrics::new().unwrap();
-    let breaker = Arc::new(CircuitBreaker::new("redis", config.store.breaker.clone(), None));
     // Nothing listens on port 1: a user missing from memory is a 503, never a hang.
-    let mut store = config.store.clone();
-    store.url = "redis://127.0.0.1:1/".to_owned();
-    store.namespace = "test".to_owned();
-    let redis = AsyncRedis::new(&store, breaker, metrics.clone()).unwrap();
-    AppState::new(model, index, status, metrics, redis, &config).unwrap()
+    config.store.url = "redis://127.0.0.1:1/".to_owned();
+    config.store.namespace = "test".to_owned();
+    common::auth::app_state(&config)
 }
 
 #[test]

@@ -5,7 +5,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::fold::Rejection;
-use crate::resilience::{BreakerOpen, CircuitBreaker};
+use crate::resilience::{BreakerOpen, CircuitBreaker, Guarded};
 
 /// Headers of a dead-letter record. The value is the original record value, byte for byte, and
 /// the key the original key.
@@ -91,15 +91,13 @@ impl DeadLetters {
         source: SourceRecord<'_>,
         rejection: &Rejection,
     ) -> Result<(), DeadLetterError> {
-        let permit = match &self.breaker {
-            Some(breaker) => Some(breaker.acquire()?),
-            None => None,
-        };
-        let result = self.deliver(source, rejection);
-        if let (Some(breaker), Some(permit)) = (&self.breaker, permit) {
-            breaker.record(permit, result.is_ok());
-        }
-        Ok(result?)
+        let Some(breaker) = &self.breaker else { return Ok(self.deliver(source, rejection)?) };
+        breaker.call_blocking(|_| true, || self.deliver(source, rejection)).map_err(|error| {
+            match error {
+                Guarded::Open(open) => DeadLetterError::Open(open),
+                Guarded::Inner(error) => DeadLetterError::Kafka(error),
+            }
+        })
     }
 
     fn deliver(

@@ -13,6 +13,7 @@ pub use retry::{retry_async, retry_blocking, FullJitter, FullJitterBuilder, Retr
 /// `[0, min(cap_ms, base_ms * 2^(attempt - 1))]`.
 pub fn full_jitter(base_ms: u64, cap_ms: u64, attempt: u32) -> std::time::Duration {
     use rand::Rng;
-    let ceiling = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(32)).min(cap_ms);
+    let config = RetryConfig { base_ms, cap_ms, ..RetryConfig::default() };
+    let ceiling = config.ceiling_ms(attempt.saturating_sub(1));
     std::time::Duration::from_millis(rand::thread_rng().gen_range(0..=ceiling))
 }

@@ -14,6 +14,7 @@
 //! the served state may be ahead of or behind the durable copy; also sent as the
 //! `X-Embedstream-Stale: true` header), the A/B `variant` and the `fallbacks` taken.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -28,7 +29,7 @@ use super::handlers::{check_k, query, read, SubjectUser};
 use super::{ApiError, AppState, ErrorCode};
 use crate::flags::Decisions;
 use crate::index::{exact_top_k, popular_top_k};
-use crate::model::UserState;
+use crate::model::{Model, UserState};
 use crate::resilience::BreakerState;
 use crate::session::{blend, session_vector, Session};
 
@@ -116,6 +117,22 @@ async fn load_session(
     }
 }
 
+/// The user's query blended with the session vector, and the session events it used; `None`
+/// when there is no session or none of its events names a known item (query = user vector).
+fn blended_query(
+    state: &AppState,
+    model: &Model,
+    user: &[f32],
+    session: Option<&Session>,
+    decisions: &Decisions,
+) -> Option<(Vec<f32>, usize)> {
+    let session = session?;
+    let config = state.sessions.config();
+    let s = session_vector(model, &session.events, config.decay)?;
+    let lambda = decisions.session_weight.unwrap_or(config.blend_weight);
+    Some((blend(user, &s, lambda), session.events.len()))
+}
+
 fn respond(body: Value, stale: bool) -> Response {
     let mut response = Json(body).into_response();
     if stale {
@@ -174,23 +191,17 @@ pub(super) async fn recommendations(
     let mut session_events = 0;
     let (source, items, ann, candidates) = match warm {
         Some(user) if decisions.personalization => {
-            let mut query_vector = user.vector.clone();
-            if let Some(session) = &session {
-                let lambda =
-                    decisions.session_weight.unwrap_or(state.sessions.config().blend_weight);
-                if let Some(s) =
-                    session_vector(&model, &session.events, state.sessions.config().decay)
-                {
-                    query_vector = blend(&user.vector, &s, lambda);
-                    session_events = session.events.len();
-                }
+            let blended = blended_query(&state, &model, &user.vector, session.as_ref(), &decisions);
+            if let Some((_, used)) = &blended {
+                session_events = *used;
             }
+            let query_vector = blended.as_ref().map_or(user.vector.as_slice(), |(q, _)| q);
             if decisions.ann && state.index.is_built() {
-                let result = state.index.top_k(&model, &query_vector, params.k, &exclude);
+                let result = state.index.top_k(&model, query_vector, params.k, &exclude);
                 ("model", result.items, result.used_ann, result.candidates)
             } else {
                 fallbacks.push("exact_scoring");
-                let items = exact_top_k(&model, &query_vector, params.k, &exclude);
+                let items = exact_top_k(&model, query_vector, params.k, &exclude);
                 ("model", items, false, model.item_count())
             }
         }
@@ -253,14 +264,12 @@ pub(super) async fn scores(
     }
     let model = read(&state);
     let warm = lookup.user.as_ref().filter(|user| user.events > 0);
-    let personal: Option<Vec<f32>> = match warm {
+    let personal: Option<Cow<'_, [f32]>> = match warm {
         Some(user) if decisions.personalization => {
-            let lambda = decisions.session_weight.unwrap_or(state.sessions.config().blend_weight);
-            let blended = session
-                .as_ref()
-                .and_then(|s| session_vector(&model, &s.events, state.sessions.config().decay))
-                .map(|s| blend(&user.vector, &s, lambda));
-            Some(blended.unwrap_or_else(|| user.vector.clone()))
+            Some(match blended_query(&state, &model, &user.vector, session.as_ref(), &decisions) {
+                Some((query, _)) => Cow::Owned(query),
+                None => Cow::Borrowed(user.vector.as_slice()),
+            })
         }
         Some(_) => {
             fallbacks.push("personalization_off");

@@ -17,7 +17,6 @@ use super::handlers::SubjectUser;
 use super::{ApiError, AppState, ErrorCode};
 use crate::auth::{Principal, Scope};
 use crate::event::decode;
-use crate::resilience::Guarded;
 use crate::session::{valid_session_id, Created, Session};
 
 fn now_ms() -> i64 {
@@ -138,8 +137,7 @@ pub(super) async fn publish(
     let delivered =
         producer.producer.send(record, Duration::from_millis(producer.timeout_ms)).await;
     producer.breaker.record(permit, delivered.is_ok());
-    let delivery = delivered
-        .map_err(|(error, _)| unavailable(Guarded::<rdkafka::error::KafkaError>::Inner(error)))?;
+    let delivery = delivered.map_err(|(error, _)| unavailable(format!("produce: {error}")))?;
     let mut session_recorded = false;
     if let Some(session_id) = &event.session_id {
         if let Ok(Some(session)) = state.sessions.get(session_id).await {

@@ -8,7 +8,7 @@ use super::codec::{decode_vector, encode_vector};
 use super::{is_outage, Keys, StoreError, SCHEMA_VERSION};
 use crate::ingest::StoredProgress;
 use crate::model::{ItemState, ModelConfig, UserState};
-use crate::resilience::CircuitBreaker;
+use crate::resilience::{CircuitBreaker, Guarded};
 
 /// Where and how to reach Redis.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,16 +133,12 @@ impl SyncStore {
         &mut self,
         f: impl FnOnce(&mut redis::Connection, &Keys) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        let permit = match &self.breaker {
-            Some(breaker) => Some(breaker.acquire()?),
-            None => None,
-        };
-        let result = self.attempt(f);
-        if let (Some(breaker), Some(permit)) = (&self.breaker, permit) {
-            let outage = matches!(&result, Err(StoreError::Redis(error)) if is_outage(error));
-            breaker.record(permit, !outage);
-        }
-        result
+        let Some(breaker) = self.breaker.clone() else { return self.attempt(f) };
+        let outage = |error: &StoreError| matches!(error, StoreError::Redis(e) if is_outage(e));
+        breaker.call_blocking(outage, || self.attempt(f)).map_err(|error| match error {
+            Guarded::Open(open) => StoreError::Unavailable(open),
+            Guarded::Inner(error) => error,
+        })
     }
 
     fn attempt<T>(
