@@ -2,7 +2,8 @@
 # The test command: fetches MovieLens-100k, starts a Redis and a Kafka-compatible broker of its
 # own (scripts/dev-up.sh on test ports, state in .dev-test/), then runs the format check, clippy
 # (warnings are errors) and every test, and stops the services it started. Tests run in the
-# release profile so that the MovieLens tests take seconds and share one build with the binary.
+# `it` profile (Cargo.toml: release optimisation, no LTO) so that the MovieLens tests take
+# seconds while the one integration-test binary (tests/it/) links fast.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -16,7 +17,7 @@ scripts/fetch-movielens.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
-cargo clippy --release --all-targets --locked -- -D warnings
+cargo clippy --profile it --all-targets --locked -- -D warnings
 
 echo "== starting redis and the broker for the integration tests"
 trap 'scripts/dev-down.sh' EXIT
@@ -30,4 +31,4 @@ echo "== fault-injection prerequisites (moto for the durable broker)"
 EMBEDSTREAM_KAFKA_STORAGE=s3 EMBEDSTREAM_DEV_INSTALL_ONLY=1 scripts/dev-up.sh
 
 echo "== cargo test"
-cargo test --release --locked --all-targets
+cargo test --profile it --locked --all-targets

@@ -12,7 +12,7 @@ use embedstream::serve::{router, AppState, ROUTES};
 use serde_json::Value;
 use tower::ServiceExt;
 
-mod common;
+use crate::common;
 
 fn spec() -> Value {
     let text =

@@ -1,0 +1,20 @@
+//! The integration tests, compiled as one test binary (one link instead of one per area). Each
+//! module is one area; the ones that talk to the broker and Redis use the services that
+//! `scripts/test.sh` starts, each test in its own topic and Redis namespace.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod auth;
+mod crash;
+mod eval_movielens;
+mod event_contract;
+mod faults;
+mod flags;
+mod index_recall;
+mod openapi;
+mod ratelimit;
+mod replay_cli;
+mod service;
+mod sessions;
