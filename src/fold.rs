@@ -107,6 +107,8 @@ pub struct Fold {
     stats: FoldStats,
     /// Closed windows not yet applied because a user could not be loaded.
     blocked: VecDeque<ClosedWindow<Event>>,
+    /// Event time of the newest applied event, ms (`None` before any).
+    newest_applied_ts: Option<i64>,
 }
 
 impl Fold {
@@ -127,6 +129,7 @@ impl Fold {
             },
             stats: FoldStats::default(),
             blocked: VecDeque::new(),
+            newest_applied_ts: None,
         })
     }
 
@@ -158,6 +161,11 @@ impl Fold {
     /// The counters.
     pub fn stats(&self) -> &FoldStats {
         &self.stats
+    }
+
+    /// Event time of the newest applied event, ms (`None` before any).
+    pub fn newest_applied_ts(&self) -> Option<i64> {
+        self.newest_applied_ts
     }
 
     /// The configured event types.
@@ -195,7 +203,9 @@ impl Fold {
         positions
     }
 
-    /// Decodes one record and admits it to its window.
+    /// Decodes one record and admits it to its window. `bound` is the admission bound (ms since
+    /// the epoch, from a clock the client does not control; see [`crate::window`]), `now_ms`
+    /// processing time on a monotonic clock.
     ///
     /// # Errors
     /// A [`Rejection`] when the record fails validation or is too far in the future; it is
@@ -204,7 +214,7 @@ impl Fold {
         &mut self,
         bytes: &[u8],
         position: Position,
-        record_ts: Option<EventTime>,
+        bound: Option<EventTime>,
         now_ms: i64,
     ) -> Result<Admission, Rejection> {
         self.stats.received += 1;
@@ -212,7 +222,7 @@ impl Fold {
             Ok(event) => event,
             Err(error) => return Err(self.reject(error.reason(), error.to_string())),
         };
-        match self.windows.admit(position, event.ts, record_ts, now_ms, event) {
+        match self.windows.admit(position, event.ts, bound, now_ms, event) {
             Ok(admission) => Ok(admission),
             Err(error) => Err(self.reject(RejectReason::TooFarInFuture, error.to_string())),
         }
@@ -295,6 +305,8 @@ impl Fold {
                 event.ts.0,
                 weight,
             );
+            self.newest_applied_ts =
+                Some(self.newest_applied_ts.map_or(event.ts.0, |newest| newest.max(event.ts.0)));
             self.stats.late += u64::from(windowed.late);
             self.stats.applied += 1;
         }

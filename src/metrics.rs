@@ -3,7 +3,7 @@
 //! operation, partition, status class), never a user or item id.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -35,6 +35,13 @@ pub struct Metrics {
     pub window_close_lag: Histogram,
     /// Processing time from a record's receipt to its effect being servable, seconds.
     pub freshness: Histogram,
+    /// Wall clock minus the start of the oldest open window (event time), seconds; 0 when no
+    /// window is open.
+    pub window_oldest_open_age: Gauge,
+    /// Wall clock minus the event time of the newest applied event, seconds.
+    pub newest_applied_event_age: Gauge,
+    /// 1 while records are admitted but nothing has been applied for `ingest.stall_timeout_ms`.
+    pub stalled: IntGauge,
     /// Flush transactions committed.
     pub flushes: IntCounter,
     /// Redis operation latency, seconds, by operation.
@@ -86,6 +93,11 @@ impl Metrics {
         };
         let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
             let metric = IntGauge::new(format!("embedstream_{name}"), help)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let float_gauge = |name: &str, help: &str| -> Result<Gauge, prometheus::Error> {
+            let metric = Gauge::new(format!("embedstream_{name}"), help)?;
             registry.register(Box::new(metric.clone()))?;
             Ok(metric)
         };
@@ -219,6 +231,18 @@ impl Metrics {
             freshness: histogram(
                 "ingest_freshness_seconds",
                 "Processing time from a record's receipt to its effect being servable",
+            )?,
+            window_oldest_open_age: float_gauge(
+                "window_oldest_open_age_seconds",
+                "Wall clock minus the start of the oldest open window (event time); 0 when none",
+            )?,
+            newest_applied_event_age: float_gauge(
+                "ingest_newest_applied_event_age_seconds",
+                "Wall clock minus the event time of the newest applied event",
+            )?,
+            stalled: gauge(
+                "ingest_stalled",
+                "1 while records arrive but nothing was applied for ingest.stall_timeout_ms",
             )?,
             flushes: counter("store_flushes_total", "Flush transactions committed to Redis")?,
             redis_duration,

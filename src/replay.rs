@@ -48,6 +48,11 @@ pub struct ReplaySummary {
 /// run's per-partition order and its digest). Processing time is held at 0: replays never
 /// idle-close a window, and the end of input closes all of them.
 ///
+/// The far-future guard (`window.max_future_ms`) measures event times against the wall clock
+/// read once when the replay starts, the same bound a live consumer uses for records without
+/// log-append time: a file whose events are all in the past replays identically whenever it
+/// runs, and a far-future event is refused here as it is by the service.
+///
 /// # Errors
 /// [`ConfigError`] when the configuration is invalid.
 pub fn replay(
@@ -62,6 +67,7 @@ pub fn replay(
     for partition in 0..partitions {
         fold.windows_mut().register_partition(partition, 0);
     }
+    let bound = EventTime(crate::ingest::wall_ms());
     let started = Instant::now();
     for (index, record) in records.iter().enumerate() {
         // An unkeyed record cannot be a valid event (no string user_id): the decoder will say
@@ -71,7 +77,7 @@ pub fn replay(
         let position = Position { partition, offset: *offset };
         *offset += 1;
         // Rejections are counted by the fold; a file replay has no dead-letter topic.
-        let _ = fold.offer(&record.value, position, None::<EventTime>, 0);
+        let _ = fold.offer(&record.value, position, Some(bound), 0);
         if index % 4096 == 4095 {
             fold.poll(0, &mut NoStoredUsers);
             progress.set_position(index as u64 + 1);

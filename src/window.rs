@@ -11,10 +11,14 @@
 //!   combined watermark reaches its end. A partition that has delivered nothing for
 //!   `idle_timeout_ms` of processing time stops holding the watermark back (Flink's
 //!   `withIdleness`), and once every partition is idle all open windows close.
-//! - An event whose window has already closed is late: it is applied in the next window to
-//!   close and counted, never dropped.
-//! - An event more than `max_future_ms` ahead of its record's own timestamp (the Kafka record
-//!   timestamp) is refused, so that one bad clock cannot drag the watermark forward.
+//! - An event whose window has already closed is late: it is applied with the next window to
+//!   close, or on its own as soon as the watermark passes its own window's end (so late events
+//!   never wait for idleness under steady traffic), counted, never dropped.
+//! - An event more than `max_future_ms` ahead of the *admission bound* is refused, so that no
+//!   client can drag the watermark forward: the bound is a clock the client does not control
+//!   (the broker's log-append time when the topic keeps it, otherwise processing time at
+//!   admission), never the event's own `ts` nor a producer-set record timestamp. Hence no
+//!   watermark ever passes `bound + max_future_ms - out_of_orderness_ms`.
 //!
 //! Within a closed window, events are ordered by (event time, partition, offset): a total order
 //! that does not depend on arrival interleaving, which is what makes the fold deterministic.
@@ -26,6 +30,10 @@ use serde::{Deserialize, Serialize};
 use crate::event::EventTime;
 
 /// Window settings. All durations are milliseconds.
+///
+/// The idle timeout sets how fast a lone event on a quiet stream is applied (about
+/// `idle_timeout_ms` plus one poll): only a partition read to its end may go idle, so a backlog
+/// never idle-closes a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WindowConfig {
@@ -34,9 +42,10 @@ pub struct WindowConfig {
     /// Out-of-orderness bound subtracted from the highest event time (default 1000 ms; >= 0).
     pub out_of_orderness_ms: i64,
     /// Processing time without events after which a partition counts as idle (default
-    /// 5000 ms; at least 1).
+    /// 1000 ms; at least 1).
     pub idle_timeout_ms: i64,
-    /// How far an event may be ahead of its record timestamp (default 60000 ms; >= 0).
+    /// How far an event may be ahead of the admission bound, a clock the client does not
+    /// control (default 60000 ms; >= 0).
     pub max_future_ms: i64,
 }
 
@@ -45,7 +54,7 @@ impl Default for WindowConfig {
         Self {
             window_ms: 1000,
             out_of_orderness_ms: 1000,
-            idle_timeout_ms: 5000,
+            idle_timeout_ms: 1000,
             max_future_ms: 60_000,
         }
     }
@@ -96,9 +105,9 @@ pub enum Admission {
 /// Why an event was refused by the windowing stage.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WindowError {
-    /// Event time too far ahead of the record timestamp.
-    #[error("event time {ts} ms is {ahead_ms} ms ahead of the record timestamp {record_ts} ms (limit {max_future_ms} ms)")]
-    TooFarInFuture { ts: i64, record_ts: i64, ahead_ms: i64, max_future_ms: i64 },
+    /// Event time too far ahead of the admission bound (log-append or processing time).
+    #[error("event time {ts} ms is {ahead_ms} ms ahead of the admission clock {bound_ms} ms (limit {max_future_ms} ms)")]
+    TooFarInFuture { ts: i64, bound_ms: i64, ahead_ms: i64, max_future_ms: i64 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -148,25 +157,28 @@ impl<T> Windows<T> {
         ts.0 - ts.0.rem_euclid(self.config.window_ms)
     }
 
-    /// Admits one event at processing time `now_ms`.
+    /// Admits one event at processing time `now_ms` (a monotonic clock, ms, used for
+    /// idleness only). `bound` is the admission bound in event-time units (ms since the Unix
+    /// epoch) from a clock the client does not control; `None` admits any event time (pure
+    /// tests only).
     ///
     /// # Errors
     /// [`WindowError::TooFarInFuture`] when `ts` is more than `max_future_ms` ahead of
-    /// `record_ts`; the event is not buffered and the watermark does not move.
+    /// `bound`; the event is not buffered and the watermark does not move.
     pub fn admit(
         &mut self,
         position: Position,
         ts: EventTime,
-        record_ts: Option<EventTime>,
+        bound: Option<EventTime>,
         now_ms: i64,
         value: T,
     ) -> Result<Admission, WindowError> {
-        if let Some(record_ts) = record_ts {
-            let ahead_ms = ts.0.saturating_sub(record_ts.0);
+        if let Some(bound) = bound {
+            let ahead_ms = ts.0.saturating_sub(bound.0);
             if ahead_ms > self.config.max_future_ms {
                 return Err(WindowError::TooFarInFuture {
                     ts: ts.0,
-                    record_ts: record_ts.0,
+                    bound_ms: bound.0,
                     ahead_ms,
                     max_future_ms: self.config.max_future_ms,
                 });
@@ -286,9 +298,29 @@ impl<T> Windows<T> {
         self.closed_until
     }
 
-    /// Restores [`Windows::closed_until`] after a restart.
-    pub fn restore_closed_until(&mut self, closed_until: i64) {
+    /// Restores [`Windows::closed_until`] after a restart. `bound` is the admission bound now
+    /// (see [`Windows::admit`]): a stored value past `bound + max_future_ms` cannot have come
+    /// from an admitted event. It was written by a version that trusted producer timestamps,
+    /// after a far-future event closed its window, and would make every later event late: it is
+    /// ignored, and the function returns it so the caller can say so.
+    #[must_use = "a poisoned value was ignored: log it"]
+    pub fn restore_closed_until(&mut self, closed_until: i64, bound: EventTime) -> Option<i64> {
+        let limit = bound.0.saturating_add(self.config.max_future_ms);
+        if closed_until > limit {
+            return Some(closed_until);
+        }
         self.closed_until = self.closed_until.max(closed_until);
+        None
+    }
+
+    /// Start of the oldest open window (event time, ms), if any is open.
+    pub fn oldest_open_start(&self) -> Option<i64> {
+        let open = self.open.keys().next().copied();
+        let late = self.late.iter().map(|windowed| self.window_start(windowed.ts)).min();
+        match (open, late) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn close_through(&mut self, watermark: i64) -> Vec<ClosedWindow<T>> {
@@ -308,6 +340,20 @@ impl<T> Windows<T> {
             let events = std::mem::take(&mut self.late);
             let start = self.closed_until.max(events.iter().map(|e| e.ts.0).min().unwrap_or(0));
             closed.push(self.finish(start, start.saturating_add(window_ms), events));
+        } else if !self.late.is_empty() {
+            // No window closed, yet the watermark has passed the end of some late events' own
+            // windows: apply those now. Waiting for the next window to close could take as long
+            // as `closed_until` is ahead of the stream (up to `max_future_ms`), and waiting for
+            // idleness would never end under steady traffic.
+            let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.late)
+                .into_iter()
+                .partition(|e| self.window_start(e.ts).saturating_add(window_ms) <= watermark);
+            self.late = waiting;
+            if let Some(first) = due.iter().map(|e| e.ts).min() {
+                let start = self.window_start(first);
+                let end = due.iter().map(|e| self.window_start(e.ts)).max().unwrap_or(start);
+                closed.push(self.finish(start, end.saturating_add(window_ms), due));
+            }
         }
         closed
     }

@@ -61,13 +61,12 @@ fn out_of_order_within_bound_is_on_time_and_sorted_by_event_time() {
 }
 
 #[test]
-fn late_event_is_applied_in_next_closing_window_and_flagged() {
+fn late_event_joins_the_next_closing_window_and_is_flagged() {
     let mut windows = Windows::new(cfg());
     admit(&mut windows, 0, 0, 500, 0, "a");
     admit(&mut windows, 0, 1, 2100, 0, "b");
     assert_eq!(windows.poll_closed(0).len(), 1); // [0, 1000) closed
     assert_eq!(admit(&mut windows, 0, 2, 400, 0, "late"), Admission::Late);
-    assert!(windows.poll_closed(0).is_empty(), "late events wait for the next window to close");
     admit(&mut windows, 0, 3, 4000, 0, "c");
     let closed = windows.poll_closed(0);
     assert_eq!(closed.len(), 1);
@@ -77,23 +76,101 @@ fn late_event_is_applied_in_next_closing_window_and_flagged() {
 }
 
 #[test]
+fn late_event_is_applied_at_the_next_poll_when_no_window_closes() {
+    let mut windows = Windows::new(cfg());
+    admit(&mut windows, 0, 0, 500, 0, "a");
+    admit(&mut windows, 0, 1, 2100, 0, "b");
+    assert_eq!(windows.poll_closed(0).len(), 1); // [0, 1000) closed
+    assert_eq!(admit(&mut windows, 0, 2, 400, 0, "late"), Admission::Late);
+    // Its own window [0, 1000) is behind the watermark (1100): a late firing of its own, as
+    // Flink fires a window again for an element within its allowed lateness.
+    let closed = windows.poll_closed(0);
+    assert_eq!(closed.len(), 1);
+    assert_eq!((closed[0].start, closed[0].end), (BASE, BASE + 1000));
+    assert_eq!(values(&closed[0]), ["late"]);
+    assert!(closed[0].events[0].late);
+    assert_eq!(windows.buffered(), 1, "b's window [2000, 3000) stays open");
+}
+
+#[test]
 fn far_future_event_is_refused_and_does_not_move_the_watermark() {
     let mut windows: Windows<&str> = Windows::new(cfg());
-    let record_ts = Some(EventTime(BASE));
-    windows.admit(at(0, 0), EventTime(BASE), record_ts, 0, "ok").unwrap();
-    let error = windows.admit(at(0, 1), EventTime(BASE + 60_001), record_ts, 0, "bad").unwrap_err();
+    let bound = Some(EventTime(BASE));
+    windows.admit(at(0, 0), EventTime(BASE), bound, 0, "ok").unwrap();
+    let error = windows.admit(at(0, 1), EventTime(BASE + 60_001), bound, 0, "bad").unwrap_err();
     assert_eq!(
         error,
         WindowError::TooFarInFuture {
             ts: BASE + 60_001,
-            record_ts: BASE,
+            bound_ms: BASE,
             ahead_ms: 60_001,
             max_future_ms: 60_000
         }
     );
     assert_eq!(windows.partition_watermark(0), Some(BASE - 1000));
     // exactly at the bound is accepted
-    assert!(windows.admit(at(0, 2), EventTime(BASE + 60_000), record_ts, 0, "edge").is_ok());
+    assert!(windows.admit(at(0, 2), EventTime(BASE + 60_000), bound, 0, "edge").is_ok());
+}
+
+/// The attack of issue 9: one event dated in the year 5000 used to be admitted (its producer
+/// set the record timestamp to its `ts`), closed its window by idleness, and from then on every
+/// event was late and waited for all partitions to be idle. Against the admission bound it is
+/// refused, and the stream behind it keeps closing windows under steady traffic.
+#[test]
+fn year_5000_event_is_refused_and_steady_traffic_keeps_closing_windows() {
+    let mut windows: Windows<&str> = Windows::new(cfg());
+    let now = |i: i64| Some(EventTime(BASE + i * 250));
+    let year_5000 = EventTime(95_617_584_000_000);
+    assert!(windows.admit(at(0, 0), year_5000, now(0), 0, "attack").is_err());
+    assert!(windows.poll_closed(10_000).is_empty(), "nothing was admitted");
+    let mut applied = 0;
+    for i in 0..40 {
+        let ts = EventTime(BASE + i * 250);
+        let admission = windows.admit(at(0, i + 1), ts, now(i), 10_000 + i * 250, "live").unwrap();
+        assert_eq!(admission, Admission::OnTime);
+        applied +=
+            windows.poll_closed(10_000 + i * 250).iter().map(|w| w.events.len()).sum::<usize>();
+    }
+    assert!(applied >= 28, "steady traffic is applied as the watermark moves: {applied} of 40");
+}
+
+/// Late events are applied once the watermark passes their own window's end, even when no
+/// window closes (here `closed_until` is ahead of the stream, as after a restore of a state
+/// written by an older version, or an event accepted at the edge of `max_future_ms`).
+#[test]
+fn late_events_are_applied_under_steady_traffic_without_idleness() {
+    let mut windows: Windows<&str> = Windows::new(cfg());
+    windows.admit(at(1, 0), EventTime(BASE + 50_000), None, 0, "edge").unwrap();
+    let closed = windows.poll_closed(6_000);
+    assert_eq!(closed.len(), 1, "idleness closes the edge event's window");
+    assert_eq!(windows.closed_until(), BASE + 51_000);
+    let mut late_applied = Vec::new();
+    for i in 0..12 {
+        let now = 6_000 + i * 250;
+        let admission = windows.admit(at(0, i + 1), EventTime(BASE + i * 250), None, now, "live");
+        assert_eq!(admission, Ok(Admission::Late));
+        for window in windows.poll_closed(now) {
+            late_applied.extend(window.events.iter().map(|e| e.position.offset));
+        }
+    }
+    // Partition 1 is idle; partition 0's watermark is now 11 * 250 - 1000 = 1750: the window
+    // [0, 1000) is behind it, its four events are applied, the rest wait.
+    assert_eq!(late_applied, [1, 2, 3, 4], "events of [0, 1000) applied without idleness");
+    assert!(windows.buffered() > 0 && windows.buffered() < 12);
+}
+
+#[test]
+fn restore_ignores_a_closed_until_beyond_the_admission_bound() {
+    let mut windows: Windows<&str> = Windows::new(cfg());
+    let now = EventTime(BASE);
+    assert_eq!(windows.restore_closed_until(95_617_584_001_000, now), Some(95_617_584_001_000));
+    assert_eq!(windows.closed_until(), i64::MIN, "poisoned value ignored");
+    assert_eq!(windows.restore_closed_until(BASE + 60_000, now), None);
+    assert_eq!(windows.closed_until(), BASE + 60_000);
+    // a live event after a poisoned restore is on time
+    let mut fresh: Windows<&str> = Windows::new(cfg());
+    let _ = fresh.restore_closed_until(95_617_584_001_000, now);
+    assert_eq!(fresh.admit(at(0, 0), now, Some(now), 0, "live"), Ok(Admission::OnTime));
 }
 
 #[test]

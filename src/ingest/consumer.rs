@@ -1,9 +1,9 @@
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage, Timestamp};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -130,7 +130,16 @@ impl ConsumerContext for IngestContext {
     }
 }
 
+/// Processing time for idleness and pacing, ms on a monotonic clock (never steps back with a
+/// wall-clock adjustment); its origin is the first call.
 fn now_ms() -> i64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as i64
+}
+
+/// Wall-clock time, ms since the Unix epoch: the admission bound for event times when the
+/// broker does not stamp records itself (see [`crate::window`]).
+pub fn wall_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
@@ -180,7 +189,7 @@ pub fn run_consumer(
             let now = now_ms();
             for message in &batch {
                 match message {
-                    Ok(message) => engine.on_record(source_record(message), now),
+                    Ok(message) => engine.on_record(source_record(message), now, wall_ms()),
                     Err(KafkaError::PartitionEOF(partition)) => engine.on_eof(*partition),
                     Err(error) => tracing::warn!(%error, "consumer error"),
                 }
@@ -231,6 +240,7 @@ fn source_record(message: &OwnedMessage) -> SourceRecord<'_> {
         partition: message.partition(),
         offset: message.offset(),
         timestamp: message.timestamp().to_millis(),
+        log_append_time: matches!(message.timestamp(), Timestamp::LogAppendTime(_)),
         key: message.key(),
         value: message.payload().unwrap_or(&[]),
     }

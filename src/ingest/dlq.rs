@@ -49,6 +49,9 @@ pub struct SourceRecord<'a> {
     pub offset: i64,
     /// Record timestamp, ms.
     pub timestamp: Option<i64>,
+    /// Whether the broker set `timestamp` at append (`LogAppendTime`): only then is it a clock
+    /// the producer does not control.
+    pub log_append_time: bool,
     /// Key bytes.
     pub key: Option<&'a [u8]>,
     /// Value bytes.

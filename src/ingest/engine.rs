@@ -55,6 +55,8 @@ pub struct Status {
     pub flush_failing: AtomicBool,
     /// Events applied in memory but not yet written to Redis.
     pub unflushed: AtomicU64,
+    /// Records were admitted but nothing applied for `ingest.stall_timeout_ms`.
+    pub stalled: AtomicBool,
 }
 
 /// Why the consumer paused its partitions (backpressure).
@@ -101,6 +103,8 @@ pub struct StatusSnapshot {
     pub paused: Option<PauseReason>,
     /// Events applied in memory but not yet written to Redis.
     pub unflushed_events: u64,
+    /// See [`Status::stalled`].
+    pub stalled: bool,
 }
 
 impl Status {
@@ -116,6 +120,7 @@ impl Status {
             assigned_partitions: self.assigned.lock().map(|a| a.clone()).unwrap_or_default(),
             paused: self.paused.lock().map(|p| *p).unwrap_or_default(),
             unflushed_events: self.unflushed.load(Ordering::Relaxed),
+            stalled: self.stalled.load(Ordering::Relaxed),
         }
     }
 }
@@ -144,6 +149,8 @@ pub struct Engine {
     redis_breaker: Arc<CircuitBreaker>,
     flushed_applied: u64,
     paused: Option<PauseReason>,
+    /// Since when admitted records have waited with nothing applied (`None`: nothing waits).
+    waiting_since: Option<Instant>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -206,6 +213,7 @@ impl Engine {
             redis_breaker,
             flushed_applied: 0,
             paused: None,
+            waiting_since: None,
         })
     }
 
@@ -298,7 +306,16 @@ impl Engine {
             model.restore_negative_pool(meta.negative_pool.0, meta.negative_pool.1);
         }
         self.known_users = self.store.user_ids()?;
-        self.fold.windows_mut().restore_closed_until(meta.closed_until);
+        let bound = EventTime(super::wall_ms());
+        if let Some(poisoned) =
+            self.fold.windows_mut().restore_closed_until(meta.closed_until, bound)
+        {
+            tracing::warn!(
+                closed_until = poisoned,
+                "stored closed_until is beyond the admission bound (written by a version that \
+                 trusted producer timestamps after a far-future event): ignored"
+            );
+        }
         self.status.applied.store(meta.events_applied, Ordering::Relaxed);
         self.flushed_applied = meta.events_applied;
         self.status.redis_ok.store(true, Ordering::Relaxed);
@@ -383,9 +400,14 @@ impl Engine {
         }
     }
 
-    /// Handles one record. Rejected records go to the dead-letter topic before they count as
-    /// done.
-    pub fn on_record(&mut self, record: SourceRecord<'_>, now_ms: i64) {
+    /// Handles one record at processing time `now_ms` (monotonic, for idleness) and wall-clock
+    /// time `wall_ms` (ms since the epoch). Rejected records go to the dead-letter topic before
+    /// they count as done.
+    ///
+    /// Event times are bounded by a clock the client does not control: the broker's
+    /// log-append time when the topic keeps it, else `wall_ms` (a producer-set `CreateTime` is
+    /// the client's word, and both our producers used to set it to the event's own `ts`).
+    pub fn on_record(&mut self, record: SourceRecord<'_>, now_ms: i64, wall_ms: i64) {
         self.metrics.records_consumed.inc();
         self.eof.remove(&record.partition);
         self.status.caught_up.store(false, Ordering::Relaxed);
@@ -397,11 +419,16 @@ impl Engine {
             return;
         }
         let position = Position { partition: record.partition, offset: record.offset };
-        let record_ts = record.timestamp.map(EventTime);
-        match self.fold.offer(record.value, position, record_ts, now_ms) {
+        let bound = match record.timestamp {
+            Some(append_ms) if record.log_append_time => append_ms,
+            _ => wall_ms,
+        };
+        match self.fold.offer(record.value, position, Some(EventTime(bound)), now_ms) {
             Ok(_) => {
                 progress.admitted(record.offset);
-                self.arrivals.insert(position, Instant::now());
+                let arrived = Instant::now();
+                self.arrivals.insert(position, arrived);
+                self.waiting_since.get_or_insert(arrived);
             }
             Err(rejection) => {
                 self.metrics.events_rejected.with_label_values(&[rejection.reason.as_str()]).inc();
@@ -482,7 +509,9 @@ impl Engine {
         if !done.is_empty() {
             self.progress_dirty = true;
             self.collect_dirty();
+            self.waiting_since = (self.fold.buffered() > 0).then(Instant::now);
         }
+        self.report_liveness();
         let all_at_end = !self.assigned.is_empty()
             && self.assigned.iter().all(|partition| self.eof.contains(partition));
         let settled = all_at_end && self.fold.buffered() == 0;
@@ -520,6 +549,30 @@ impl Engine {
         }
         self.metrics.index_fresh_items.set(self.index.fresh_len() as i64);
         commit
+    }
+
+    /// Stall detection and the event-time ages behind `/readyz` and the dashboards.
+    fn report_liveness(&mut self) {
+        let stall_after = std::time::Duration::from_millis(self.config.stall_timeout_ms);
+        let stalled = self.waiting_since.is_some_and(|since| since.elapsed() >= stall_after);
+        if stalled != self.status.stalled.swap(stalled, Ordering::Relaxed) {
+            if stalled {
+                tracing::warn!(
+                    buffered = self.fold.buffered(),
+                    "ingest stalled: records wait, nothing applied"
+                );
+            } else {
+                tracing::info!("ingest applies events again");
+            }
+        }
+        self.metrics.stalled.set(i64::from(stalled));
+        let wall_s = super::wall_ms() as f64 / 1000.0;
+        let oldest = self.fold.windows().oldest_open_start();
+        let oldest_age = oldest.map_or(0.0, |start| (wall_s - start as f64 / 1000.0).max(0.0));
+        self.metrics.window_oldest_open_age.set(oldest_age);
+        if let Some(newest) = self.fold.newest_applied_ts() {
+            self.metrics.newest_applied_event_age.set(wall_s - newest as f64 / 1000.0);
+        }
     }
 
     /// Writes pending users, items, meta and progress in one transaction. Returns the offsets

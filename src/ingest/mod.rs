@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use consumer::run_consumer;
+pub use consumer::{run_consumer, wall_ms};
 pub use dlq::{DeadLetterError, DeadLetters, SourceRecord, DLQ_HEADERS};
 pub use engine::{Engine, EngineError, PauseReason, StartAt, Status, StatusSnapshot};
 pub use progress::{PartitionProgress, StoredProgress};
@@ -96,6 +96,10 @@ pub struct IngestConfig {
     /// Pause consumption as soon as the `redis` circuit breaker opens, instead of folding into
     /// memory up to `max_unflushed_events` (default false).
     pub pause_on_redis_outage: bool,
+    /// Readiness: records admitted but nothing applied for this long marks ingest as stalled
+    /// (`/readyz` `degraded: ["ingest_stalled"]`, `embedstream_ingest_stalled` 1), ms
+    /// (default 30000; at least 1).
+    pub stall_timeout_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -109,6 +113,7 @@ impl Default for IngestConfig {
             max_buffered_events: 200_000,
             max_unflushed_events: 500_000,
             pause_on_redis_outage: false,
+            stall_timeout_ms: 30_000,
         }
     }
 }

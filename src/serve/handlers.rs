@@ -97,6 +97,9 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     if status.paused.is_some() {
         degraded.push("ingest_paused");
     }
+    if status.stalled {
+        degraded.push("ingest_stalled");
+    }
     if !state.index.is_built() {
         degraded.push("exact_scoring");
     }

@@ -132,7 +132,8 @@ pub(super) async fn publish(
     let record = FutureRecord::to(&producer.topic)
         .key(event.user_id.as_str())
         .payload(body.as_ref())
-        .timestamp(event.ts.0)
+        // No `.timestamp(event.ts)`: the record keeps the producer's own clock (CreateTime at
+        // send), so the client's `ts` never becomes the record timestamp.
         .headers(headers);
     let delivered =
         producer.producer.send(record, Duration::from_millis(producer.timeout_ms)).await;

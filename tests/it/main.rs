@@ -13,6 +13,7 @@ mod event_contract;
 mod faults;
 mod flags;
 mod index_recall;
+mod ingest;
 mod openapi;
 mod ratelimit;
 mod replay_cli;
