@@ -78,12 +78,13 @@ impl DedupHorizon {
 /// Where the fold gets a user it does not hold in memory (a bounded user cache backed by
 /// Redis). `Ok(None)` means a new user.
 pub trait UserSource {
-    /// Loads a user's durable state.
+    /// Loads the durable state of users not in memory (one round trip where the store allows):
+    /// one answer per id, in order, `None` for a user with no stored state (a new user).
     ///
     /// # Errors
     /// A message when the store cannot answer; the fold then stops applying (the window stays
     /// buffered) and the caller retries later.
-    fn load(&mut self, user_id: &str) -> Result<Option<UserState>, String>;
+    fn load(&mut self, user_ids: &[&str]) -> Result<Vec<Option<UserState>>, String>;
 }
 
 /// A source with no users: everything not in memory is new (file replay, tests).
@@ -91,8 +92,8 @@ pub trait UserSource {
 pub struct NoStoredUsers;
 
 impl UserSource for NoStoredUsers {
-    fn load(&mut self, _user_id: &str) -> Result<Option<UserState>, String> {
-        Ok(None)
+    fn load(&mut self, user_ids: &[&str]) -> Result<Vec<Option<UserState>>, String> {
+        Ok(vec![None; user_ids.len()])
     }
 }
 
@@ -272,17 +273,21 @@ impl Fold {
     ) -> Result<(), String> {
         let missing: Vec<&str> = {
             let model = self.model();
+            let mut seen = HashSet::new();
             window
                 .events
                 .iter()
                 .map(|windowed| windowed.value.user_id.as_str())
-                .filter(|user| model.user_row(user).is_none())
+                .filter(|user| model.user_row(user).is_none() && seen.insert(*user))
                 .collect()
         };
-        for user in missing {
-            if let Some(state) = users.load(user)? {
-                self.model_mut().restore_user(state).map_err(|error| error.to_string())?;
-            }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let loaded = users.load(&missing)?;
+        let mut model = self.model_mut();
+        for state in loaded.into_iter().flatten() {
+            model.restore_user(state).map_err(|error| error.to_string())?;
         }
         Ok(())
     }

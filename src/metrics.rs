@@ -42,6 +42,8 @@ pub struct Metrics {
     pub newest_applied_event_age: Gauge,
     /// 1 while records are admitted but nothing has been applied for `ingest.stall_timeout_ms`.
     pub stalled: IntGauge,
+    /// Stored user records that could not be decoded, moved to `{ns}:quarantine:user:{id}`.
+    pub users_quarantined: IntCounter,
     /// Flush transactions committed.
     pub flushes: IntCounter,
     /// Redis operation latency, seconds, by operation.
@@ -243,6 +245,10 @@ impl Metrics {
             stalled: gauge(
                 "ingest_stalled",
                 "1 while records arrive but nothing was applied for ingest.stall_timeout_ms",
+            )?,
+            users_quarantined: counter(
+                "store_users_quarantined_total",
+                "Stored user records that could not be decoded, moved to the quarantine key",
             )?,
             flushes: counter("store_flushes_total", "Flush transactions committed to Redis")?,
             redis_duration,

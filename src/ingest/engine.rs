@@ -1,4 +1,6 @@
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use lru::LruCache;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -135,8 +137,12 @@ pub struct Engine {
     progress: BTreeMap<i32, PartitionProgress>,
     assigned: BTreeSet<i32>,
     eof: BTreeSet<i32>,
-    known_users: HashSet<String>,
-    pending_users: BTreeSet<u32>,
+    /// Users whose changes were collected from the model but are not yet in Redis, by id:
+    /// rows move when users are evicted, ids do not. Never evicted while pending.
+    pending_users: BTreeSet<String>,
+    /// Users in memory, least recently applied first: eviction pops from the front (O(1) per
+    /// evicted user, instead of sorting every user after every flush).
+    recent_users: LruCache<String, ()>,
     pending_items: BTreeSet<u32>,
     arrivals: HashMap<Position, Instant>,
     last_flush: Instant,
@@ -161,16 +167,35 @@ impl std::fmt::Debug for Engine {
 
 struct StoredUsers<'a> {
     store: &'a mut SyncStore,
-    known: &'a HashSet<String>,
+    metrics: &'a Metrics,
     dim: usize,
 }
 
 impl UserSource for StoredUsers<'_> {
-    fn load(&mut self, user_id: &str) -> Result<Option<UserState>, String> {
-        if !self.known.contains(user_id) {
-            return Ok(None);
+    /// A miss on the user's hash is a new user. A stored record that cannot be decoded is
+    /// quarantined (moved aside, counted, logged with its key) and the user starts over, so one
+    /// corrupt record never blocks the windows behind it.
+    fn load(&mut self, user_ids: &[&str]) -> Result<Vec<Option<UserState>>, String> {
+        let loaded =
+            self.store.load_users(user_ids, self.dim).map_err(|error| error.to_string())?;
+        let mut users = Vec::with_capacity(loaded.len());
+        for (id, result) in user_ids.iter().zip(loaded) {
+            users.push(match result {
+                Ok(state) => state,
+                Err(error @ StoreError::Corrupt { .. }) => {
+                    self.store.quarantine_user(id).map_err(|error| error.to_string())?;
+                    self.metrics.users_quarantined.inc();
+                    tracing::error!(
+                        %error,
+                        quarantined_to = %self.store.keys().quarantined_user(id),
+                        "stored user record cannot be decoded: quarantined, the user starts over"
+                    );
+                    None
+                }
+                Err(error) => return Err(error.to_string()),
+            });
         }
-        self.store.load_user(user_id, self.dim).map_err(|error| error.to_string())
+        Ok(users)
     }
 }
 
@@ -199,8 +224,8 @@ impl Engine {
             progress: BTreeMap::new(),
             assigned: BTreeSet::new(),
             eof: BTreeSet::new(),
-            known_users: HashSet::new(),
             pending_users: BTreeSet::new(),
+            recent_users: LruCache::unbounded(),
             pending_items: BTreeSet::new(),
             arrivals: HashMap::new(),
             last_flush: Instant::now(),
@@ -305,7 +330,6 @@ impl Engine {
             }
             model.restore_negative_pool(meta.negative_pool.0, meta.negative_pool.1);
         }
-        self.known_users = self.store.user_ids()?;
         let bound = EventTime(super::wall_ms());
         if let Some(poisoned) =
             self.fold.windows_mut().restore_closed_until(meta.closed_until, bound)
@@ -323,7 +347,6 @@ impl Engine {
         tracing::info!(
             events_applied = meta.events_applied,
             items = self.fold.model().item_count(),
-            users = self.known_users.len(),
             "state restored from redis"
         );
         Ok(())
@@ -340,10 +363,14 @@ impl Engine {
         now_ms: i64,
     ) -> Result<Vec<(i32, StartAt)>, StoreError> {
         // Another member may have changed users of these partitions since we last saw them:
-        // drop clean users from memory (they reload from Redis on demand) and refresh the set
-        // of stored users.
-        self.known_users = self.store.user_ids()?;
-        self.fold.model_mut().evict_clean_users();
+        // drop clean users from memory (they reload from Redis on demand). Users whose changes
+        // are collected but not yet flushed stay: under cooperative (incremental) rebalancing
+        // an assignment comes without a revoke, so without a flush before it.
+        let pending = &self.pending_users;
+        let evicted = self.fold.model_mut().evict_clean_users(|id| pending.contains(id));
+        for id in &evicted {
+            self.recent_users.pop(id);
+        }
         let mut starts = Vec::new();
         for partition in partitions {
             self.fold.windows_mut().register_partition(*partition, now_ms);
@@ -455,9 +482,18 @@ impl Engine {
     }
 
     fn collect_dirty(&mut self) {
-        let (users, items): (Vec<UserRow>, Vec<ItemRow>) = self.fold.model_mut().take_dirty();
+        let mut model = self.fold.model_mut();
+        let (users, items): (Vec<UserRow>, Vec<ItemRow>) = model.take_dirty();
         self.index.note_changed(items.iter().copied());
-        self.pending_users.extend(users.iter().map(|row| row.0));
+        for row in users {
+            let id = model.user_id(row);
+            if self.recent_users.get(id).is_none() {
+                self.recent_users.put(id.to_owned(), ());
+            }
+            if !self.pending_users.contains(id) {
+                self.pending_users.insert(id.to_owned());
+            }
+        }
         self.pending_items.extend(items.iter().map(|row| row.0));
     }
 
@@ -478,7 +514,7 @@ impl Engine {
             }
         }
         let dim = self.fold.model().dim();
-        let mut users = StoredUsers { store: &mut self.store, known: &self.known_users, dim };
+        let mut users = StoredUsers { store: &mut self.store, metrics: &self.metrics, dim };
         let windows = self.fold.poll(now_ms, &mut users);
         for window in &windows {
             let mut first_arrival: Option<Instant> = None;
@@ -588,7 +624,8 @@ impl Engine {
                 users: self
                     .pending_users
                     .iter()
-                    .map(|row| model.user_state(UserRow(*row)))
+                    .filter_map(|id| model.user_row(id))
+                    .map(|row| model.user_state(row))
                     .collect(),
                 items: self
                     .pending_items
@@ -622,7 +659,6 @@ impl Engine {
             self.metrics.redis_errors.with_label_values(&["flush"]).inc();
             return Err(error);
         }
-        self.known_users.extend(batch.users.iter().map(|user| user.id.clone()));
         self.flushed_applied = batch.meta.events_applied;
         self.status.unflushed.store(0, Ordering::Relaxed);
         self.pending_users.clear();
@@ -645,20 +681,17 @@ impl Engine {
         Ok(batch.progress.iter().map(|(partition, stored)| (*partition, stored.resume)).collect())
     }
 
+    /// Keeps at most `ingest.user_cache_capacity` users in memory by dropping the least
+    /// recently applied ones (their state is in Redis: called after a successful flush).
     fn evict_users(&mut self) {
+        let capacity = self.config.user_cache_capacity;
         let mut model = self.fold.model_mut();
-        let excess = model.user_count().saturating_sub(self.config.user_cache_capacity);
-        if excess == 0 {
-            return;
-        }
-        let mut by_age: Vec<(i64, String)> = (0..model.user_count() as u32)
-            .map(|row| {
-                let state = model.user_state(UserRow(row));
-                (state.last_ts, state.id)
-            })
-            .collect();
-        by_age.sort();
-        for (_, id) in by_age.into_iter().take(excess) {
+        while model.user_count() > capacity {
+            let Some((id, ())) = self.recent_users.pop_lru() else { break };
+            if self.pending_users.contains(&id) {
+                self.recent_users.put(id, ());
+                break;
+            }
             model.evict_user(&id);
         }
     }

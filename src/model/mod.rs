@@ -123,6 +123,11 @@ impl Model {
         self.items.row(item_id).map(ItemRow)
     }
 
+    /// Id of a user row.
+    pub fn user_id(&self, row: UserRow) -> &str {
+        &self.users.ids[row.0 as usize]
+    }
+
     /// Id of an item row.
     pub fn item_id(&self, row: ItemRow) -> &str {
         &self.items.ids[row.0 as usize]

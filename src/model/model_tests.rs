@@ -203,7 +203,11 @@ fn evicted_users_restore_bit_identically() {
     // The cache can be emptied and refilled the same way.
     let states: Vec<UserState> =
         (0..model.user_count() as u32).map(|row| model.user_state(UserRow(row))).collect();
-    model.evict_clean_users();
+    let kept = model.evict_clean_users(|id| id == "u1");
+    assert_eq!(kept.len(), 3, "every clean user but the one kept is dropped");
+    assert_eq!(model.user_count(), 1);
+    assert!(model.user_row("u1").is_some());
+    assert_eq!(model.evict_clean_users(|_| false), vec!["u1".to_owned()]);
     assert_eq!(model.user_count(), 0);
     for state in states {
         model.restore_user(state).unwrap();

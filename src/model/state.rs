@@ -219,15 +219,16 @@ impl Model {
         true
     }
 
-    /// Drops every user without unsaved changes from memory.
-    pub fn evict_clean_users(&mut self) {
+    /// Drops every user without unsaved changes from memory, except those `keep` names (users
+    /// whose changes were collected but not yet persisted). Returns the ids dropped.
+    pub fn evict_clean_users(&mut self, keep: impl Fn(&str) -> bool) -> Vec<String> {
         let clean: Vec<String> = (0..self.users.len())
             .filter(|row| !self.dirty_users.flags.get(*row).copied().unwrap_or(false))
-            .map(|row| self.users.ids[row].clone())
+            .map(|row| &self.users.ids[row])
+            .filter(|id| !keep(id))
+            .cloned()
             .collect();
-        for id in clean {
-            self.evict_user(&id);
-        }
+        clean.into_iter().filter(|id| self.evict_user(id)).collect()
     }
 
     fn check_dim(&self, kind: &'static str, id: &str, vector: &[f32]) -> Result<(), RestoreError> {

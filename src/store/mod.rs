@@ -56,6 +56,11 @@ impl Keys {
     pub fn user(&self, id: &str) -> String {
         format!("{}:user:{id}", self.namespace)
     }
+    /// `{ns}:quarantine:user:{id}`: where a stored user record that cannot be decoded is moved
+    /// (kept for inspection) before the user starts over.
+    pub fn quarantined_user(&self, id: &str) -> String {
+        format!("{}:quarantine:user:{id}", self.namespace)
+    }
     /// `{ns}:users`.
     pub fn users(&self) -> String {
         format!("{}:users", self.namespace)

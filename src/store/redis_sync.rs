@@ -331,6 +331,58 @@ impl SyncStore {
         user_from_fields(&key, id, &fields, dim).map(Some)
     }
 
+    /// Several users in one pipelined round trip per 512 ids: for each id, `Ok(None)` when not
+    /// stored (a new user), `Err(Corrupt)` when its record cannot be decoded.
+    ///
+    /// # Errors
+    /// [`StoreError::Redis`] when Redis does not answer (the outer error: retrying can help).
+    pub fn load_users(
+        &mut self,
+        ids: &[&str],
+        dim: usize,
+    ) -> Result<Vec<Result<Option<UserState>, StoreError>>, StoreError> {
+        let mut users = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(512) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("HGETALL").arg(self.keys.user(id));
+            }
+            let rows: Vec<HashMap<String, Vec<u8>>> =
+                self.with(|connection, _| pipe.query(connection))?;
+            for (id, fields) in chunk.iter().zip(rows) {
+                users.push(if fields.is_empty() {
+                    Ok(None)
+                } else {
+                    user_from_fields(&self.keys.user(id), id, &fields, dim).map(Some)
+                });
+            }
+        }
+        Ok(users)
+    }
+
+    /// Moves a user record that cannot be decoded to `{ns}:quarantine:user:{id}` (kept for
+    /// inspection, replacing an older quarantined copy), so that the user starts over.
+    ///
+    /// # Errors
+    /// [`StoreError::Redis`].
+    pub fn quarantine_user(&mut self, id: &str) -> Result<(), StoreError> {
+        let (from, to) = (self.keys.user(id), self.keys.quarantined_user(id));
+        // COPY + DEL in one transaction (not RENAME, which fails when the key is already gone).
+        self.with(|connection, _| {
+            redis::pipe()
+                .atomic()
+                .cmd("COPY")
+                .arg(&from)
+                .arg(&to)
+                .arg("REPLACE")
+                .ignore()
+                .cmd("DEL")
+                .arg(&from)
+                .ignore()
+                .query::<()>(connection)
+        })
+    }
+
     /// Stored progress of one partition.
     ///
     /// # Errors

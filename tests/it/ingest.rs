@@ -147,3 +147,180 @@ fn namespace_poisoned_by_an_older_version_recovers() {
 fn ureq_text(url: &str) -> String {
     ureq::get(url).call().unwrap().body_mut().read_to_string().unwrap()
 }
+
+/// An engine driven record by record, on the test Redis, as the consumer thread drives it.
+struct Driven {
+    engine: embedstream::ingest::Engine,
+    metrics: embedstream::metrics::Metrics,
+    config: Config,
+    topic: String,
+    next_offset: std::collections::BTreeMap<i32, i64>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Driven {
+    fn new(config: Config) -> Self {
+        use std::sync::Arc;
+
+        use embedstream::index::Index;
+        use embedstream::ingest::{DeadLetters, Engine, Status};
+        use embedstream::metrics::Metrics;
+        use embedstream::resilience::CircuitBreaker;
+
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let metrics = Metrics::new().unwrap();
+        let breaker = Arc::new(CircuitBreaker::new("redis", config.store.breaker.clone(), None));
+        let dead_letters = DeadLetters::new(&config.kafka, runtime.handle().clone()).unwrap();
+        let mut engine = Engine::new(
+            &config,
+            config.ingest.clone(),
+            StartPosition::Earliest,
+            dead_letters,
+            metrics.clone(),
+            Arc::new(Index::new(config.index.clone())),
+            Arc::new(Status::default()),
+            breaker,
+        )
+        .unwrap();
+        engine.restore().unwrap();
+        let topic = config.kafka.topic.clone();
+        Self {
+            engine,
+            metrics,
+            config,
+            topic,
+            next_offset: std::collections::BTreeMap::new(),
+            _runtime: runtime,
+        }
+    }
+
+    fn send(&mut self, partition: i32, user: &str, item: &str, ts: i64, now_ms: i64) {
+        let offset = self.next_offset.entry(partition).or_insert(0);
+        let value =
+            serde_json::to_vec(&event(user, item, ts, &format!("{partition}-{offset}"))).unwrap();
+        let record = embedstream::ingest::SourceRecord {
+            topic: &self.topic,
+            partition,
+            offset: *offset,
+            timestamp: Some(ts),
+            log_append_time: false,
+            key: Some(user.as_bytes()),
+            value: &value,
+        };
+        self.engine.on_record(record, now_ms, embedstream::ingest::wall_ms());
+        *offset += 1;
+    }
+
+    fn stored_user_events(&self, user: &str) -> Option<u64> {
+        let client = redis::Client::open(self.config.store.url.as_str()).unwrap();
+        let mut connection = client.get_connection().unwrap();
+        let key = format!("{}:user:{user}", self.config.store.namespace);
+        let events: Option<String> =
+            redis::cmd("HGET").arg(key).arg("events").query(&mut connection).unwrap();
+        events.map(|text| text.parse().unwrap())
+    }
+}
+
+/// Issue 9.2: under cooperative (incremental) rebalancing an assignment arrives without a
+/// revoke, so without a flush, while applied users wait for the next flush. The assign used to
+/// evict every user whose dirty flag had been collected (all of them) and the pending rows then
+/// pointed past the end of the table (a panic) or at other users (wrong writes).
+#[test]
+fn an_incremental_assign_keeps_applied_users_that_wait_for_the_flush() {
+    let name = infra::unique("coop-assign");
+    let mut config = infra::test_config(&name);
+    config.ingest.flush_interval_ms = 3_600_000;
+    let mut driven = Driven::new(config);
+    let base = now_ms() - 60_000;
+    let now = 1_000;
+    driven.engine.on_assign(&[0], now).unwrap();
+    for (index, user) in ["a", "b", "c", "d"].iter().enumerate() {
+        for repeat in 0..=index {
+            driven.send(0, user, &format!("i{repeat}"), base + index as i64 * 10, now);
+        }
+    }
+    // A later event moves the watermark past the first window: it closes and is applied, the
+    // later one stays buffered, and the flush is not due.
+    driven.send(0, "e", "i9", base + 30_000, now);
+    assert_eq!(driven.engine.tick(now), None, "nothing is flushed yet");
+    assert_eq!(driven.engine.shared_model().read().unwrap().events_applied(), 10);
+
+    driven.engine.on_assign(&[1], now + 10).unwrap();
+    driven.engine.flush().unwrap();
+    for (index, user) in ["a", "b", "c", "d"].iter().enumerate() {
+        assert_eq!(driven.stored_user_events(user), Some(index as u64 + 1), "user {user}");
+    }
+}
+
+/// Issue 9.2: the user cache keeps the most recently applied users, evicting the least
+/// recently applied after a flush, and evicted users reload from Redis bit-identically.
+#[test]
+fn the_user_cache_evicts_the_least_recently_applied_users() {
+    let name = infra::unique("user-lru");
+    let mut config = infra::test_config(&name);
+    config.ingest.flush_interval_ms = 3_600_000;
+    config.ingest.user_cache_capacity = 2;
+    let mut driven = Driven::new(config);
+    let base = now_ms() - 60_000;
+    driven.engine.on_assign(&[0], 0).unwrap();
+    // Windows of 1 s: u1, u2, u3 then u1 again, each in its own window, each applied at its own
+    // tick (the next event moves the watermark past it).
+    for (step, user) in ["u1", "u2", "u3", "u1", "u4"].iter().enumerate() {
+        driven.send(0, user, "i1", base + step as i64 * 2_000, 0);
+        driven.engine.tick(0);
+    }
+    driven.engine.flush().unwrap();
+    let model = driven.engine.shared_model();
+    let in_memory: Vec<bool> = ["u1", "u2", "u3"]
+        .iter()
+        .map(|user| model.read().unwrap().user_row(user).is_some())
+        .collect();
+    assert_eq!(in_memory, [true, false, true], "u2 was applied least recently");
+    assert_eq!(model.read().unwrap().user_count(), 2);
+    // u2 comes back from Redis with its count, and counts on.
+    assert_eq!(driven.stored_user_events("u2"), Some(1));
+    driven.send(0, "u2", "i2", base + 31_000, 0);
+    driven.send(0, "u5", "i1", base + 60_000, 0);
+    driven.engine.tick(0);
+    driven.engine.flush().unwrap();
+    assert_eq!(driven.stored_user_events("u2"), Some(2));
+    assert_eq!(driven.metrics.users_quarantined.get(), 0);
+}
+
+/// Issue 9.2: one stored user record that cannot be decoded used to block every later window
+/// (the load failed, the window stayed buffered, retried forever). It is quarantined: moved to
+/// `{ns}:quarantine:user:{id}`, counted, and the user starts over.
+#[test]
+fn a_corrupt_stored_user_is_quarantined_and_the_stream_goes_on() {
+    let name = infra::unique("quarantine");
+    let mut config = infra::test_config(&name);
+    config.ingest.flush_interval_ms = 3_600_000;
+    let client = redis::Client::open(config.store.url.as_str()).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    let key = format!("{name}:user:broken");
+    let () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("vector")
+        .arg(b"not a vector".as_slice())
+        .arg("events")
+        .arg(7)
+        .query(&mut connection)
+        .unwrap();
+    let mut driven = Driven::new(config);
+    let base = now_ms() - 60_000;
+    driven.engine.on_assign(&[0], 0).unwrap();
+    driven.send(0, "broken", "i1", base, 0);
+    driven.send(0, "fine", "i1", base + 10, 0);
+    driven.send(0, "later", "i1", base + 30_000, 0);
+    driven.engine.tick(0);
+    assert_eq!(driven.engine.shared_model().read().unwrap().events_applied(), 2);
+    driven.engine.flush().unwrap();
+    assert_eq!(driven.stored_user_events("broken"), Some(1), "the user starts over");
+    assert_eq!(driven.metrics.users_quarantined.get(), 1);
+    let kept: Option<String> = redis::cmd("HGET")
+        .arg(format!("{name}:quarantine:user:broken"))
+        .arg("events")
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(kept.as_deref(), Some("7"), "the corrupt record is kept for inspection");
+}
