@@ -94,26 +94,32 @@ pub async fn run(
     // Restore and first index build off the runtime threads; HTTP answers /readyz 503 meanwhile.
     let restore_cancel = cancel.clone();
     let (engine, restored) = tokio::task::spawn_blocking(move || {
-        let mut attempt = 0u32;
-        loop {
-            match engine.restore() {
-                Ok(()) => return (engine, true),
-                Err(error) if !restore_cancel.is_cancelled() => {
-                    attempt += 1;
-                    tracing::warn!(%error, attempt, "restore failed, retrying");
-                    std::thread::sleep(crate::resilience::full_jitter(200, 10_000, attempt));
-                    if matches!(error, crate::ingest::EngineError::Store(crate::store::StoreError::Incompatible { .. })) {
-                        tracing::error!(%error, "stored model is incompatible: use another namespace");
-                        return (engine, false);
-                    }
-                }
-                Err(_) => return (engine, false),
-            }
-        }
+        // Transient failures (Redis away or loading) are retried until Redis answers or the
+        // service is stopped; anything else (an incompatible or corrupt namespace) stops the
+        // service at once with the reason.
+        let until_stopped = crate::resilience::RetryConfig {
+            base_ms: 200,
+            cap_ms: 10_000,
+            max_attempts: u32::MAX,
+            max_elapsed_ms: u64::MAX,
+        };
+        let restored = crate::resilience::retry_blocking(
+            &until_stopped,
+            "restore",
+            |error: &crate::ingest::EngineError| {
+                error.is_transient() && !restore_cancel.is_cancelled()
+            },
+            || engine.restore(),
+        );
+        (engine, restored)
     })
     .await
     .context("restore task")?;
-    anyhow::ensure!(restored, "state could not be restored from redis (see the log)");
+    let restored = restored.map_err(|error| {
+        tracing::error!(%error, "state could not be restored from redis");
+        anyhow::Error::new(error).context("state could not be restored from redis")
+    });
+    restored?;
     let build_index = Arc::clone(&index);
     let build_model = Arc::clone(&model);
     let build_metrics = metrics.clone();
@@ -146,19 +152,20 @@ pub async fn run(
             }
         }
     };
+    let consumer_stopped = cancel.clone();
     tokio::select! {
         () = shutdown => tracing::info!("shutdown requested"),
         () = caught_up => tracing::info!("caught up: stopping"),
+        () = consumer_stopped.cancelled() => tracing::warn!("the consumer stopped by itself"),
     }
     cancel.cancel();
     let joined = tokio::task::spawn_blocking(move || consumer.join()).await;
-    match joined {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(error))) => tracing::error!(%error, "consumer failed"),
-        Ok(Err(_)) | Err(_) => tracing::error!("ingest thread panicked"),
-    }
+    let consumed = match joined {
+        Ok(Ok(result)) => result.context("consumer failed"),
+        Ok(Err(_)) | Err(_) => Err(anyhow::anyhow!("ingest thread panicked")),
+    };
     server.await.context("http server task")?.context("http server")?;
-    Ok(())
+    consumed
 }
 
 /// Loads a namespace's whole state from Redis into a model (for digests and inspection).

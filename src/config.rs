@@ -190,6 +190,9 @@ impl Config {
         if self.ingest.stall_timeout_ms == 0 {
             return Err(invalid("ingest.stall_timeout_ms", &0, "must be >= 1"));
         }
+        if self.ingest.assign_timeout_ms == 0 {
+            return Err(invalid("ingest.assign_timeout_ms", &0, "must be >= 1"));
+        }
         if self.index.oversampling == 0 || !(2..=255).contains(&self.index.max_connections) {
             return Err(invalid(
                 "index.oversampling / index.max_connections",

@@ -143,7 +143,9 @@ impl Index {
 
     /// Whether the fresh tier is large enough to warrant a rebuild.
     pub fn needs_rebuild(&self, item_count: usize) -> bool {
-        if item_count == 0 {
+        // A build under way answers for now: without this, every ingest tick before the first
+        // snapshot spawned a rebuild thread that found the build flag set and returned.
+        if item_count == 0 || self.building.lock().map_or(true, |building| *building) {
             return false;
         }
         let fresh = self.fresh_len();
@@ -218,5 +220,20 @@ impl Index {
         let rows = candidates.into_iter().filter(|row| !exclude.contains(row));
         let items = exact::rescore(model, user, rows, k);
         QueryResult { items, used_ann: true, candidates: scored }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Index, IndexConfig};
+
+    #[test]
+    fn no_rebuild_is_asked_for_while_one_is_under_way() {
+        let index = Index::new(IndexConfig::default());
+        assert!(index.needs_rebuild(10), "nothing built yet");
+        *index.building.lock().unwrap() = true;
+        assert!(!index.needs_rebuild(10), "the build under way answers for the first snapshot");
+        *index.building.lock().unwrap() = false;
+        assert!(index.needs_rebuild(10));
     }
 }

@@ -18,6 +18,10 @@ struct IngestContext {
     engine: Arc<Mutex<Engine>>,
     topic: String,
     cancel: CancellationToken,
+    /// How long an assignment retries transient Redis failures before the member gives up.
+    assign_timeout_ms: u64,
+    /// Why the consumer stopped by itself (an assignment it could not resolve).
+    fatal: Mutex<Option<String>>,
 }
 
 impl ClientContext for IngestContext {}
@@ -33,20 +37,31 @@ impl IngestContext {
 
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         let partitions = self.partitions(tpl);
-        let mut attempt = 0u32;
-        // Redis is authoritative for where to start: never guess, retry until it answers.
-        let starts = loop {
-            match lock(&self.engine).on_assign(&partitions, now_ms()) {
-                Ok(starts) => break starts,
-                Err(error) if !self.cancel.is_cancelled() => {
-                    attempt += 1;
-                    tracing::warn!(%error, attempt, "cannot read stored progress, retrying");
-                    std::thread::sleep(crate::resilience::full_jitter(100, 5000, attempt));
+        // Redis is authoritative for where to start: never guess. Transient failures are
+        // retried (capped exponential backoff, full jitter) for `ingest.assign_timeout_ms`; a
+        // failure that cannot heal (corrupt progress), or one that outlasts the bound, stops
+        // the consumer with the reason: `run` exits non-zero, the group moves the partitions.
+        let bounded = crate::resilience::RetryConfig {
+            base_ms: 100,
+            cap_ms: 5000,
+            max_attempts: u32::MAX,
+            max_elapsed_ms: self.assign_timeout_ms,
+        };
+        let resolved = crate::resilience::retry_blocking(
+            &bounded,
+            "assign",
+            |error: &crate::store::StoreError| error.is_transient() && !self.cancel.is_cancelled(),
+            || lock(&self.engine).on_assign(&partitions, now_ms()),
+        );
+        let starts = match resolved {
+            Ok(starts) => starts,
+            Err(error) => {
+                tracing::error!(%error, ?partitions, "cannot resolve where assigned partitions start: stopping");
+                if let Ok(mut fatal) = self.fatal.lock() {
+                    fatal.get_or_insert_with(|| format!("assigning {partitions:?}: {error}"));
                 }
-                Err(error) => {
-                    tracing::error!(%error, "shutting down before the assignment was resolved");
-                    return;
-                }
+                self.cancel.cancel();
+                return;
             }
         };
         for (partition, start) in starts {
@@ -148,13 +163,15 @@ pub fn wall_ms() -> i64 {
 /// thread.
 ///
 /// # Errors
-/// librdkafka errors creating or subscribing the consumer.
+/// [`ConsumerError`]: librdkafka errors creating or subscribing the consumer, or an
+/// assignment that could not be resolved (the consumer then stops by itself and cancels
+/// `cancel`).
 pub fn run_consumer(
     engine: Arc<Mutex<Engine>>,
     kafka: &KafkaConfig,
     ingest: &IngestConfig,
     cancel: CancellationToken,
-) -> Result<(), KafkaError> {
+) -> Result<(), ConsumerError> {
     let session_timeout = kafka.session_timeout_ms.to_string();
     let client = kafka.client_config(&[
         ("group.id", &kafka.group_id),
@@ -168,6 +185,8 @@ pub fn run_consumer(
         engine: Arc::clone(&engine),
         topic: kafka.topic.clone(),
         cancel: cancel.clone(),
+        assign_timeout_ms: ingest.assign_timeout_ms,
+        fatal: Mutex::new(None),
     };
     let consumer: BaseConsumer<IngestContext> = client.create_with_context(context)?;
     consumer.subscribe(&[&kafka.topic])?;
@@ -215,7 +234,19 @@ pub fn run_consumer(
         }
     }
     consumer.unsubscribe();
-    Ok(())
+    let fatal = consumer.context().fatal.lock().ok().and_then(|mut fatal| fatal.take());
+    fatal.map_or(Ok(()), |reason| Err(ConsumerError::Assign(reason)))
+}
+
+/// Why the consumer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// Creating or subscribing the consumer failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// An assignment could not be resolved (stored progress unreadable).
+    #[error("{0}")]
+    Assign(String),
 }
 
 /// Pauses every assigned partition while `pause` holds (re-applied each round, so partitions

@@ -5,7 +5,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::fold::Rejection;
-use crate::resilience::{BreakerOpen, CircuitBreaker, Guarded};
+use crate::resilience::{retry_blocking, BreakerOpen, CircuitBreaker, Guarded, RetryConfig};
 
 /// Headers of a dead-letter record. The value is the original record value, byte for byte, and
 /// the key the original key.
@@ -30,6 +30,30 @@ pub enum DeadLetterError {
     /// The broker did not acknowledge the record.
     #[error("dead-letter produce: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+impl DeadLetterError {
+    /// Whether retrying can help: the breaker is open, the broker is away or slow. A record the
+    /// broker refuses as such (too large, invalid) or a topic the producer may not write to is
+    /// refused again on every retry.
+    pub fn is_transient(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        match self {
+            Self::Open(_) => true,
+            Self::Kafka(error) => !matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    Code::MessageSizeTooLarge
+                        | Code::InvalidMessageSize
+                        | Code::InvalidMessage
+                        | Code::InvalidRecord
+                        | Code::InvalidTopic
+                        | Code::TopicAuthorizationFailed
+                        | Code::ClusterAuthorizationFailed
+                )
+            ),
+        }
+    }
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -84,29 +108,70 @@ impl DeadLetters {
         self
     }
 
-    /// Sends one record to the dead-letter topic and waits for the acknowledgement. Blocking:
-    /// call from the ingest thread, never from the async runtime.
-    ///
-    /// # Errors
-    /// [`DeadLetterError`]: the breaker is open, or the broker's error.
-    pub fn send(
+    /// Sends one dead letter until the broker has it: the record only counts as done then.
+    /// Transient failures (the breaker open, the broker away) are retried without limit, with
+    /// capped exponential backoff and full jitter (base 100 ms, cap 5 s; the consumer is paused
+    /// by the breaker meanwhile). A record the broker refuses as such (for example larger than
+    /// the dead-letter topic's `max.message.bytes`) is sent once more without its value, with
+    /// the header `value_dropped` giving the value's size and the broker's error; if that is
+    /// refused too, the failure is logged at error level with the record's coordinates and the
+    /// stream goes on.
+    pub fn send_until_delivered(&self, source: SourceRecord<'_>, rejection: &Rejection) {
+        let forever = RetryConfig {
+            base_ms: 100,
+            cap_ms: 5000,
+            max_attempts: u32::MAX,
+            max_elapsed_ms: u64::MAX,
+        };
+        let send = |without_value: Option<&str>| {
+            retry_blocking(&forever, "dead_letter", DeadLetterError::is_transient, || {
+                self.send_with(source, rejection, without_value)
+            })
+        };
+        let Err(error) = send(None) else { return };
+        let dropped = format!("{} bytes: {error}", source.value.len());
+        tracing::warn!(
+            %error,
+            partition = source.partition,
+            offset = source.offset,
+            "the broker refuses this dead letter: sending it without its value"
+        );
+        if let Err(error) = send(Some(&dropped)) {
+            tracing::error!(
+                %error,
+                topic = source.topic,
+                partition = source.partition,
+                offset = source.offset,
+                reason = rejection.reason.as_str(),
+                "dead letter refused by the broker even without its value: skipped"
+            );
+        }
+    }
+
+    /// One send, waiting for the acknowledgement. Blocking: call from the ingest thread, never
+    /// from the async runtime.
+    fn send_with(
         &self,
         source: SourceRecord<'_>,
         rejection: &Rejection,
+        without_value: Option<&str>,
     ) -> Result<(), DeadLetterError> {
-        let Some(breaker) = &self.breaker else { return Ok(self.deliver(source, rejection)?) };
-        breaker.call_blocking(|_| true, || self.deliver(source, rejection)).map_err(|error| {
-            match error {
+        let Some(breaker) = &self.breaker else {
+            return Ok(self.deliver(source, rejection, without_value)?);
+        };
+        breaker.call_blocking(|_| true, || self.deliver(source, rejection, without_value)).map_err(
+            |error| match error {
                 Guarded::Open(open) => DeadLetterError::Open(open),
                 Guarded::Inner(error) => DeadLetterError::Kafka(error),
-            }
-        })
+            },
+        )
     }
 
     fn deliver(
         &self,
         source: SourceRecord<'_>,
         rejection: &Rejection,
+        without_value: Option<&str>,
     ) -> Result<(), rdkafka::error::KafkaError> {
         let partition = source.partition.to_string();
         let offset = source.offset.to_string();
@@ -118,12 +183,37 @@ impl DeadLetters {
             .insert(Header { key: "source_partition", value: Some(partition.as_str()) })
             .insert(Header { key: "source_offset", value: Some(offset.as_str()) })
             .insert(Header { key: "source_timestamp", value: Some(timestamp.as_str()) });
+        let (headers, value) = match without_value {
+            Some(dropped) => {
+                (headers.insert(Header { key: "value_dropped", value: Some(dropped) }), &[][..])
+            }
+            None => (headers, source.value),
+        };
         let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.topic).payload(source.value).headers(headers);
+            FutureRecord::to(&self.topic).payload(value).headers(headers);
         if let Some(key) = source.key {
             record = record.key(key);
         }
         let delivery = self.producer.send(record, Duration::from_secs(30));
         self.runtime.block_on(delivery).map(|_| ()).map_err(|(error, _)| error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    use super::DeadLetterError;
+
+    #[test]
+    fn a_record_the_broker_refuses_is_not_retried_but_an_absent_broker_is() {
+        let refused = DeadLetterError::Kafka(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        ));
+        assert!(!refused.is_transient());
+        for code in [RDKafkaErrorCode::MessageTimedOut, RDKafkaErrorCode::BrokerTransportFailure] {
+            assert!(DeadLetterError::Kafka(KafkaError::MessageProduction(code)).is_transient());
+        }
     }
 }

@@ -34,6 +34,17 @@ pub enum EngineError {
     Restore(#[from] crate::model::RestoreError),
 }
 
+impl EngineError {
+    /// Whether retrying can help (a Redis outage), as opposed to a configuration or stored
+    /// state that stays wrong.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Store(error) => error.is_transient(),
+            Self::Config(_) | Self::Restore(_) => false,
+        }
+    }
+}
+
 /// Live status shared with the HTTP side.
 #[derive(Debug, Default)]
 pub struct Status {
@@ -460,15 +471,7 @@ impl Engine {
             Err(rejection) => {
                 self.metrics.events_rejected.with_label_values(&[rejection.reason.as_str()]).inc();
                 self.status.rejected.fetch_add(1, Ordering::Relaxed);
-                // The record only counts as done once the broker has it: retry (the producer is
-                // idempotent) with capped exponential backoff and full jitter, without limit.
-                let mut attempt = 0u32;
-                while let Err(error) = self.dead_letters.send(record, &rejection) {
-                    attempt += 1;
-                    let delay = crate::resilience::full_jitter(100, 5000, attempt);
-                    tracing::warn!(%error, attempt, ?delay, "dead-letter produce failed, retrying");
-                    std::thread::sleep(delay);
-                }
+                self.dead_letters.send_until_delivered(record, &rejection);
                 self.metrics.dead_lettered.inc();
                 progress.finished(record.offset);
                 self.progress_dirty = true;

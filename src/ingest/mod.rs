@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use consumer::{run_consumer, wall_ms};
+pub use consumer::{run_consumer, wall_ms, ConsumerError};
 pub use dlq::{DeadLetterError, DeadLetters, SourceRecord, DLQ_HEADERS};
 pub use engine::{Engine, EngineError, PauseReason, StartAt, Status, StatusSnapshot};
 pub use progress::{PartitionProgress, StoredProgress};
@@ -100,6 +100,9 @@ pub struct IngestConfig {
     /// (`/readyz` `degraded: ["ingest_stalled"]`, `embedstream_ingest_stalled` 1), ms
     /// (default 30000; at least 1).
     pub stall_timeout_ms: u64,
+    /// How long a partition assignment retries transient Redis failures while reading the
+    /// stored progress before the consumer stops with an error, ms (default 60000; at least 1).
+    pub assign_timeout_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -114,6 +117,7 @@ impl Default for IngestConfig {
             max_unflushed_events: 500_000,
             pause_on_redis_outage: false,
             stall_timeout_ms: 30_000,
+            assign_timeout_ms: 60_000,
         }
     }
 }

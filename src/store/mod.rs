@@ -113,3 +113,22 @@ pub enum StoreError {
     )]
     Incompatible { namespace: String, field: &'static str, stored: String, configured: String },
 }
+
+impl StoreError {
+    /// Whether retrying can help: Redis unreachable, slow, still loading its data set, or the
+    /// breaker open. A malformed or incompatible stored value, or a command Redis refuses, stays
+    /// as it is however often it is retried.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Redis(error) => {
+                is_outage(error)
+                    || matches!(
+                        error.code(),
+                        Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN")
+                    )
+            }
+            Self::Unavailable(_) => true,
+            Self::Corrupt { .. } | Self::Incompatible { .. } => false,
+        }
+    }
+}

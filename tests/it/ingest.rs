@@ -324,3 +324,82 @@ fn a_corrupt_stored_user_is_quarantined_and_the_stream_goes_on() {
         .unwrap();
     assert_eq!(kept.as_deref(), Some("7"), "the corrupt record is kept for inspection");
 }
+
+/// Waits up to `bound` for the spawned service to exit by itself; its status and stderr.
+fn exit_within(
+    mut service: crate::common::faults::ServiceProcess,
+    bound: Duration,
+) -> Option<(std::process::ExitStatus, String)> {
+    use std::io::Read;
+    let deadline = Instant::now() + bound;
+    while Instant::now() < deadline {
+        if let Some(status) = service.child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = service.child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            return Some((status, stderr));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    service.kill();
+    None
+}
+
+fn spawn_with_stderr(config: &Config) -> crate::common::faults::ServiceProcess {
+    crate::common::faults::ServiceProcess::spawn_with(config, &[], std::process::Stdio::piped())
+}
+
+/// Issue 9.2: restore used to retry an incompatible namespace (stored with another model
+/// configuration) forever, never ready; it cannot heal, so `run` stops at once, non-zero, with
+/// the reason.
+#[test]
+fn run_stops_at_once_on_a_namespace_of_another_model() {
+    let config = one_partition_config(&infra::unique("incompatible"));
+    let client = redis::Client::open(config.store.url.as_str()).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    let mut other = config.model.clone();
+    other.dim += 8;
+    let () = redis::cmd("HSET")
+        .arg(format!("{}:meta", config.store.namespace))
+        .arg("schema_version")
+        .arg(1)
+        .arg("dim")
+        .arg(other.dim)
+        .arg("seed")
+        .arg(other.seed)
+        .arg("model_config")
+        .arg(serde_json::to_string(&other).unwrap())
+        .arg("events_applied")
+        .arg(0)
+        .arg("closed_until")
+        .arg(0)
+        .arg("negative_pool_next")
+        .arg(0)
+        .query(&mut connection)
+        .unwrap();
+    let (status, stderr) = exit_within(spawn_with_stderr(&config), Duration::from_secs(30))
+        .expect("run kept retrying an incompatible namespace");
+    assert!(!status.success());
+    assert!(stderr.contains("holds a model with"), "the reason is printed: {stderr}");
+}
+
+/// Issue 9.2: an assignment used to retry unreadable stored progress forever inside the
+/// rebalance callback (the member hung, holding its partitions). It cannot heal: the consumer
+/// stops and `run` exits non-zero with the reason, so the group moves the partitions on.
+#[test]
+fn run_stops_when_the_stored_progress_of_an_assigned_partition_is_corrupt() {
+    let config = one_partition_config(&infra::unique("corrupt-progress"));
+    let client = redis::Client::open(config.store.url.as_str()).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    let () = redis::cmd("HSET")
+        .arg(format!("{}:progress:{}", config.store.namespace, config.kafka.topic))
+        .arg(0)
+        .arg("not json")
+        .query(&mut connection)
+        .unwrap();
+    let (status, stderr) = exit_within(spawn_with_stderr(&config), Duration::from_secs(60))
+        .expect("the assignment kept retrying corrupt progress");
+    assert!(!status.success());
+    assert!(stderr.contains("assigning [0]"), "the reason is printed: {stderr}");
+}

@@ -51,6 +51,11 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     pub fn spawn(config: &Config, extra: &[(&str, &str)]) -> Self {
+        Self::spawn_with(config, extra, Stdio::inherit())
+    }
+
+    /// As [`ServiceProcess::spawn`], with the child's stderr going to `stderr`.
+    pub fn spawn_with(config: &Config, extra: &[(&str, &str)], stderr: Stdio) -> Self {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_embedstream"))
             .args(["run", "--listen", &format!("127.0.0.1:{port}")])
@@ -69,6 +74,7 @@ impl ServiceProcess {
             .env("EMBEDSTREAM_INGEST__FLUSH_INTERVAL_MS", "100")
             .env("RUST_LOG", std::env::var("EMBEDSTREAM_FAULT_LOG").unwrap_or("warn".to_owned()))
             .envs(extra.iter().copied())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         Self { child, port }
