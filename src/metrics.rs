@@ -44,6 +44,8 @@ pub struct Metrics {
     pub stalled: IntGauge,
     /// Stored user records that could not be decoded, moved to `{ns}:quarantine:user:{id}`.
     pub users_quarantined: IntCounter,
+    /// Consumers recreated after receiving nothing while their partitions had records.
+    pub consumer_restarts: IntCounter,
     /// Flush transactions committed.
     pub flushes: IntCounter,
     /// Redis operation latency, seconds, by operation.
@@ -249,6 +251,10 @@ impl Metrics {
             users_quarantined: counter(
                 "store_users_quarantined_total",
                 "Stored user records that could not be decoded, moved to the quarantine key",
+            )?,
+            consumer_restarts: counter(
+                "ingest_consumer_restarts_total",
+                "Consumers recreated after a stall: nothing received while partitions had records",
             )?,
             flushes: counter("store_flushes_total", "Flush transactions committed to Redis")?,
             redis_duration,

@@ -1,9 +1,12 @@
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage, Timestamp};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -22,9 +25,44 @@ struct IngestContext {
     assign_timeout_ms: u64,
     /// Why the consumer stopped by itself (an assignment it could not resolve).
     fatal: Mutex<Option<String>>,
+    /// Records past the consumer's position per assigned partition, from the last statistics.
+    lag: Mutex<BTreeMap<i32, i64>>,
+    metrics: crate::metrics::Metrics,
 }
 
-impl ClientContext for IngestContext {}
+impl ClientContext for IngestContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`, served inside `poll`): the lag
+    /// of each assigned partition, `hi_offset - app_offset`, without a broker round trip.
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else { return };
+        let mut lags = BTreeMap::new();
+        for partition in topic.partitions.values() {
+            if partition.partition < 0 || !partition.desired {
+                continue;
+            }
+            // The position: past the last record handed to us, else the committed offset (a
+            // consumer that has received nothing yet).
+            let position = if partition.app_offset >= 0 {
+                partition.app_offset
+            } else {
+                partition.committed_offset
+            };
+            if partition.hi_offset < 0 || position < 0 {
+                continue;
+            }
+            // Some brokers under-report the high watermark: never report negative lag.
+            let lag = (partition.hi_offset - position).max(0);
+            lags.insert(partition.partition, lag);
+            self.metrics
+                .consumer_lag
+                .with_label_values(&[&partition.partition.to_string()])
+                .set(lag);
+        }
+        if let Ok(mut current) = self.lag.lock() {
+            *current = lags;
+        }
+    }
+}
 
 fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
     engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -162,6 +200,13 @@ pub fn wall_ms() -> i64 {
 /// and commits the group offsets after each successful flush. Blocking: run it on its own
 /// thread.
 ///
+/// A watchdog recreates the consumer (final flush, leave the group, join again from the stored
+/// progress) when it has received nothing for `ingest.stall_timeout_ms` while an assigned
+/// partition had records past its position and consumption was not paused on purpose: a
+/// member dropped from the group (`max.poll.interval.ms`) or a fetcher that stopped after a
+/// broker restart. Lag comes from librdkafka's statistics callback
+/// (`statistics.interval.ms` = 5000: `hi_offset` minus `app_offset` per partition).
+///
 /// # Errors
 /// [`ConsumerError`]: librdkafka errors creating or subscribing the consumer, or an
 /// assignment that could not be resolved (the consumer then stops by itself and cancels
@@ -172,6 +217,32 @@ pub fn run_consumer(
     ingest: &IngestConfig,
     cancel: CancellationToken,
 ) -> Result<(), ConsumerError> {
+    loop {
+        match run_session(&engine, kafka, ingest, &cancel)? {
+            SessionEnd::Stopped => return Ok(()),
+            SessionEnd::Stalled => {
+                let engine = lock(&engine);
+                let status = engine.status();
+                status.consumer_restarts.fetch_add(1, Ordering::Relaxed);
+                engine.metrics.consumer_restarts.inc();
+                tracing::warn!("consumer recreated after a stall");
+            }
+        }
+    }
+}
+
+enum SessionEnd {
+    Stopped,
+    Stalled,
+}
+
+/// One consumer, from joining the group to leaving it.
+fn run_session(
+    engine: &Arc<Mutex<Engine>>,
+    kafka: &KafkaConfig,
+    ingest: &IngestConfig,
+    cancel: &CancellationToken,
+) -> Result<SessionEnd, ConsumerError> {
     let session_timeout = kafka.session_timeout_ms.to_string();
     let client = kafka.client_config(&[
         ("group.id", &kafka.group_id),
@@ -180,19 +251,26 @@ pub fn run_consumer(
         ("enable.partition.eof", "true"),
         ("auto.offset.reset", "earliest"),
         ("session.timeout.ms", &session_timeout),
+        ("statistics.interval.ms", "5000"),
     ]);
+    let status = lock(engine).status();
     let context = IngestContext {
-        engine: Arc::clone(&engine),
+        engine: Arc::clone(engine),
         topic: kafka.topic.clone(),
         cancel: cancel.clone(),
         assign_timeout_ms: ingest.assign_timeout_ms,
         fatal: Mutex::new(None),
+        lag: Mutex::new(BTreeMap::new()),
+        metrics: lock(engine).metrics.clone(),
     };
     let consumer: BaseConsumer<IngestContext> = client.create_with_context(context)?;
     consumer.subscribe(&[&kafka.topic])?;
     let poll_timeout = Duration::from_millis(ingest.poll_timeout_ms);
-    let mut last_lag_check = Instant::now();
+    let stall_after = Duration::from_millis(ingest.stall_timeout_ms);
     let mut paused = false;
+    let mut last_received = Instant::now();
+    let mut records = 0u64;
+    let mut end = SessionEnd::Stopped;
     while !cancel.is_cancelled() {
         let mut batch: Vec<Result<OwnedMessage, KafkaError>> = Vec::new();
         let mut next = consumer.poll(poll_timeout);
@@ -204,11 +282,15 @@ pub fn run_consumer(
             next = consumer.poll(Duration::ZERO);
         }
         let (commit, pause) = {
-            let mut engine = lock(&engine);
+            let mut engine = lock(engine);
             let now = now_ms();
             for message in &batch {
                 match message {
-                    Ok(message) => engine.on_record(source_record(message), now, wall_ms()),
+                    Ok(message) => {
+                        last_received = Instant::now();
+                        records += 1;
+                        engine.on_record(source_record(message), now, wall_ms());
+                    }
                     Err(KafkaError::PartitionEOF(partition)) => engine.on_eof(*partition),
                     Err(error) => tracing::warn!(%error, "consumer error"),
                 }
@@ -220,13 +302,24 @@ pub fn run_consumer(
             commit_offsets(&consumer, &kafka.topic, &offsets);
         }
         apply_backpressure(&consumer, pause.is_some(), &mut paused);
-        if last_lag_check.elapsed() >= Duration::from_secs(5) {
-            last_lag_check = Instant::now();
-            report_lag(&consumer, &engine, &kafka.topic);
+        if paused {
+            last_received = Instant::now();
+        }
+        fault_stall(&consumer, ingest.fault_stall_after_records, records);
+        let behind = consumer.context().lag.lock().is_ok_and(|lag| lag.values().any(|l| *l > 0));
+        let stalled = behind && last_received.elapsed() >= stall_after;
+        if stalled != status.consumer_stalled.swap(stalled, Ordering::Relaxed) && stalled {
+            tracing::warn!(
+                quiet_ms = last_received.elapsed().as_millis() as u64,
+                "consumer stalled: nothing received while partitions have records past the \
+                 position; recreating it"
+            );
+            end = SessionEnd::Stalled;
+            break;
         }
     }
     tracing::info!("consumer stopping: final flush");
-    let final_flush = lock(&engine).flush();
+    let final_flush = lock(engine).flush();
     match final_flush {
         Ok(offsets) => commit_offsets(&consumer, &kafka.topic, &offsets),
         Err(error) => {
@@ -234,8 +327,28 @@ pub fn run_consumer(
         }
     }
     consumer.unsubscribe();
+    // Serve the revoke callback of the unsubscribe before the consumer goes.
+    let _ = consumer.poll(Duration::from_millis(100));
     let fatal = consumer.context().fatal.lock().ok().and_then(|mut fatal| fatal.take());
-    fatal.map_or(Ok(()), |reason| Err(ConsumerError::Assign(reason)))
+    match fatal {
+        Some(reason) => Err(ConsumerError::Assign(reason)),
+        None => Ok(end),
+    }
+}
+
+/// The `ingest.fault_stall_after_records` test hook: pauses every assigned partition inside
+/// librdkafka, once per process, without telling the engine.
+fn fault_stall(consumer: &BaseConsumer<IngestContext>, after: u64, records: u64) {
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    if after == 0 || records < after || FIRED.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Ok(assignment) = consumer.assignment() {
+        if assignment.count() > 0 && consumer.pause(&assignment).is_ok() {
+            FIRED.store(true, Ordering::Relaxed);
+            tracing::error!(records, "fault injection: fetching stopped");
+        }
+    }
 }
 
 /// Why the consumer stopped.
@@ -287,19 +400,6 @@ fn commit_offsets(consumer: &BaseConsumer<IngestContext>, topic: &str, offsets: 
     if tpl.count() > 0 {
         if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
             tracing::debug!(%error, "group commit failed (redis progress stays authoritative)");
-        }
-    }
-}
-
-fn report_lag(consumer: &BaseConsumer<IngestContext>, engine: &Mutex<Engine>, topic: &str) {
-    let Ok(positions) = consumer.position() else { return };
-    for element in positions.elements_for_topic(topic) {
-        let Offset::Offset(position) = element.offset() else { continue };
-        let partition = element.partition();
-        if let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(1)) {
-            // Some brokers under-report the high watermark: never report negative lag.
-            let lag = (high - position).max(0);
-            lock(engine).metrics.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
         }
     }
 }

@@ -70,6 +70,12 @@ pub struct Status {
     pub unflushed: AtomicU64,
     /// Records were admitted but nothing applied for `ingest.stall_timeout_ms`.
     pub stalled: AtomicBool,
+    /// The consumer received nothing for `ingest.stall_timeout_ms` while its partitions had
+    /// records past its position (a poll loop out of the group or a fetcher that stopped);
+    /// it is being recreated.
+    pub consumer_stalled: AtomicBool,
+    /// Times the consumer was recreated after such a stall.
+    pub consumer_restarts: AtomicU64,
 }
 
 /// Why the consumer paused its partitions (backpressure).
@@ -118,6 +124,10 @@ pub struct StatusSnapshot {
     pub unflushed_events: u64,
     /// See [`Status::stalled`].
     pub stalled: bool,
+    /// See [`Status::consumer_stalled`].
+    pub consumer_stalled: bool,
+    /// See [`Status::consumer_restarts`].
+    pub consumer_restarts: u64,
 }
 
 impl Status {
@@ -134,6 +144,8 @@ impl Status {
             paused: self.paused.lock().map(|p| *p).unwrap_or_default(),
             unflushed_events: self.unflushed.load(Ordering::Relaxed),
             stalled: self.stalled.load(Ordering::Relaxed),
+            consumer_stalled: self.consumer_stalled.load(Ordering::Relaxed),
+            consumer_restarts: self.consumer_restarts.load(Ordering::Relaxed),
         }
     }
 }
@@ -588,6 +600,11 @@ impl Engine {
         }
         self.metrics.index_fresh_items.set(self.index.fresh_len() as i64);
         commit
+    }
+
+    /// The status shared with the HTTP side.
+    pub fn status(&self) -> Arc<Status> {
+        Arc::clone(&self.status)
     }
 
     /// Stall detection and the event-time ages behind `/readyz` and the dashboards.

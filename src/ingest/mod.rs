@@ -86,6 +86,9 @@ pub struct IngestConfig {
     /// Test hook: abort the process right after this many successful flushes, before the Kafka
     /// commit (default 0: never). For crash-consistency tests only.
     pub fault_crash_after_flushes: u64,
+    /// Test hook: after this many records, stop fetching (pause every partition inside
+    /// librdkafka behind the engine's back) once per process, as a stuck fetcher would; 0 = off.
+    pub fault_stall_after_records: u64,
     /// Backpressure: events buffered in open (or user-blocked) windows at which the consumer
     /// pauses its partitions; it resumes below half of it (default 200000).
     pub max_buffered_events: usize,
@@ -113,6 +116,7 @@ impl Default for IngestConfig {
             max_poll_records: 2000,
             user_cache_capacity: 1_000_000,
             fault_crash_after_flushes: 0,
+            fault_stall_after_records: 0,
             max_buffered_events: 200_000,
             max_unflushed_events: 500_000,
             pause_on_redis_outage: false,

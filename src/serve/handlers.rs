@@ -100,6 +100,9 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     if status.stalled {
         degraded.push("ingest_stalled");
     }
+    if status.consumer_stalled {
+        degraded.push("consumer_stalled");
+    }
     if !state.index.is_built() {
         degraded.push("exact_scoring");
     }

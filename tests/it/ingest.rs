@@ -403,3 +403,41 @@ fn run_stops_when_the_stored_progress_of_an_assigned_partition_is_corrupt() {
     assert!(!status.success());
     assert!(stderr.contains("assigning [0]"), "the reason is printed: {stderr}");
 }
+
+/// Issue 9.5: a consumer that stops receiving while its partitions hold records past its
+/// position (seen after a broker restart: 98 records short, for good) is noticed from
+/// librdkafka's statistics and recreated; it rejoins from the stored progress and catches up.
+/// The fault hook pauses fetching inside librdkafka behind the engine's back, once.
+#[test]
+fn a_consumer_that_stops_fetching_is_recreated_and_catches_up() {
+    let name = infra::unique("stalled-fetch");
+    let config = infra::test_config(&name);
+    infra::create_topics(&[(&config.kafka.topic, 2), (&config.kafka.dead_letter_topic, 1)]);
+    let base = now_ms() - 3_600_000;
+    let records: Vec<Record> = (0..4000)
+        .map(|i| {
+            let event = event(
+                &format!("u{}", i % 40),
+                &format!("i{}", i % 25),
+                base + i * 100,
+                &format!("e{i}"),
+            );
+            record(&event)
+        })
+        .collect();
+    infra::produce(&config, &records);
+    let mut service = crate::common::faults::ServiceProcess::spawn(
+        &config,
+        &[
+            ("EMBEDSTREAM_INGEST__FAULT_STALL_AFTER_RECORDS", "200"),
+            ("EMBEDSTREAM_INGEST__MAX_POLL_RECORDS", "50"),
+            ("EMBEDSTREAM_INGEST__STALL_TIMEOUT_MS", "3000"),
+        ],
+    );
+    let ready = service.wait_caught_up(4000, Duration::from_secs(120));
+    assert_eq!(ready["ingest"]["applied"], json!(4000), "{ready}");
+    assert!(ready["ingest"]["consumer_restarts"].as_u64() >= Some(1), "{ready}");
+    let metrics = ureq_text(&service.url("/metrics"));
+    assert!(metric(&metrics, "embedstream_ingest_consumer_restarts_total") >= Some(1.0));
+    assert!(service.terminate(Duration::from_secs(20)));
+}
