@@ -1,24 +1,31 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lru::LruCache;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
-
-use serde::Serialize;
 
 use super::dlq::{DeadLetters, SourceRecord};
 use super::progress::PartitionProgress;
 use super::{IngestConfig, StartPosition};
 use crate::config::Config;
 use crate::event::EventTime;
-use crate::fold::{Fold, UserSource};
+use crate::fold::Fold;
 use crate::index::Index;
 use crate::metrics::Metrics;
-use crate::model::{ItemRow, UserRow, UserState};
-use crate::resilience::{BreakerState, CircuitBreaker};
-use crate::store::{FlushBatch, StoreError, StoredMeta, SyncStore};
+use crate::resilience::CircuitBreaker;
+use crate::store::{StoreError, SyncStore};
 use crate::window::Position;
+
+mod backpressure;
+mod flush;
+mod liveness;
+mod rebalance;
+mod users;
+
+use super::status::{PauseReason, Status};
+pub use rebalance::StartAt;
+use users::StoredUsers;
 
 /// Why the engine cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -41,111 +48,6 @@ impl EngineError {
         match self {
             Self::Store(error) => error.is_transient(),
             Self::Config(_) | Self::Restore(_) => false,
-        }
-    }
-}
-
-/// Live status shared with the HTTP side.
-#[derive(Debug, Default)]
-pub struct Status {
-    /// State restored from Redis (or the namespace was empty).
-    pub restored: AtomicBool,
-    /// Every assigned partition is at its end, nothing is buffered and everything is flushed.
-    pub caught_up: AtomicBool,
-    /// The last Redis operation succeeded.
-    pub redis_ok: AtomicBool,
-    /// Events applied.
-    pub applied: AtomicU64,
-    /// Records rejected.
-    pub rejected: AtomicU64,
-    /// Flushes committed.
-    pub flushes: AtomicU64,
-    /// Partitions assigned.
-    pub assigned: Mutex<Vec<i32>>,
-    /// Why consumption is paused (None: consuming).
-    pub paused: Mutex<Option<PauseReason>>,
-    /// The last flush to Redis failed: applied state is ahead of the durable copy.
-    pub flush_failing: AtomicBool,
-    /// Events applied in memory but not yet written to Redis.
-    pub unflushed: AtomicU64,
-    /// Records were admitted but nothing applied for `ingest.stall_timeout_ms`.
-    pub stalled: AtomicBool,
-    /// The consumer received nothing for `ingest.stall_timeout_ms` while its partitions had
-    /// records past its position (a poll loop out of the group or a fetcher that stopped);
-    /// it is being recreated.
-    pub consumer_stalled: AtomicBool,
-    /// Times the consumer was recreated after such a stall.
-    pub consumer_restarts: AtomicU64,
-}
-
-/// Why the consumer paused its partitions (backpressure).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PauseReason {
-    /// The open windows hold `ingest.max_buffered_events`.
-    BufferFull,
-    /// Redis is down and `ingest.max_unflushed_events` are applied but not persisted.
-    UnflushedLimit,
-    /// The `redis` breaker is open and `ingest.pause_on_redis_outage` is set.
-    RedisOutage,
-}
-
-impl PauseReason {
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BufferFull => "buffer_full",
-            Self::UnflushedLimit => "unflushed_limit",
-            Self::RedisOutage => "redis_outage",
-        }
-    }
-}
-
-/// A point-in-time copy of [`Status`] (the `/readyz` detail).
-#[derive(Debug, Clone, Serialize)]
-pub struct StatusSnapshot {
-    /// See [`Status::restored`].
-    pub restored: bool,
-    /// See [`Status::caught_up`].
-    pub caught_up: bool,
-    /// See [`Status::redis_ok`].
-    pub redis_ok: bool,
-    /// Events applied.
-    pub applied: u64,
-    /// Records rejected.
-    pub rejected: u64,
-    /// Flushes committed.
-    pub flushes: u64,
-    /// Partitions assigned.
-    pub assigned_partitions: Vec<i32>,
-    /// Why consumption is paused, or null.
-    pub paused: Option<PauseReason>,
-    /// Events applied in memory but not yet written to Redis.
-    pub unflushed_events: u64,
-    /// See [`Status::stalled`].
-    pub stalled: bool,
-    /// See [`Status::consumer_stalled`].
-    pub consumer_stalled: bool,
-    /// See [`Status::consumer_restarts`].
-    pub consumer_restarts: u64,
-}
-
-impl Status {
-    /// A copy of every field.
-    pub fn snapshot(&self) -> StatusSnapshot {
-        StatusSnapshot {
-            restored: self.restored.load(Ordering::Relaxed),
-            caught_up: self.caught_up.load(Ordering::Relaxed),
-            redis_ok: self.redis_ok.load(Ordering::Relaxed),
-            applied: self.applied.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            flushes: self.flushes.load(Ordering::Relaxed),
-            assigned_partitions: self.assigned.lock().map(|a| a.clone()).unwrap_or_default(),
-            paused: self.paused.lock().map(|p| *p).unwrap_or_default(),
-            unflushed_events: self.unflushed.load(Ordering::Relaxed),
-            stalled: self.stalled.load(Ordering::Relaxed),
-            consumer_stalled: self.consumer_stalled.load(Ordering::Relaxed),
-            consumer_restarts: self.consumer_restarts.load(Ordering::Relaxed),
         }
     }
 }
@@ -185,40 +87,6 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine").field("topic", &self.topic).finish_non_exhaustive()
-    }
-}
-
-struct StoredUsers<'a> {
-    store: &'a mut SyncStore,
-    metrics: &'a Metrics,
-    dim: usize,
-}
-
-impl UserSource for StoredUsers<'_> {
-    /// A miss on the user's hash is a new user. A stored record that cannot be decoded is
-    /// quarantined (moved aside, counted, logged with its key) and the user starts over, so one
-    /// corrupt record never blocks the windows behind it.
-    fn load(&mut self, user_ids: &[&str]) -> Result<Vec<Option<UserState>>, String> {
-        let loaded =
-            self.store.load_users(user_ids, self.dim).map_err(|error| error.to_string())?;
-        let mut users = Vec::with_capacity(loaded.len());
-        for (id, result) in user_ids.iter().zip(loaded) {
-            users.push(match result {
-                Ok(state) => state,
-                Err(error @ StoreError::Corrupt { .. }) => {
-                    self.store.quarantine_user(id).map_err(|error| error.to_string())?;
-                    self.metrics.users_quarantined.inc();
-                    tracing::error!(
-                        %error,
-                        quarantined_to = %self.store.keys().quarantined_user(id),
-                        "stored user record cannot be decoded: quarantined, the user starts over"
-                    );
-                    None
-                }
-                Err(error) => return Err(error.to_string()),
-            });
-        }
-        Ok(users)
     }
 }
 
@@ -265,189 +133,9 @@ impl Engine {
         })
     }
 
-    /// Backpressure decision after a tick: `Some(reason)` while the consumer must keep its
-    /// partitions paused, `None` when it may consume. Hysteresis: a full buffer pauses until
-    /// it is below half; the unflushed bound pauses until a flush succeeds.
-    pub fn backpressure(&mut self) -> Option<PauseReason> {
-        let buffered = self.fold.buffered();
-        let unflushed = self.unflushed_events();
-        let breaker_open = self.redis_breaker.state() != BreakerState::Closed;
-        let limit = self.config.max_buffered_events;
-        let next = if buffered >= limit
-            || (self.paused == Some(PauseReason::BufferFull) && buffered >= limit / 2)
-        {
-            Some(PauseReason::BufferFull)
-        } else if unflushed >= self.config.max_unflushed_events {
-            Some(PauseReason::UnflushedLimit)
-        } else if breaker_open && self.config.pause_on_redis_outage {
-            Some(PauseReason::RedisOutage)
-        } else {
-            None
-        };
-        if next != self.paused {
-            match next {
-                Some(reason) => {
-                    tracing::warn!(
-                        reason = reason.as_str(),
-                        buffered,
-                        unflushed,
-                        "pausing consumption"
-                    );
-                    self.metrics.pauses.with_label_values(&[reason.as_str()]).inc();
-                }
-                None => tracing::info!(buffered, unflushed, "resuming consumption"),
-            }
-            self.paused = next;
-            self.metrics.paused.set(i64::from(next.is_some()));
-            if let Ok(mut paused) = self.status.paused.lock() {
-                *paused = next;
-            }
-        }
-        next
-    }
-
-    /// Redis is down (breaker not closed, last flush failed, or windows wait for user state):
-    /// a pause is then an outage pause, during which partitions must not count as idle.
-    fn dependency_down(&self) -> bool {
-        self.redis_breaker.state() != BreakerState::Closed
-            || self.status.flush_failing.load(Ordering::Relaxed)
-            || self.fold.blocked_windows() > 0
-    }
-
-    fn unflushed_events(&self) -> u64 {
-        self.fold.model().events_applied().saturating_sub(self.flushed_applied)
-    }
-
     /// The shared model handle.
     pub fn shared_model(&self) -> Arc<std::sync::RwLock<crate::model::Model>> {
         self.fold.shared_model()
-    }
-
-    /// Loads the namespace's state: model-wide fields, every item (in row order), the set of
-    /// known users (their vectors load on demand), and the window state.
-    ///
-    /// # Errors
-    /// [`EngineError`] when Redis fails or holds a model of another configuration.
-    pub fn restore(&mut self) -> Result<(), EngineError> {
-        let Some(meta) = self.store.load_meta()? else {
-            self.status.redis_ok.store(true, Ordering::Relaxed);
-            self.status.restored.store(true, Ordering::Relaxed);
-            return Ok(());
-        };
-        let configured = self.fold.model().config().clone();
-        if meta.model_config != configured {
-            return Err(StoreError::Incompatible {
-                namespace: self.store.keys().namespace().to_owned(),
-                field: "model_config",
-                stored: serde_json::to_string(&meta.model_config).unwrap_or_default(),
-                configured: serde_json::to_string(&configured).unwrap_or_default(),
-            }
-            .into());
-        }
-        let items = self.store.load_items(meta.dim)?;
-        {
-            let mut model = self.fold.model_mut();
-            model.restore_events_applied(meta.events_applied);
-            for item in items {
-                model.restore_item(item)?;
-            }
-            model.restore_negative_pool(meta.negative_pool.0, meta.negative_pool.1);
-        }
-        let bound = EventTime(super::wall_ms());
-        if let Some(poisoned) =
-            self.fold.windows_mut().restore_closed_until(meta.closed_until, bound)
-        {
-            tracing::warn!(
-                closed_until = poisoned,
-                "stored closed_until is beyond the admission bound (written by a version that \
-                 trusted producer timestamps after a far-future event): ignored"
-            );
-        }
-        self.status.applied.store(meta.events_applied, Ordering::Relaxed);
-        self.flushed_applied = meta.events_applied;
-        self.status.redis_ok.store(true, Ordering::Relaxed);
-        self.status.restored.store(true, Ordering::Relaxed);
-        tracing::info!(
-            events_applied = meta.events_applied,
-            items = self.fold.model().item_count(),
-            "state restored from redis"
-        );
-        Ok(())
-    }
-
-    /// Where each newly assigned partition starts: its stored progress (authoritative), else
-    /// the configured start position. `None` for a partition means "earliest".
-    ///
-    /// # Errors
-    /// [`StoreError`] when the progress cannot be read; the caller retries.
-    pub fn on_assign(
-        &mut self,
-        partitions: &[i32],
-        now_ms: i64,
-    ) -> Result<Vec<(i32, StartAt)>, StoreError> {
-        // Another member may have changed users of these partitions since we last saw them:
-        // drop clean users from memory (they reload from Redis on demand). Users whose changes
-        // are collected but not yet flushed stay: under cooperative (incremental) rebalancing
-        // an assignment comes without a revoke, so without a flush before it.
-        let pending = &self.pending_users;
-        let evicted = self.fold.model_mut().evict_clean_users(|id| pending.contains(id));
-        for id in &evicted {
-            self.recent_users.pop(id);
-        }
-        let mut starts = Vec::new();
-        for partition in partitions {
-            self.fold.windows_mut().register_partition(*partition, now_ms);
-            self.assigned.insert(*partition);
-            let start = match self.store.load_progress(&self.topic, *partition)? {
-                Some(stored) => {
-                    self.progress.insert(*partition, PartitionProgress::from_stored(&stored));
-                    StartAt::Offset(stored.resume)
-                }
-                None => match &self.start {
-                    StartPosition::Earliest => StartAt::Beginning,
-                    StartPosition::Latest => StartAt::End,
-                    StartPosition::Timestamp(ms) => StartAt::Timestamp(*ms),
-                    StartPosition::Offsets(offsets) => {
-                        offsets.get(partition).map_or(StartAt::Beginning, |o| StartAt::Offset(*o))
-                    }
-                },
-            };
-            starts.push((*partition, start));
-        }
-        self.set_assigned();
-        Ok(starts)
-    }
-
-    /// Revoke handshake: the partitions' buffered (unapplied) events are given up, and the
-    /// applied state plus the progress of every partition is flushed before returning.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the flush fails: the caller must not keep consuming with this
-    /// in-memory state (it is ahead of Redis for partitions another member now owns).
-    pub fn on_revoke(&mut self, partitions: &[i32]) -> Result<(), StoreError> {
-        for partition in partitions {
-            for position in self.fold.revoke(*partition) {
-                self.arrivals.remove(&position);
-                if let Some(progress) = self.progress.get_mut(partition) {
-                    progress.abandoned(position.offset);
-                }
-            }
-        }
-        self.collect_dirty();
-        self.flush()?;
-        for partition in partitions {
-            self.progress.remove(partition);
-            self.assigned.remove(partition);
-            self.eof.remove(partition);
-        }
-        self.set_assigned();
-        Ok(())
-    }
-
-    fn set_assigned(&self) {
-        if let Ok(mut assigned) = self.status.assigned.lock() {
-            *assigned = self.assigned.iter().copied().collect();
-        }
     }
 
     /// Handles one record at processing time `now_ms` (monotonic, for idleness) and wall-clock
@@ -494,22 +182,6 @@ impl Engine {
     /// A partition reached its end.
     pub fn on_eof(&mut self, partition: i32) {
         self.eof.insert(partition);
-    }
-
-    fn collect_dirty(&mut self) {
-        let mut model = self.fold.model_mut();
-        let (users, items): (Vec<UserRow>, Vec<ItemRow>) = model.take_dirty();
-        self.index.note_changed(items.iter().copied());
-        for row in users {
-            let id = model.user_id(row);
-            if self.recent_users.get(id).is_none() {
-                self.recent_users.put(id.to_owned(), ());
-            }
-            if !self.pending_users.contains(id) {
-                self.pending_users.insert(id.to_owned());
-            }
-        }
-        self.pending_items.extend(items.iter().map(|row| row.0));
     }
 
     /// Applies whatever windows can close, flushes when due. Returns the offsets to commit to
@@ -606,126 +278,4 @@ impl Engine {
     pub fn status(&self) -> Arc<Status> {
         Arc::clone(&self.status)
     }
-
-    /// Stall detection and the event-time ages behind `/readyz` and the dashboards.
-    fn report_liveness(&mut self) {
-        let stall_after = std::time::Duration::from_millis(self.config.stall_timeout_ms);
-        let stalled = self.waiting_since.is_some_and(|since| since.elapsed() >= stall_after);
-        if stalled != self.status.stalled.swap(stalled, Ordering::Relaxed) {
-            if stalled {
-                tracing::warn!(
-                    buffered = self.fold.buffered(),
-                    "ingest stalled: records wait, nothing applied"
-                );
-            } else {
-                tracing::info!("ingest applies events again");
-            }
-        }
-        self.metrics.stalled.set(i64::from(stalled));
-        let wall_s = super::wall_ms() as f64 / 1000.0;
-        let oldest = self.fold.windows().oldest_open_start();
-        let oldest_age = oldest.map_or(0.0, |start| (wall_s - start as f64 / 1000.0).max(0.0));
-        self.metrics.window_oldest_open_age.set(oldest_age);
-        if let Some(newest) = self.fold.newest_applied_ts() {
-            self.metrics.newest_applied_event_age.set(wall_s - newest as f64 / 1000.0);
-        }
-    }
-
-    /// Writes pending users, items, meta and progress in one transaction. Returns the offsets
-    /// to commit to the group.
-    ///
-    /// # Errors
-    /// [`StoreError`]; pending state is kept for the next attempt.
-    pub fn flush(&mut self) -> Result<Vec<(i32, i64)>, StoreError> {
-        let batch = {
-            let model = self.fold.model();
-            let (pool, next) = model.negative_pool();
-            FlushBatch {
-                users: self
-                    .pending_users
-                    .iter()
-                    .filter_map(|id| model.user_row(id))
-                    .map(|row| model.user_state(row))
-                    .collect(),
-                items: self
-                    .pending_items
-                    .iter()
-                    .map(|row| model.item_state(ItemRow(*row)))
-                    .collect(),
-                meta: StoredMeta {
-                    dim: model.dim(),
-                    model_config: model.config().clone(),
-                    events_applied: model.events_applied(),
-                    closed_until: self.fold.windows().closed_until(),
-                    negative_pool: (pool.to_vec(), next),
-                },
-                topic: self.topic.clone(),
-                progress: self
-                    .progress
-                    .iter()
-                    .map(|(p, progress)| (*p, progress.stored()))
-                    .collect(),
-            }
-        };
-        let started = Instant::now();
-        let result = self.store.write_flush(&batch);
-        self.metrics
-            .redis_duration
-            .with_label_values(&["flush"])
-            .observe(started.elapsed().as_secs_f64());
-        self.status.redis_ok.store(result.is_ok(), Ordering::Relaxed);
-        self.status.flush_failing.store(result.is_err(), Ordering::Relaxed);
-        if let Err(error) = result {
-            self.metrics.redis_errors.with_label_values(&["flush"]).inc();
-            return Err(error);
-        }
-        self.flushed_applied = batch.meta.events_applied;
-        self.status.unflushed.store(0, Ordering::Relaxed);
-        self.pending_users.clear();
-        self.pending_items.clear();
-        self.progress_dirty = false;
-        self.last_flush = Instant::now();
-        self.flushes += 1;
-        self.metrics.flushes.inc();
-        self.status.flushes.store(self.flushes, Ordering::Relaxed);
-        if self.config.fault_crash_after_flushes > 0
-            && self.flushes >= self.config.fault_crash_after_flushes
-        {
-            tracing::error!(
-                flushes = self.flushes,
-                "fault injection: aborting after flush, before commit"
-            );
-            std::process::abort();
-        }
-        self.evict_users();
-        Ok(batch.progress.iter().map(|(partition, stored)| (*partition, stored.resume)).collect())
-    }
-
-    /// Keeps at most `ingest.user_cache_capacity` users in memory by dropping the least
-    /// recently applied ones (their state is in Redis: called after a successful flush).
-    fn evict_users(&mut self) {
-        let capacity = self.config.user_cache_capacity;
-        let mut model = self.fold.model_mut();
-        while model.user_count() > capacity {
-            let Some((id, ())) = self.recent_users.pop_lru() else { break };
-            if self.pending_users.contains(&id) {
-                self.recent_users.put(id, ());
-                break;
-            }
-            model.evict_user(&id);
-        }
-    }
-}
-
-/// Where a partition starts reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartAt {
-    /// An explicit offset (stored progress or configured).
-    Offset(i64),
-    /// The earliest offset.
-    Beginning,
-    /// The end.
-    End,
-    /// The first record at or after this timestamp, ms.
-    Timestamp(i64),
 }

@@ -10,6 +10,7 @@ mod consumer;
 mod dlq;
 mod engine;
 mod progress;
+mod status;
 
 use std::collections::BTreeMap;
 
@@ -17,8 +18,9 @@ use serde::{Deserialize, Serialize};
 
 pub use consumer::{run_consumer, wall_ms, ConsumerError};
 pub use dlq::{DeadLetterError, DeadLetters, SourceRecord, DLQ_HEADERS};
-pub use engine::{Engine, EngineError, PauseReason, StartAt, Status, StatusSnapshot};
+pub use engine::{Engine, EngineError, StartAt};
 pub use progress::{PartitionProgress, StoredProgress};
+pub use status::{PauseReason, Status, StatusSnapshot};
 
 /// Kafka settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,80 @@
+//! Writing what changed to Redis: one transaction of users, items, meta and progress.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::Engine;
+use crate::model::ItemRow;
+use crate::store::{FlushBatch, StoreError, StoredMeta};
+
+impl Engine {
+    /// Writes pending users, items, meta and progress in one transaction. Returns the offsets
+    /// to commit to the group.
+    ///
+    /// # Errors
+    /// [`StoreError`]; pending state is kept for the next attempt.
+    pub fn flush(&mut self) -> Result<Vec<(i32, i64)>, StoreError> {
+        let batch = {
+            let model = self.fold.model();
+            let (pool, next) = model.negative_pool();
+            FlushBatch {
+                users: self
+                    .pending_users
+                    .iter()
+                    .filter_map(|id| model.user_row(id))
+                    .map(|row| model.user_state(row))
+                    .collect(),
+                items: self
+                    .pending_items
+                    .iter()
+                    .map(|row| model.item_state(ItemRow(*row)))
+                    .collect(),
+                meta: StoredMeta {
+                    dim: model.dim(),
+                    model_config: model.config().clone(),
+                    events_applied: model.events_applied(),
+                    closed_until: self.fold.windows().closed_until(),
+                    negative_pool: (pool.to_vec(), next),
+                },
+                topic: self.topic.clone(),
+                progress: self
+                    .progress
+                    .iter()
+                    .map(|(p, progress)| (*p, progress.stored()))
+                    .collect(),
+            }
+        };
+        let started = Instant::now();
+        let result = self.store.write_flush(&batch);
+        self.metrics
+            .redis_duration
+            .with_label_values(&["flush"])
+            .observe(started.elapsed().as_secs_f64());
+        self.status.redis_ok.store(result.is_ok(), Ordering::Relaxed);
+        self.status.flush_failing.store(result.is_err(), Ordering::Relaxed);
+        if let Err(error) = result {
+            self.metrics.redis_errors.with_label_values(&["flush"]).inc();
+            return Err(error);
+        }
+        self.flushed_applied = batch.meta.events_applied;
+        self.status.unflushed.store(0, Ordering::Relaxed);
+        self.pending_users.clear();
+        self.pending_items.clear();
+        self.progress_dirty = false;
+        self.last_flush = Instant::now();
+        self.flushes += 1;
+        self.metrics.flushes.inc();
+        self.status.flushes.store(self.flushes, Ordering::Relaxed);
+        if self.config.fault_crash_after_flushes > 0
+            && self.flushes >= self.config.fault_crash_after_flushes
+        {
+            tracing::error!(
+                flushes = self.flushes,
+                "fault injection: aborting after flush, before commit"
+            );
+            std::process::abort();
+        }
+        self.evict_users();
+        Ok(batch.progress.iter().map(|(partition, stored)| (*partition, stored.resume)).collect())
+    }
+}

@@ -1,0 +1,152 @@
+//! Where the state comes from and where partitions start: restore from Redis, and the assign
+//! and revoke handshakes of the consumer group.
+
+use std::sync::atomic::Ordering;
+
+use super::{Engine, EngineError};
+use crate::event::EventTime;
+use crate::ingest::progress::PartitionProgress;
+use crate::ingest::StartPosition;
+use crate::store::StoreError;
+
+impl Engine {
+    /// Loads the namespace's state: model-wide fields, every item (in row order), the set of
+    /// known users (their vectors load on demand), and the window state.
+    ///
+    /// # Errors
+    /// [`EngineError`] when Redis fails or holds a model of another configuration.
+    pub fn restore(&mut self) -> Result<(), EngineError> {
+        let Some(meta) = self.store.load_meta()? else {
+            self.status.redis_ok.store(true, Ordering::Relaxed);
+            self.status.restored.store(true, Ordering::Relaxed);
+            return Ok(());
+        };
+        let configured = self.fold.model().config().clone();
+        if meta.model_config != configured {
+            return Err(StoreError::Incompatible {
+                namespace: self.store.keys().namespace().to_owned(),
+                field: "model_config",
+                stored: serde_json::to_string(&meta.model_config).unwrap_or_default(),
+                configured: serde_json::to_string(&configured).unwrap_or_default(),
+            }
+            .into());
+        }
+        let items = self.store.load_items(meta.dim)?;
+        {
+            let mut model = self.fold.model_mut();
+            model.restore_events_applied(meta.events_applied);
+            for item in items {
+                model.restore_item(item)?;
+            }
+            model.restore_negative_pool(meta.negative_pool.0, meta.negative_pool.1);
+        }
+        let bound = EventTime(crate::ingest::wall_ms());
+        if let Some(poisoned) =
+            self.fold.windows_mut().restore_closed_until(meta.closed_until, bound)
+        {
+            tracing::warn!(
+                closed_until = poisoned,
+                "stored closed_until is beyond the admission bound (written by a version that \
+                 trusted producer timestamps after a far-future event): ignored"
+            );
+        }
+        self.status.applied.store(meta.events_applied, Ordering::Relaxed);
+        self.flushed_applied = meta.events_applied;
+        self.status.redis_ok.store(true, Ordering::Relaxed);
+        self.status.restored.store(true, Ordering::Relaxed);
+        tracing::info!(
+            events_applied = meta.events_applied,
+            items = self.fold.model().item_count(),
+            "state restored from redis"
+        );
+        Ok(())
+    }
+
+    /// Where each newly assigned partition starts: its stored progress (authoritative), else
+    /// the configured start position. `None` for a partition means "earliest".
+    ///
+    /// # Errors
+    /// [`StoreError`] when the progress cannot be read; the caller retries.
+    pub fn on_assign(
+        &mut self,
+        partitions: &[i32],
+        now_ms: i64,
+    ) -> Result<Vec<(i32, StartAt)>, StoreError> {
+        // Another member may have changed users of these partitions since we last saw them:
+        // drop clean users from memory (they reload from Redis on demand). Users whose changes
+        // are collected but not yet flushed stay: under cooperative (incremental) rebalancing
+        // an assignment comes without a revoke, so without a flush before it.
+        let pending = &self.pending_users;
+        let evicted = self.fold.model_mut().evict_clean_users(|id| pending.contains(id));
+        for id in &evicted {
+            self.recent_users.pop(id);
+        }
+        let mut starts = Vec::new();
+        for partition in partitions {
+            self.fold.windows_mut().register_partition(*partition, now_ms);
+            self.assigned.insert(*partition);
+            let start = match self.store.load_progress(&self.topic, *partition)? {
+                Some(stored) => {
+                    self.progress.insert(*partition, PartitionProgress::from_stored(&stored));
+                    StartAt::Offset(stored.resume)
+                }
+                None => match &self.start {
+                    StartPosition::Earliest => StartAt::Beginning,
+                    StartPosition::Latest => StartAt::End,
+                    StartPosition::Timestamp(ms) => StartAt::Timestamp(*ms),
+                    StartPosition::Offsets(offsets) => {
+                        offsets.get(partition).map_or(StartAt::Beginning, |o| StartAt::Offset(*o))
+                    }
+                },
+            };
+            starts.push((*partition, start));
+        }
+        self.set_assigned();
+        Ok(starts)
+    }
+
+    /// Revoke handshake: the partitions' buffered (unapplied) events are given up, and the
+    /// applied state plus the progress of every partition is flushed before returning.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the flush fails: the caller must not keep consuming with this
+    /// in-memory state (it is ahead of Redis for partitions another member now owns).
+    pub fn on_revoke(&mut self, partitions: &[i32]) -> Result<(), StoreError> {
+        for partition in partitions {
+            for position in self.fold.revoke(*partition) {
+                self.arrivals.remove(&position);
+                if let Some(progress) = self.progress.get_mut(partition) {
+                    progress.abandoned(position.offset);
+                }
+            }
+        }
+        self.collect_dirty();
+        self.flush()?;
+        for partition in partitions {
+            self.progress.remove(partition);
+            self.assigned.remove(partition);
+            self.eof.remove(partition);
+        }
+        self.set_assigned();
+        Ok(())
+    }
+
+    fn set_assigned(&self) {
+        if let Ok(mut assigned) = self.status.assigned.lock() {
+            *assigned = self.assigned.iter().copied().collect();
+        }
+    }
+}
+
+/// Where a partition starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// An explicit offset (stored progress or configured).
+    Offset(i64),
+    /// The earliest offset.
+    Beginning,
+    /// The end.
+    End,
+    /// The first record at or after this timestamp, ms.
+    Timestamp(i64),
+}

@@ -1,0 +1,76 @@
+//! The user cache: users load from Redis on demand (a miss is a new user, a corrupt record is
+//! quarantined), changes wait by id for the flush, and the least recently applied users are
+//! evicted in O(1).
+
+use super::Engine;
+use crate::fold::UserSource;
+use crate::metrics::Metrics;
+use crate::model::{ItemRow, UserRow, UserState};
+use crate::store::{StoreError, SyncStore};
+
+pub(super) struct StoredUsers<'a> {
+    pub(super) store: &'a mut SyncStore,
+    pub(super) metrics: &'a Metrics,
+    pub(super) dim: usize,
+}
+
+impl UserSource for StoredUsers<'_> {
+    /// A miss on the user's hash is a new user. A stored record that cannot be decoded is
+    /// quarantined (moved aside, counted, logged with its key) and the user starts over, so one
+    /// corrupt record never blocks the windows behind it.
+    fn load(&mut self, user_ids: &[&str]) -> Result<Vec<Option<UserState>>, String> {
+        let loaded =
+            self.store.load_users(user_ids, self.dim).map_err(|error| error.to_string())?;
+        let mut users = Vec::with_capacity(loaded.len());
+        for (id, result) in user_ids.iter().zip(loaded) {
+            users.push(match result {
+                Ok(state) => state,
+                Err(error @ StoreError::Corrupt { .. }) => {
+                    self.store.quarantine_user(id).map_err(|error| error.to_string())?;
+                    self.metrics.users_quarantined.inc();
+                    tracing::error!(
+                        %error,
+                        quarantined_to = %self.store.keys().quarantined_user(id),
+                        "stored user record cannot be decoded: quarantined, the user starts over"
+                    );
+                    None
+                }
+                Err(error) => return Err(error.to_string()),
+            });
+        }
+        Ok(users)
+    }
+}
+
+impl Engine {
+    pub(super) fn collect_dirty(&mut self) {
+        let mut model = self.fold.model_mut();
+        let (users, items): (Vec<UserRow>, Vec<ItemRow>) = model.take_dirty();
+        self.index.note_changed(items.iter().copied());
+        for row in users {
+            let id = model.user_id(row);
+            if self.recent_users.get(id).is_none() {
+                self.recent_users.put(id.to_owned(), ());
+            }
+            if !self.pending_users.contains(id) {
+                self.pending_users.insert(id.to_owned());
+            }
+        }
+        self.pending_items.extend(items.iter().map(|row| row.0));
+    }
+
+    /// Keeps at most `ingest.user_cache_capacity` users in memory by dropping the least
+    /// recently applied ones (their state is in Redis: called after a successful flush).
+    pub(super) fn evict_users(&mut self) {
+        let capacity = self.config.user_cache_capacity;
+        let mut model = self.fold.model_mut();
+        while model.user_count() > capacity {
+            let Some((id, ())) = self.recent_users.pop_lru() else { break };
+            if self.pending_users.contains(&id) {
+                self.recent_users.put(id, ());
+                break;
+            }
+            model.evict_user(&id);
+        }
+    }
+}
