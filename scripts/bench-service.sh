@@ -5,20 +5,40 @@
 #   2. HTTP: recommendation latency and throughput with wrk at fixed request rates (wrk's
 #      delay() hook) against the no-op route /healthz of the same server;
 #   3. freshness: from `embedstream produce` of one event to its effect visible over HTTP.
+#   3. freshness: from `embedstream produce` of one event to its effect visible over HTTP, on a
+#      quiet stream and with 500 events/s of other traffic.
 # Usage: scripts/bench-service.sh [copies of ml-100k for the ingest topic, default 5]
+# Environment: EMBEDSTREAM_BENCH_PROFILE=release (default) or it (the test profile: release
+# optimisation without LTO, sharing the test build's dependencies); EMBEDSTREAM_BENCH_REDIS_PORT / _KAFKA_PORT / _HTTP_PORT (default 46379, 49092, 48080).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 copies=${1:-5}
 export EMBEDSTREAM_DEV_DIR="$root/.dev-bench"
-export EMBEDSTREAM_REDIS_PORT=46379 EMBEDSTREAM_KAFKA_PORT=49092
-http_port=48080
-bin="${CARGO_TARGET_DIR:-$root/target}/release/embedstream"
+export EMBEDSTREAM_REDIS_PORT=${EMBEDSTREAM_BENCH_REDIS_PORT:-46379}
+export EMBEDSTREAM_KAFKA_PORT=${EMBEDSTREAM_BENCH_KAFKA_PORT:-49092}
+http_port=${EMBEDSTREAM_BENCH_HTTP_PORT:-48080}
+profile=${EMBEDSTREAM_BENCH_PROFILE:-release}
+out="${CARGO_TARGET_DIR:-$root/target}/$profile"
+bin="$out/embedstream"
 run_id="bench-$(date +%s)"
 work="$EMBEDSTREAM_DEV_DIR/$run_id"
 
 scripts/fetch-movielens.sh >/dev/null
-cargo build --release --locked --quiet --bins --examples
+if [[ $profile == release ]]; then
+  cargo build --release --locked --quiet --bins --examples
+else
+  # Examples bring the dev-dependencies in, so the features (and the dependency artifacts) are
+  # those of the test build.
+  cargo build --profile "$profile" --locked --quiet --bins --examples
+fi
+raw_consume="$out/examples/raw_consume"
+# Private copies: a build in the same target directory during the run cannot swap them.
+mkdir -p "$EMBEDSTREAM_DEV_DIR/bin"
+cp "$bin" "$EMBEDSTREAM_DEV_DIR/bin/embedstream"
+cp "$raw_consume" "$EMBEDSTREAM_DEV_DIR/bin/raw_consume"
+bin="$EMBEDSTREAM_DEV_DIR/bin/embedstream"
+raw_consume="$EMBEDSTREAM_DEV_DIR/bin/raw_consume"
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 service_pid=""
 cleanup() {
@@ -61,7 +81,7 @@ with open(out, "w") as f:
 PY
 "$bin" produce --input "$work/ingest.jsonl" --topic "$run_id-ingest" --json
 for round in 1 2 3; do
-  raw=$("${CARGO_TARGET_DIR:-$root/target}/release/examples/raw_consume" "$EMBEDSTREAM_KAFKA__BROKERS" "$run_id-ingest")
+  raw=$("$raw_consume" "$EMBEDSTREAM_KAFKA__BROKERS" "$run_id-ingest")
   start=$(date +%s.%N)
   "$bin" run --topic "$run_id-ingest" --group "$run_id-run-$round" --namespace "$run_id-run-$round" \
     --listen 127.0.0.1:0 --exit-when-caught-up
@@ -118,13 +138,34 @@ for target in /healthz recs; do
 done
 
 echo "== 3. freshness: produce one event for a new user, poll until its vector is served"
-for probe in 1 2 3 4 5; do
-  now=$(python3 -c 'import time; print(int(time.time() * 1000))')
-  echo "{\"event_id\":\"probe-$run_id-$probe\",\"user_id\":\"probe-$probe\",\"item_id\":\"50\",\"event_type\":\"buy\",\"ts\":$now}" >"$work/probe.jsonl"
-  start=$(date +%s.%N)
-  "$bin" produce --input "$work/probe.jsonl" --topic "$run_id-serve" >/dev/null
-  until curl -sf -H "Authorization: Bearer $token" "127.0.0.1:$http_port/v1/users/probe-$probe" >/dev/null; do sleep 0.01; done
-  end=$(date +%s.%N)
-  python3 -c "print('probe $probe: produce to visible %.2f s' % ($end - $start))"
-done
-echo "(a quiet stream: the probe's window closes by the idle timeout, window.idle_timeout_ms = 5000)"
+probe() { # $1 = label
+  for probe in 1 2 3 4 5; do
+    now=$(python3 -c 'import time; print(int(time.time() * 1000))')
+    user="probe-$1-$probe"
+    echo "{\"event_id\":\"$run_id-$user\",\"user_id\":\"$user\",\"item_id\":\"50\",\"event_type\":\"buy\",\"ts\":$now}" >"$work/probe.jsonl"
+    start=$(date +%s.%N)
+    "$bin" produce --input "$work/probe.jsonl" --topic "$run_id-serve" >/dev/null
+    until curl -sf -H "Authorization: Bearer $token" "127.0.0.1:$http_port/v1/users/$user" >/dev/null; do sleep 0.01; done
+    end=$(date +%s.%N)
+    python3 -c "print('$1 probe $probe: produce to visible %.2f s' % ($end - $start))"
+  done
+}
+probe quiet
+echo "(quiet: the probe's window closes by the idle timeout, window.idle_timeout_ms = 1000 by default)"
+# Busy: other users' live events at about 500/s (event time = now) while the probes run.
+python3 - "$work/live.jsonl" <<'PY'
+import json, sys, time
+start = int(time.time() * 1000) + 2000
+with open(sys.argv[1], "w") as f:
+    for n in range(30000):
+        f.write(json.dumps({"event_id": f"live-{start}-{n}", "user_id": str(1 + n % 943),
+                            "item_id": str(1 + (n * 7) % 1682), "event_type": "view",
+                            "ts": start + n * 2}) + "\n")
+PY
+"$bin" produce --input "$work/live.jsonl" --topic "$run_id-serve" --rate 500 >/dev/null 2>&1 &
+live_pid=$!
+sleep 5
+probe busy
+kill "$live_pid" 2>/dev/null || true
+wait "$live_pid" 2>/dev/null || true
+echo "(busy: about 500 events/s of other traffic; windows close by the watermark)"

@@ -190,6 +190,9 @@ impl Config {
         if self.ingest.stall_timeout_ms == 0 {
             return Err(invalid("ingest.stall_timeout_ms", &0, "must be >= 1"));
         }
+        if self.ingest.max_dead_letters_in_flight == 0 {
+            return Err(invalid("ingest.max_dead_letters_in_flight", &0, "must be >= 1"));
+        }
         if self.ingest.assign_timeout_ms == 0 {
             return Err(invalid("ingest.assign_timeout_ms", &0, "must be >= 1"));
         }

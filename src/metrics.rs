@@ -23,6 +23,8 @@ pub struct Metrics {
     pub events_duplicate: IntCounter,
     /// Records sent to the dead-letter topic.
     pub dead_lettered: IntCounter,
+    /// Dead letters handed to the producer, not yet acknowledged.
+    pub dead_letters_in_flight: IntGauge,
     /// Events buffered in open windows.
     pub buffered_events: IntGauge,
     /// Events applied in memory, not yet flushed to Redis.
@@ -220,6 +222,10 @@ impl Metrics {
             dead_lettered: counter(
                 "ingest_dead_lettered_total",
                 "Records sent to the dead-letter topic",
+            )?,
+            dead_letters_in_flight: gauge(
+                "ingest_dead_letters_in_flight",
+                "Dead letters handed to the producer, not yet acknowledged",
             )?,
             buffered_events: gauge("ingest_buffered_events", "Events buffered in open windows")?,
             unflushed_events: gauge(

@@ -319,7 +319,11 @@ fn run_session(
         }
     }
     tracing::info!("consumer stopping: final flush");
-    let final_flush = lock(engine).flush();
+    let final_flush = {
+        let mut engine = lock(engine);
+        engine.drain_dead_letters();
+        engine.flush()
+    };
     match final_flush {
         Ok(offsets) => commit_offsets(&consumer, &kafka.topic, &offsets),
         Err(error) => {

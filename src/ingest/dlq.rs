@@ -1,11 +1,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use crate::fold::Rejection;
-use crate::resilience::{retry_blocking, BreakerOpen, CircuitBreaker, Guarded, RetryConfig};
+use crate::resilience::{
+    retry_blocking, BreakerOpen, CircuitBreaker, Guarded, Permit, RetryConfig,
+};
 
 /// Headers of a dead-letter record. The value is the original record value, byte for byte, and
 /// the key the original key.
@@ -30,6 +33,75 @@ pub enum DeadLetterError {
     /// The broker did not acknowledge the record.
     #[error("dead-letter produce: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// A rejected record kept until the broker has its dead letter (owned: the consumer's buffer
+/// is gone by then).
+#[derive(Debug, Clone)]
+pub struct OwnedSource {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    log_append_time: bool,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+}
+
+impl OwnedSource {
+    /// Copies a borrowed record.
+    pub fn of(source: SourceRecord<'_>) -> Self {
+        Self {
+            topic: source.topic.to_owned(),
+            partition: source.partition,
+            offset: source.offset,
+            timestamp: source.timestamp,
+            log_append_time: source.log_append_time,
+            key: source.key.map(<[u8]>::to_vec),
+            value: source.value.to_vec(),
+        }
+    }
+
+    /// Partition of the record.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Offset of the record.
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// The record, borrowed again.
+    pub fn as_source(&self) -> SourceRecord<'_> {
+        SourceRecord {
+            topic: &self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            timestamp: self.timestamp,
+            log_append_time: self.log_append_time,
+            key: self.key.as_deref(),
+            value: &self.value,
+        }
+    }
+}
+
+/// A dead letter handed to the producer, not yet acknowledged.
+pub struct InFlight {
+    /// The rejected record (its partition and offset are what the acknowledgement finishes).
+    pub source: OwnedSource,
+    rejection: Rejection,
+    delivery: DeliveryFuture,
+    permit: Option<Permit>,
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("partition", &self.source.partition)
+            .field("offset", &self.source.offset)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DeadLetterError {
@@ -108,6 +180,62 @@ impl DeadLetters {
         self
     }
 
+    /// Hands one dead letter to the producer without waiting for the broker: the caller keeps
+    /// the [`InFlight`] and settles it with [`DeadLetters::settle`].
+    ///
+    /// # Errors
+    /// The breaker is open or the producer's queue is full: the caller falls back to
+    /// [`DeadLetters::send_until_delivered`].
+    pub fn enqueue(
+        &self,
+        source: SourceRecord<'_>,
+        rejection: &Rejection,
+    ) -> Result<InFlight, DeadLetterError> {
+        let permit = self.breaker.as_ref().map(|breaker| breaker.acquire()).transpose()?;
+        let owned = OwnedSource::of(source);
+        let (headers, value, key) = self.record(source, rejection, None);
+        let mut future: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).payload(value).headers(headers);
+        if let Some(key) = key {
+            future = future.key(key);
+        }
+        match self.producer.send_result(future) {
+            Ok(delivery) => {
+                Ok(InFlight { source: owned, rejection: rejection.clone(), delivery, permit })
+            }
+            Err((error, _)) => {
+                if let (Some(breaker), Some(permit)) = (&self.breaker, permit) {
+                    breaker.release(permit);
+                }
+                Err(DeadLetterError::Kafka(error))
+            }
+        }
+    }
+
+    /// Settles a dead letter in flight: `None` while the broker has not answered (when `wait`
+    /// is false), else `Some(())` once it has it. A failed delivery is sent again the blocking
+    /// way ([`DeadLetters::send_until_delivered`]).
+    pub fn settle(&self, in_flight: &mut InFlight, wait: bool) -> Option<()> {
+        let answer = if wait {
+            self.runtime.block_on(&mut in_flight.delivery)
+        } else {
+            (&mut in_flight.delivery).now_or_never()?
+        };
+        let delivered = matches!(answer, Ok(Ok(_)));
+        if let (Some(breaker), Some(permit)) = (&self.breaker, in_flight.permit.take()) {
+            breaker.record(permit, delivered);
+        }
+        if !delivered {
+            tracing::warn!(
+                partition = in_flight.source.partition,
+                offset = in_flight.source.offset,
+                "dead letter not acknowledged: sending it again"
+            );
+            self.send_until_delivered(in_flight.source.as_source(), &in_flight.rejection);
+        }
+        Some(())
+    }
+
     /// Sends one dead letter until the broker has it: the record only counts as done then.
     /// Transient failures (the breaker open, the broker away) are retried without limit, with
     /// capped exponential backoff and full jitter (base 100 ms, cap 5 s; the consumer is paused
@@ -167,12 +295,13 @@ impl DeadLetters {
         )
     }
 
-    fn deliver(
+    /// Headers, value and key of a dead letter.
+    fn record<'a>(
         &self,
-        source: SourceRecord<'_>,
+        source: SourceRecord<'a>,
         rejection: &Rejection,
         without_value: Option<&str>,
-    ) -> Result<(), rdkafka::error::KafkaError> {
+    ) -> (OwnedHeaders, &'a [u8], Option<&'a [u8]>) {
         let partition = source.partition.to_string();
         let offset = source.offset.to_string();
         let timestamp = source.timestamp.map(|ts| ts.to_string()).unwrap_or_default();
@@ -183,15 +312,26 @@ impl DeadLetters {
             .insert(Header { key: "source_partition", value: Some(partition.as_str()) })
             .insert(Header { key: "source_offset", value: Some(offset.as_str()) })
             .insert(Header { key: "source_timestamp", value: Some(timestamp.as_str()) });
-        let (headers, value) = match without_value {
-            Some(dropped) => {
-                (headers.insert(Header { key: "value_dropped", value: Some(dropped) }), &[][..])
-            }
-            None => (headers, source.value),
-        };
+        match without_value {
+            Some(dropped) => (
+                headers.insert(Header { key: "value_dropped", value: Some(dropped) }),
+                &[][..],
+                source.key,
+            ),
+            None => (headers, source.value, source.key),
+        }
+    }
+
+    fn deliver(
+        &self,
+        source: SourceRecord<'_>,
+        rejection: &Rejection,
+        without_value: Option<&str>,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let (headers, value, key) = self.record(source, rejection, without_value);
         let mut record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&self.topic).payload(value).headers(headers);
-        if let Some(key) = source.key {
+        if let Some(key) = key {
             record = record.key(key);
         }
         let delivery = self.producer.send(record, Duration::from_secs(30));

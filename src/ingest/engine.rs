@@ -18,6 +18,7 @@ use crate::store::{StoreError, SyncStore};
 use crate::window::Position;
 
 mod backpressure;
+mod dead_letters;
 mod flush;
 mod liveness;
 mod rebalance;
@@ -80,6 +81,8 @@ pub struct Engine {
     redis_breaker: Arc<CircuitBreaker>,
     flushed_applied: u64,
     paused: Option<PauseReason>,
+    /// Dead letters handed to the producer, oldest first, not yet acknowledged.
+    dead_letters_in_flight: std::collections::VecDeque<super::dlq::InFlight>,
     /// Since when admitted records have waited with nothing applied (`None`: nothing waits).
     waiting_since: Option<Instant>,
 }
@@ -130,6 +133,7 @@ impl Engine {
             flushed_applied: 0,
             paused: None,
             waiting_since: None,
+            dead_letters_in_flight: std::collections::VecDeque::new(),
         })
     }
 
@@ -171,10 +175,10 @@ impl Engine {
             Err(rejection) => {
                 self.metrics.events_rejected.with_label_values(&[rejection.reason.as_str()]).inc();
                 self.status.rejected.fetch_add(1, Ordering::Relaxed);
-                self.dead_letters.send_until_delivered(record, &rejection);
-                self.metrics.dead_lettered.inc();
-                progress.finished(record.offset);
-                self.progress_dirty = true;
+                // The record counts as done only once the broker has its dead letter: pending
+                // until then, without holding the poll loop for a broker round trip.
+                progress.admitted(record.offset);
+                self.dead_letter(record, &rejection);
             }
         }
     }
@@ -187,6 +191,7 @@ impl Engine {
     /// Applies whatever windows can close, flushes when due. Returns the offsets to commit to
     /// the Kafka group (for lag tools) after a successful flush.
     pub fn tick(&mut self, now_ms: i64) -> Option<Vec<(i32, i64)>> {
+        self.settle_dead_letters(0);
         if self.paused.is_some() && self.dependency_down() {
             self.fold.windows_mut().hold_idle_clocks(now_ms);
         } else {

@@ -105,6 +105,9 @@ pub struct IngestConfig {
     /// (`/readyz` `degraded: ["ingest_stalled"]`, `embedstream_ingest_stalled` 1), ms
     /// (default 30000; at least 1).
     pub stall_timeout_ms: u64,
+    /// Dead letters handed to the producer and not yet acknowledged, at most; beyond it the
+    /// poll loop waits for the oldest (default 1000; at least 1).
+    pub max_dead_letters_in_flight: usize,
     /// How long a partition assignment retries transient Redis failures while reading the
     /// stored progress before the consumer stops with an error, ms (default 60000; at least 1).
     pub assign_timeout_ms: u64,
@@ -123,6 +126,7 @@ impl Default for IngestConfig {
             max_unflushed_events: 500_000,
             pause_on_redis_outage: false,
             stall_timeout_ms: 30_000,
+            max_dead_letters_in_flight: 1000,
             assign_timeout_ms: 60_000,
         }
     }

@@ -112,6 +112,7 @@ impl Engine {
     /// [`StoreError`] when the flush fails: the caller must not keep consuming with this
     /// in-memory state (it is ahead of Redis for partitions another member now owns).
     pub fn on_revoke(&mut self, partitions: &[i32]) -> Result<(), StoreError> {
+        self.drain_dead_letters();
         for partition in partitions {
             for position in self.fold.revoke(*partition) {
                 self.arrivals.remove(&position);

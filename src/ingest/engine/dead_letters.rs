@@ -1,0 +1,60 @@
+//! The dead-letter policy of the engine: a rejected record's dead letter is handed to the
+//! producer at once and the record finishes when the broker acknowledges it; at most
+//! `ingest.max_dead_letters_in_flight` wait, beyond that the oldest is waited for.
+
+use super::Engine;
+use crate::fold::Rejection;
+use crate::ingest::dlq::SourceRecord;
+
+impl Engine {
+    /// Sends the dead letter of a rejected record (already marked pending in its progress).
+    pub(super) fn dead_letter(&mut self, record: SourceRecord<'_>, rejection: &Rejection) {
+        match self.dead_letters.enqueue(record, rejection) {
+            Ok(in_flight) => {
+                self.dead_letters_in_flight.push_back(in_flight);
+                let excess = self
+                    .dead_letters_in_flight
+                    .len()
+                    .saturating_sub(self.config.max_dead_letters_in_flight);
+                self.settle_dead_letters(excess);
+            }
+            Err(error) => {
+                // The breaker is open or the producer's queue is full: the blocking way, which
+                // retries transient failures until the broker has it.
+                tracing::debug!(%error, "dead letter not queued: sending it and waiting");
+                self.dead_letters.send_until_delivered(record, rejection);
+                self.dead_letter_delivered(record.partition, record.offset);
+            }
+        }
+        self.metrics.dead_letters_in_flight.set(self.dead_letters_in_flight.len() as i64);
+    }
+
+    /// Finishes the dead letters the broker has acknowledged, oldest first, waiting for the
+    /// oldest `wait_for` of them.
+    pub(super) fn settle_dead_letters(&mut self, mut wait_for: usize) {
+        while let Some(oldest) = self.dead_letters_in_flight.front_mut() {
+            if self.dead_letters.settle(oldest, wait_for > 0).is_none() {
+                break;
+            }
+            wait_for = wait_for.saturating_sub(1);
+            if let Some(done) = self.dead_letters_in_flight.pop_front() {
+                self.dead_letter_delivered(done.source.partition(), done.source.offset());
+            }
+        }
+        self.metrics.dead_letters_in_flight.set(self.dead_letters_in_flight.len() as i64);
+    }
+
+    /// Waits until every dead letter in flight is acknowledged (before a revoke's flush and
+    /// the final flush).
+    pub fn drain_dead_letters(&mut self) {
+        self.settle_dead_letters(usize::MAX);
+    }
+
+    fn dead_letter_delivered(&mut self, partition: i32, offset: i64) {
+        if let Some(progress) = self.progress.get_mut(&partition) {
+            progress.finished(offset);
+        }
+        self.metrics.dead_lettered.inc();
+        self.progress_dirty = true;
+    }
+}
