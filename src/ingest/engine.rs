@@ -18,6 +18,10 @@ use crate::resilience::{BreakerState, CircuitBreaker};
 use crate::store::{FlushBatch, StoreError, StoredMeta, SyncStore};
 use crate::window::Position;
 
+mod lost_namespace;
+
+pub use lost_namespace::EXIT_NAMESPACE_LOST;
+
 /// Why the engine cannot go on.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -57,6 +61,10 @@ pub struct Status {
     pub unflushed: AtomicU64,
     /// Records were admitted but nothing applied for `ingest.stall_timeout_ms`.
     pub stalled: AtomicBool,
+    /// Redis lost the namespace and the whole state is not rewritten yet.
+    pub namespace_lost: AtomicBool,
+    /// Times the whole state was rewritten after Redis lost the namespace.
+    pub namespace_rewrites: AtomicU64,
 }
 
 /// Why the consumer paused its partitions (backpressure).
@@ -105,6 +113,10 @@ pub struct StatusSnapshot {
     pub unflushed_events: u64,
     /// See [`Status::stalled`].
     pub stalled: bool,
+    /// See [`Status::namespace_lost`].
+    pub redis_namespace_lost: bool,
+    /// See [`Status::namespace_rewrites`].
+    pub redis_namespace_rewrites: u64,
 }
 
 impl Status {
@@ -121,6 +133,8 @@ impl Status {
             paused: self.paused.lock().map(|p| *p).unwrap_or_default(),
             unflushed_events: self.unflushed.load(Ordering::Relaxed),
             stalled: self.stalled.load(Ordering::Relaxed),
+            redis_namespace_lost: self.namespace_lost.load(Ordering::Relaxed),
+            redis_namespace_rewrites: self.namespace_rewrites.load(Ordering::Relaxed),
         }
     }
 }
@@ -281,6 +295,7 @@ impl Engine {
     /// # Errors
     /// [`EngineError`] when Redis fails or holds a model of another configuration.
     pub fn restore(&mut self) -> Result<(), EngineError> {
+        self.store.attach_epoch()?;
         let Some(meta) = self.store.load_meta()? else {
             self.status.redis_ok.store(true, Ordering::Relaxed);
             self.status.restored.store(true, Ordering::Relaxed);
@@ -306,6 +321,8 @@ impl Engine {
             model.restore_negative_pool(meta.negative_pool.0, meta.negative_pool.1);
         }
         self.known_users = self.store.user_ids()?;
+        // Lost while it was being read: start over (the caller retries).
+        self.store.check_epoch()?;
         let bound = EventTime(super::wall_ms());
         if let Some(poisoned) =
             self.fold.windows_mut().restore_closed_until(meta.closed_until, bound)
@@ -533,6 +550,8 @@ impl Engine {
                 }
                 Err(error) => tracing::warn!(%error, "flush failed, state kept in memory"),
             }
+        } else if !has_work {
+            self.check_namespace_when_idle();
         }
         let clean = self.pending_users.is_empty() && self.pending_items.is_empty();
         self.status.caught_up.store(settled && clean, Ordering::Relaxed);
@@ -611,7 +630,7 @@ impl Engine {
             }
         };
         let started = Instant::now();
-        let result = self.store.write_flush(&batch);
+        let result = self.write_checked(&batch);
         self.metrics
             .redis_duration
             .with_label_values(&["flush"])

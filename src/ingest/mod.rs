@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 pub use consumer::{run_consumer, wall_ms};
 pub use dlq::{DeadLetterError, DeadLetters, SourceRecord, DLQ_HEADERS};
-pub use engine::{Engine, EngineError, PauseReason, StartAt, Status, StatusSnapshot};
+pub use engine::{
+    Engine, EngineError, PauseReason, StartAt, Status, StatusSnapshot, EXIT_NAMESPACE_LOST,
+};
 pub use progress::{PartitionProgress, StoredProgress};
 
 /// Kafka settings.

@@ -100,6 +100,9 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     if status.stalled {
         degraded.push("ingest_stalled");
     }
+    if status.redis_namespace_lost {
+        degraded.push("redis_namespace_lost");
+    }
     if !state.index.is_built() {
         degraded.push("exact_scoring");
     }
