@@ -312,6 +312,10 @@ impl Engine {
             .into());
         }
         let items = self.store.load_items(meta.dim)?;
+        let known_users = self.store.user_ids()?;
+        // Lost while it was being read: start over (the caller retries) before the model
+        // holds any of it.
+        self.store.check_epoch()?;
         {
             let mut model = self.fold.model_mut();
             model.restore_events_applied(meta.events_applied);
@@ -320,9 +324,7 @@ impl Engine {
             }
             model.restore_negative_pool(meta.negative_pool.0, meta.negative_pool.1);
         }
-        self.known_users = self.store.user_ids()?;
-        // Lost while it was being read: start over (the caller retries).
-        self.store.check_epoch()?;
+        self.known_users = known_users;
         let bound = EventTime(super::wall_ms());
         if let Some(poisoned) =
             self.fold.windows_mut().restore_closed_until(meta.closed_until, bound)
@@ -358,7 +360,8 @@ impl Engine {
     ) -> Result<Vec<(i32, StartAt)>, StoreError> {
         // Another member may have changed users of these partitions since we last saw them:
         // drop clean users from memory (they reload from Redis on demand) and refresh the set
-        // of stored users.
+        // of stored users (never from a namespace Redis lost).
+        self.stop_if_namespace_lost()?;
         self.known_users = self.store.user_ids()?;
         self.fold.model_mut().evict_clean_users();
         let mut starts = Vec::new();

@@ -65,7 +65,7 @@ impl SyncStore {
                 |mut connection| async move { pipe.query_async(&mut connection).await },
             )?;
         self.epoch = Some(epoch.clone());
-        self.epoch_verified = Some(Instant::now());
+        self.epoch_checked = Some(Instant::now());
         Ok(epoch)
     }
 
@@ -75,13 +75,12 @@ impl SyncStore {
     /// [`StoreError::NamespaceLost`] when it differs or is missing; [`StoreError`] when Redis
     /// fails.
     pub fn check_epoch(&mut self) -> Result<(), StoreError> {
+        self.epoch_checked = Some(Instant::now());
         let command = redis::cmd("GET").arg(self.keys.epoch()).to_owned();
         let found: Option<String> = self.with("epoch", |mut connection| async move {
             command.query_async(&mut connection).await
         })?;
-        self.lost_unless_same(found)?;
-        self.epoch_verified = Some(Instant::now());
-        Ok(())
+        self.lost_unless_same(found)
     }
 
     /// Writes one flush in a single MULTI/EXEC transaction, checked against the epoch.
@@ -98,7 +97,7 @@ impl SyncStore {
         };
         match self.transact(batch, Expect::Same(epoch))? {
             Outcome::Written(_) => {
-                self.epoch_verified = Some(Instant::now());
+                self.epoch_checked = Some(Instant::now());
                 Ok(())
             }
             Outcome::Lost(found) => self.lost_unless_same(found),
@@ -117,7 +116,7 @@ impl SyncStore {
         match self.transact(batch, Expect::Adopt(new_epoch()))? {
             Outcome::Written(epoch) => {
                 self.epoch = Some(epoch.clone());
-                self.epoch_verified = Some(Instant::now());
+                self.epoch_checked = Some(Instant::now());
                 Ok(epoch)
             }
             Outcome::Lost(_) | Outcome::Aborted => Err(self.aborted()),

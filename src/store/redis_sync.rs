@@ -21,9 +21,10 @@ pub struct StoreConfig {
     pub url: String,
     /// Key namespace (default `es`).
     pub namespace: String,
-    /// Connect timeout, ms (default 2000).
+    /// Deadline to open a connection, ms (default 2000; at least 1).
     pub connect_timeout_ms: u64,
-    /// Timeout of one command or transaction, ms (default 5000).
+    /// Deadline of one call (a command, a pipeline, or a whole flush), ms, held against a
+    /// server that never answers (default 5000; at least 1).
     pub command_timeout_ms: u64,
     /// The `redis` circuit breaker (shared by ingest and HTTP calls).
     pub breaker: crate::resilience::BreakerConfig,
@@ -80,8 +81,9 @@ pub struct SyncStore {
     breaker: Option<Arc<CircuitBreaker>>,
     /// The namespace epoch this store has seen (`None` until [`SyncStore::attach_epoch`]).
     pub(super) epoch: Option<String>,
-    /// When Redis last confirmed that epoch (a check or a committed flush).
-    pub(super) epoch_verified: Option<Instant>,
+    /// When the epoch was last checked (an attempt, whatever its outcome) or confirmed by a
+    /// committed flush.
+    pub(super) epoch_checked: Option<Instant>,
 }
 
 impl std::fmt::Debug for SyncStore {
@@ -101,7 +103,7 @@ impl SyncStore {
             keys: Keys::new(&config.namespace),
             breaker: None,
             epoch: None,
-            epoch_verified: None,
+            epoch_checked: None,
         })
     }
 
@@ -118,9 +120,10 @@ impl SyncStore {
         &self.keys
     }
 
-    /// Whether Redis confirmed the namespace epoch less than `interval` ago.
-    pub fn epoch_verified_within(&self, interval: Duration) -> bool {
-        self.epoch_verified.is_some_and(|at| at.elapsed() < interval)
+    /// Whether the namespace epoch was checked (or confirmed by a flush) less than `interval`
+    /// ago.
+    pub fn epoch_checked_within(&self, interval: Duration) -> bool {
+        self.epoch_checked.is_some_and(|at| at.elapsed() < interval)
     }
 
     /// Runs `call` under the deadline and the breaker.

@@ -36,7 +36,7 @@ impl Engine {
     /// so that a loss is noticed, and reported, on a quiet stream too.
     pub(super) fn check_namespace_when_idle(&mut self) {
         let interval = Duration::from_millis(self.config.flush_interval_ms);
-        if self.store.epoch_verified_within(interval) {
+        if self.store.epoch_checked_within(interval) {
             return;
         }
         let result = self.store.check_epoch();
@@ -49,6 +49,27 @@ impl Engine {
                 self.progress_dirty = true;
             }
             Err(error) => tracing::debug!(%error, "epoch check failed"),
+        }
+    }
+
+    /// On assign, before the set of stored users is read again and clean users are dropped
+    /// from memory: a lost namespace would make an empty set look complete, so the process
+    /// stops instead (a rebalance after an eager revoke has already rewritten the namespace).
+    ///
+    /// # Errors
+    /// [`StoreError`] when Redis fails (the caller retries).
+    pub(super) fn stop_if_namespace_lost(&mut self) -> Result<(), StoreError> {
+        match self.store.check_epoch() {
+            Err(error @ StoreError::NamespaceLost { .. }) => {
+                tracing::error!(
+                    %error,
+                    exit_status = EXIT_NAMESPACE_LOST,
+                    "redis lost the namespace during a rebalance: stopping; a restart rebuilds \
+                     the namespace from the topic"
+                );
+                std::process::exit(EXIT_NAMESPACE_LOST);
+            }
+            other => other,
         }
     }
 
