@@ -178,3 +178,126 @@ fn redis_frozen_by_sigstop_folds_on_then_pauses_and_readyz_tells_the_truth() {
     assert!(service.terminate(Duration::from_secs(30)), "clean shutdown");
     assert_stored_equals_replay(&config, &records, &ready.to_string());
 }
+
+/// The store on its own, against a redis-server of the test's own: what a flush does once the
+/// namespace is gone, and that a frozen server cannot hold a call past its deadline.
+mod store {
+    use std::time::Duration;
+
+    use embedstream::ingest::StoredProgress;
+    use embedstream::model::{ModelConfig, UserState};
+    use embedstream::store::{FlushBatch, StoreConfig, StoreError, StoredMeta, SyncStore};
+
+    use super::{infra, OwnRedis};
+
+    fn batch(users: usize, applied: u64) -> FlushBatch {
+        let model_config = ModelConfig::default();
+        let dim = model_config.dim;
+        FlushBatch {
+            users: (0..users)
+                .map(|user| UserState {
+                    id: format!("u{user}"),
+                    vector: vec![0.25; dim],
+                    events: applied,
+                    last_ts: 1_700_000_000_000,
+                    seen: Vec::new(),
+                })
+                .collect(),
+            items: Vec::new(),
+            meta: StoredMeta {
+                dim,
+                model_config,
+                events_applied: applied,
+                closed_until: 0,
+                negative_pool: (Vec::new(), 0),
+            },
+            topic: "events".to_owned(),
+            progress: vec![(0, StoredProgress { resume: applied as i64, done: Vec::new() })],
+        }
+    }
+
+    fn store_config(redis: &OwnRedis, namespace: &str) -> StoreConfig {
+        StoreConfig {
+            url: redis.url(),
+            namespace: namespace.to_owned(),
+            connect_timeout_ms: 500,
+            command_timeout_ms: 500,
+            ..StoreConfig::default()
+        }
+    }
+
+    fn db_size(redis: &OwnRedis) -> u64 {
+        let client = redis::Client::open(redis.url()).unwrap();
+        redis::cmd("DBSIZE").query(&mut client.get_connection().unwrap()).unwrap()
+    }
+
+    fn flush_all(redis: &OwnRedis) {
+        let client = redis::Client::open(redis.url()).unwrap();
+        redis::cmd("FLUSHALL").query::<()>(&mut client.get_connection().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_flush_into_a_flushed_namespace_writes_nothing_and_a_rewrite_attaches_everyone() {
+        let name = infra::unique("store-epoch");
+        let redis = OwnRedis::start(&name);
+        let config = store_config(&redis, &name);
+        let (mut first, mut second) =
+            (SyncStore::new(&config).unwrap(), SyncStore::new(&config).unwrap());
+        let epoch = first.attach_epoch().unwrap();
+        assert_eq!(second.attach_epoch().unwrap(), epoch, "one epoch per namespace");
+        first.write_flush(&batch(3, 10)).unwrap();
+        second.write_flush(&batch(3, 11)).unwrap();
+
+        flush_all(&redis);
+        let lost = first.write_flush(&batch(3, 12)).unwrap_err();
+        assert!(
+            matches!(&lost, StoreError::NamespaceLost { found: None, expected, .. } if *expected == epoch),
+            "{lost}"
+        );
+        assert_eq!(db_size(&redis), 0, "nothing of the flush was written");
+        assert!(matches!(first.check_epoch(), Err(StoreError::NamespaceLost { .. })));
+
+        let renewed = first.rewrite_namespace(&batch(5, 12)).unwrap();
+        assert_ne!(renewed, epoch, "a rewrite after a loss makes a new epoch");
+        assert_eq!(first.load_meta().unwrap().unwrap().events_applied, 12);
+        assert_eq!(first.user_ids().unwrap().len(), 5);
+        first.write_flush(&batch(5, 13)).unwrap();
+
+        // The other writer still knows the old epoch: it must not write on top of the rewrite,
+        // and its own rewrite adopts the new epoch instead of making a third one.
+        let stale = second.write_flush(&batch(1, 14)).unwrap_err();
+        assert!(
+            matches!(&stale, StoreError::NamespaceLost { found: Some(found), .. } if *found == renewed),
+            "{stale}"
+        );
+        assert_eq!(first.load_meta().unwrap().unwrap().events_applied, 13);
+        assert_eq!(second.rewrite_namespace(&batch(1, 14)).unwrap(), renewed);
+        first.write_flush(&batch(5, 15)).unwrap();
+    }
+
+    #[test]
+    fn a_frozen_redis_cannot_hold_a_flush_past_its_deadline() {
+        let name = infra::unique("store-frozen");
+        let redis = OwnRedis::start(&name);
+        let mut store = SyncStore::new(&store_config(&redis, &name)).unwrap();
+        store.attach_epoch().unwrap();
+        store.write_flush(&batch(500, 1)).unwrap();
+
+        redis.freeze();
+        // On its own thread, so that a call that never returns fails the test instead of
+        // hanging it; the bound is generous (the deadline is 500 ms): this is not a timing test.
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let flush = store.write_flush(&batch(500, 2));
+            let ping = store.ping();
+            let _ = sender.send((flush, ping));
+        });
+        let answer = receiver.recv_timeout(Duration::from_secs(20));
+        redis.thaw();
+        let (flush, ping) = answer.expect("a call against a frozen redis returned within 20 s");
+        // Our deadline or redis's own response or connection timeout, whichever fires first:
+        // either way an outage for the breaker, never a hang.
+        assert!(flush.as_ref().is_err_and(StoreError::is_outage), "{flush:?}");
+        assert!(ping.as_ref().is_err_and(StoreError::is_outage), "{ping:?}");
+    }
+}
