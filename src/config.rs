@@ -181,6 +181,15 @@ impl Config {
                 "must be non-empty without spaces",
             ));
         }
+        for (field, value) in [
+            ("store.connect_timeout_ms", self.store.connect_timeout_ms),
+            ("store.command_timeout_ms", self.store.command_timeout_ms),
+        ] {
+            if value == 0 {
+                // A zero deadline would fail every Redis call.
+                return Err(invalid(field, &0, "must be >= 1"));
+            }
+        }
         if self.ingest.flush_interval_ms == 0 {
             return Err(invalid("ingest.flush_interval_ms", &0, "must be >= 1"));
         }
@@ -276,5 +285,27 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_redis_deadlines_are_refused_by_name() {
+        for field in ["store.connect_timeout_ms", "store.command_timeout_ms"] {
+            let mut config = Config::default();
+            if field == "store.connect_timeout_ms" {
+                config.store.connect_timeout_ms = 0;
+            } else {
+                config.store.command_timeout_ms = 0;
+            }
+            let error = config.validate().unwrap_err();
+            assert!(
+                matches!(error, ConfigError::Invalid { field: named, .. } if named == field),
+                "{field}: {error}"
+            );
+        }
     }
 }

@@ -54,6 +54,11 @@ pub struct Metrics {
     pub redis_duration: HistogramVec,
     /// Redis operation failures, by operation.
     pub redis_errors: IntCounterVec,
+    /// 1 from the moment a flush finds that Redis lost the namespace until the whole state is
+    /// rewritten.
+    pub redis_namespace_lost: IntGauge,
+    /// Whole-state rewrites after Redis lost the namespace.
+    pub redis_namespace_rewrites: IntCounter,
     /// Records between the consumer position and the partition end, by partition.
     pub consumer_lag: IntGaugeVec,
     /// Items in the HNSW snapshot.
@@ -265,6 +270,14 @@ impl Metrics {
             flushes: counter("store_flushes_total", "Flush transactions committed to Redis")?,
             redis_duration,
             redis_errors,
+            redis_namespace_lost: gauge(
+                "store_namespace_lost",
+                "1 while Redis has lost the namespace and the whole state is not rewritten yet",
+            )?,
+            redis_namespace_rewrites: counter(
+                "store_namespace_rewrites_total",
+                "Whole-state rewrites after Redis lost the namespace (restarted empty, flushed)",
+            )?,
             consumer_lag,
             index_items: gauge("index_items", "Items in the HNSW snapshot")?,
             index_fresh_items: gauge("index_fresh_items", "Items scored exactly (fresh tier)")?,

@@ -21,10 +21,12 @@ mod backpressure;
 mod dead_letters;
 mod flush;
 mod liveness;
+mod lost_namespace;
 mod rebalance;
 mod users;
 
 use super::status::{PauseReason, Status};
+pub use lost_namespace::EXIT_NAMESPACE_LOST;
 pub use rebalance::StartAt;
 use users::StoredUsers;
 
@@ -81,6 +83,9 @@ pub struct Engine {
     redis_breaker: Arc<CircuitBreaker>,
     flushed_applied: u64,
     paused: Option<PauseReason>,
+    /// Every user of the namespace is in memory (none was evicted, and the namespace held no
+    /// users at restore): only then can a namespace Redis lost be rewritten from memory.
+    all_users_in_memory: bool,
     /// Dead letters handed to the producer, oldest first, not yet acknowledged.
     dead_letters_in_flight: std::collections::VecDeque<super::dlq::InFlight>,
     /// Since when admitted records have waited with nothing applied (`None`: nothing waits).
@@ -134,6 +139,7 @@ impl Engine {
             paused: None,
             waiting_since: None,
             dead_letters_in_flight: std::collections::VecDeque::new(),
+            all_users_in_memory: true,
         })
     }
 
@@ -206,7 +212,12 @@ impl Engine {
             }
         }
         let dim = self.fold.model().dim();
-        let mut users = StoredUsers { store: &mut self.store, metrics: &self.metrics, dim };
+        let mut users = StoredUsers {
+            store: &mut self.store,
+            metrics: &self.metrics,
+            dim,
+            all_in_memory: self.all_users_in_memory,
+        };
         let windows = self.fold.poll(now_ms, &mut users);
         for window in &windows {
             let mut first_arrival: Option<Instant> = None;
@@ -261,6 +272,8 @@ impl Engine {
                 }
                 Err(error) => tracing::warn!(%error, "flush failed, state kept in memory"),
             }
+        } else if !has_work {
+            self.check_namespace_when_idle();
         }
         let clean = self.pending_users.is_empty() && self.pending_items.is_empty();
         self.status.caught_up.store(settled && clean, Ordering::Relaxed);

@@ -36,6 +36,10 @@ pub struct Status {
     pub consumer_stalled: AtomicBool,
     /// Times the consumer was recreated after such a stall.
     pub consumer_restarts: AtomicU64,
+    /// Redis lost the namespace and the whole state is not rewritten yet.
+    pub namespace_lost: AtomicBool,
+    /// Times the whole state was rewritten after Redis lost the namespace.
+    pub namespace_rewrites: AtomicU64,
 }
 
 /// Why the consumer paused its partitions (backpressure).
@@ -88,6 +92,10 @@ pub struct StatusSnapshot {
     pub consumer_stalled: bool,
     /// See [`Status::consumer_restarts`].
     pub consumer_restarts: u64,
+    /// See [`Status::namespace_lost`].
+    pub redis_namespace_lost: bool,
+    /// See [`Status::namespace_rewrites`].
+    pub redis_namespace_rewrites: u64,
 }
 
 impl Status {
@@ -106,6 +114,8 @@ impl Status {
             stalled: self.stalled.load(Ordering::Relaxed),
             consumer_stalled: self.consumer_stalled.load(Ordering::Relaxed),
             consumer_restarts: self.consumer_restarts.load(Ordering::Relaxed),
+            redis_namespace_lost: self.namespace_lost.load(Ordering::Relaxed),
+            redis_namespace_rewrites: self.namespace_rewrites.load(Ordering::Relaxed),
         }
     }
 }

@@ -103,6 +103,9 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     if status.consumer_stalled {
         degraded.push("consumer_stalled");
     }
+    if status.redis_namespace_lost {
+        degraded.push("redis_namespace_lost");
+    }
     if !state.index.is_built() {
         degraded.push("exact_scoring");
     }

@@ -11,16 +11,23 @@
 //! | `{ns}:item:{item_id}` | hash | `vector` (ESV1), `bias` (decimal f32), `row` (first-appearance order), `events`, `last_ts` (ms), `popularity_log` (decimal f64) |
 //! | `{ns}:items` | sorted set | item id scored by `row` |
 //! | `{ns}:progress:{topic}` | hash | partition number to JSON `{"resume": offset, "done": [[first, last], ...]}` |
+//! | `{ns}:epoch` | string | the namespace epoch: 32 random hex digits, set once; every flush checks it (see [`epoch`]) |
 //! | `{ns}:flags` | string | the feature-flags document as JSON (see [`crate::flags`]), replaced whole |
 //! | `{ns}:auth:revoked:{jti}` | string | `1`; TTL = the revoked access token's remaining life |
 //! | `{ns}:auth:refresh:{sha256}` | hash | `used` (0/1), `client_id`, `scope`, `family`; key = hex SHA-256 of the refresh token; TTL `auth.refresh_ttl_s` |
 //! | `{ns}:auth:family:{id}` | string | `active` or `revoked`; TTL `auth.refresh_ttl_s`, renewed on each rotation |
 //!
 //! One flush is one `MULTI`/`EXEC` transaction holding the changed users and items, the meta
-//! fields and the progress of every assigned partition: state and offsets move together.
+//! fields and the progress of every assigned partition: state and offsets move together. It
+//! is committed only while `{ns}:epoch` holds the epoch the writer attached to, so a namespace
+//! that Redis lost (restarted empty, flushed) is noticed, never silently refilled in part.
+//! Every ingest-side call has a deadline that holds against a server that never answers
+//! ([`blocking`]).
 //! Floats are written with Rust's shortest round-trip formatting, so they read back bit-exact.
 
+mod blocking;
 pub mod codec;
+pub mod epoch;
 mod redis_async;
 mod redis_sync;
 
@@ -77,6 +84,10 @@ impl Keys {
     pub fn progress(&self, topic: &str) -> String {
         format!("{}:progress:{topic}", self.namespace)
     }
+    /// `{ns}:epoch`: the namespace epoch (see [`epoch`]).
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.namespace)
+    }
     /// `{ns}:flags`: the feature-flags document (JSON string).
     pub fn flags(&self) -> String {
         format!("{}:flags", self.namespace)
@@ -107,6 +118,27 @@ pub enum StoreError {
     /// A stored value is malformed (a bug or a foreign writer: retrying cannot help).
     #[error("redis key {key} field {field}: {reason}")]
     Corrupt { key: String, field: &'static str, reason: String },
+    /// No answer within the deadline (an external dependency: retrying can help).
+    #[error("redis {operation} timed out after {ms} ms")]
+    Timeout { operation: &'static str, ms: u64 },
+    /// The private runtime that drives the connection could not be built.
+    #[error("redis client runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// Redis no longer holds the namespace this writer attached to: it was restarted without
+    /// its data or flushed (`found` is `None`), or another writer recreated it after such a
+    /// loss. Nothing of the flush was written.
+    #[error(
+        "redis lost namespace {namespace} (restarted without its data, or flushed): \
+         epoch {found:?}, expected {expected}"
+    )]
+    NamespaceLost { namespace: String, expected: String, found: Option<String> },
+    /// The flush transaction was discarded because the epoch key changed between the check and
+    /// `EXEC`; nothing was written (the next flush checks again).
+    #[error("flush to namespace {namespace} discarded: its epoch changed during the transaction")]
+    FlushAborted { namespace: String },
+    /// A flush was attempted before [`SyncStore::attach_epoch`].
+    #[error("flush to namespace {namespace} before its epoch was read")]
+    NotAttached { namespace: String },
     /// The namespace holds a model of another shape.
     #[error(
         "namespace {namespace} holds a model with {field} = {stored}, configured {configured}"
@@ -127,8 +159,14 @@ impl StoreError {
                         Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN")
                     )
             }
-            Self::Unavailable(_) => true,
-            Self::Corrupt { .. } | Self::Incompatible { .. } => false,
+            Self::Unavailable(_)
+            | Self::Timeout { .. }
+            | Self::NamespaceLost { .. }
+            | Self::FlushAborted { .. } => true,
+            Self::Corrupt { .. }
+            | Self::Incompatible { .. }
+            | Self::Runtime(_)
+            | Self::NotAttached { .. } => false,
         }
     }
 }

@@ -1,11 +1,14 @@
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
-use super::codec::{decode_vector, encode_vector};
-use super::{is_outage, Keys, StoreError, SCHEMA_VERSION};
+use super::blocking::BlockingConnection;
+use super::codec::decode_vector;
+use super::{Keys, StoreError};
 use crate::ingest::StoredProgress;
 use crate::model::{ItemState, ModelConfig, UserState};
 use crate::resilience::{CircuitBreaker, Guarded};
@@ -18,9 +21,10 @@ pub struct StoreConfig {
     pub url: String,
     /// Key namespace (default `es`).
     pub namespace: String,
-    /// Connect timeout, ms (default 2000).
+    /// Deadline to open a connection, ms (default 2000; at least 1).
     pub connect_timeout_ms: u64,
-    /// Timeout of one command or transaction, ms (default 5000).
+    /// Deadline of one call (a command, a pipeline, or a whole flush), ms, held against a
+    /// server that never answers (default 5000; at least 1).
     pub command_timeout_ms: u64,
     /// The `redis` circuit breaker (shared by ingest and HTTP calls).
     pub breaker: crate::resilience::BreakerConfig,
@@ -68,13 +72,18 @@ pub struct FlushBatch {
     pub progress: Vec<(i32, StoredProgress)>,
 }
 
-/// A blocking Redis connection with timeouts, for the ingest thread.
+/// A blocking Redis store for the ingest thread: every call under a deadline (see
+/// [`super::blocking`]), guarded by the `redis` breaker, and every flush checked against the
+/// namespace epoch (see [`super::epoch`]).
 pub struct SyncStore {
-    client: redis::Client,
-    connection: Option<redis::Connection>,
-    keys: Keys,
-    config: StoreConfig,
+    connection: BlockingConnection,
+    pub(super) keys: Keys,
     breaker: Option<Arc<CircuitBreaker>>,
+    /// The namespace epoch this store has seen (`None` until [`SyncStore::attach_epoch`]).
+    pub(super) epoch: Option<String>,
+    /// When the epoch was last checked (an attempt, whatever its outcome) or confirmed by a
+    /// committed flush.
+    pub(super) epoch_checked: Option<Instant>,
 }
 
 impl std::fmt::Debug for SyncStore {
@@ -90,11 +99,11 @@ impl SyncStore {
     /// [`StoreError::Redis`] for an unparseable URL.
     pub fn new(config: &StoreConfig) -> Result<Self, StoreError> {
         Ok(Self {
-            client: redis::Client::open(config.url.as_str())?,
-            connection: None,
+            connection: BlockingConnection::new(config)?,
             keys: Keys::new(&config.namespace),
-            config: config.clone(),
             breaker: None,
+            epoch: None,
+            epoch_checked: None,
         })
     }
 
@@ -111,55 +120,31 @@ impl SyncStore {
         &self.keys
     }
 
-    fn connection(&mut self) -> Result<&mut redis::Connection, StoreError> {
-        if self.connection.is_none() {
-            let timeout = Duration::from_millis(self.config.connect_timeout_ms);
-            let connection = self.client.get_connection_with_timeout(timeout)?;
-            let command_timeout = Some(Duration::from_millis(self.config.command_timeout_ms));
-            connection.set_read_timeout(command_timeout)?;
-            connection.set_write_timeout(command_timeout)?;
-            self.connection = Some(connection);
-        }
-        self.connection.as_mut().ok_or_else(|| StoreError::Corrupt {
-            key: String::new(),
-            field: "connection",
-            reason: "no connection".to_owned(),
-        })
+    /// Whether the namespace epoch was checked (or confirmed by a flush) less than `interval`
+    /// ago.
+    pub fn epoch_checked_within(&self, interval: Duration) -> bool {
+        self.epoch_checked.is_some_and(|at| at.elapsed() < interval)
     }
 
-    /// Runs `f` on the connection; drops the connection after an IO-level failure so the next
-    /// call reconnects.
-    fn with<T>(
+    /// Runs `call` under the deadline and the breaker.
+    pub(super) fn with<T, F, Fut>(
         &mut self,
-        f: impl FnOnce(&mut redis::Connection, &Keys) -> redis::RedisResult<T>,
-    ) -> Result<T, StoreError> {
-        let Some(breaker) = self.breaker.clone() else { return self.attempt(f) };
-        let outage = |error: &StoreError| matches!(error, StoreError::Redis(e) if is_outage(e));
-        breaker.call_blocking(outage, || self.attempt(f)).map_err(|error| match error {
-            Guarded::Open(open) => StoreError::Unavailable(open),
-            Guarded::Inner(error) => error,
-        })
-    }
-
-    fn attempt<T>(
-        &mut self,
-        f: impl FnOnce(&mut redis::Connection, &Keys) -> redis::RedisResult<T>,
-    ) -> Result<T, StoreError> {
-        let keys = self.keys.clone();
-        let connection = match self.connection() {
-            Ok(connection) => connection,
-            Err(error) => {
-                self.connection = None;
-                return Err(error);
-            }
+        operation: &'static str,
+        call: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let Some(breaker) = self.breaker.clone() else {
+            return self.connection.call(operation, call);
         };
-        let result = f(connection, &keys);
-        if let Err(error) = &result {
-            if is_outage(error) {
-                self.connection = None;
-            }
-        }
-        Ok(result?)
+        breaker
+            .call_blocking(StoreError::is_outage, || self.connection.call(operation, call))
+            .map_err(|error| match error {
+                Guarded::Open(open) => StoreError::Unavailable(open),
+                Guarded::Inner(error) => error,
+            })
     }
 
     /// PING.
@@ -167,84 +152,9 @@ impl SyncStore {
     /// # Errors
     /// [`StoreError::Redis`] when Redis does not answer.
     pub fn ping(&mut self) -> Result<(), StoreError> {
-        self.with(|connection, _| redis::cmd("PING").query::<String>(connection).map(|_| ()))
-    }
-
-    /// Writes one flush in a single MULTI/EXEC transaction.
-    ///
-    /// # Errors
-    /// [`StoreError::Redis`]; then nothing of the batch was applied.
-    pub fn write_flush(&mut self, batch: &FlushBatch) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let keys = self.keys.clone();
-        for user in &batch.users {
-            pipe.cmd("HSET")
-                .arg(keys.user(&user.id))
-                .arg("vector")
-                .arg(encode_vector(&user.vector))
-                .arg("events")
-                .arg(user.events)
-                .arg("last_ts")
-                .arg(user.last_ts)
-                .arg("seen")
-                .arg(serde_json::to_string(&user.seen).unwrap_or_else(|_| "[]".to_owned()))
-                .ignore();
-        }
-        if !batch.users.is_empty() {
-            pipe.cmd("SADD")
-                .arg(keys.users())
-                .arg(batch.users.iter().map(|u| &u.id).collect::<Vec<_>>())
-                .ignore();
-        }
-        for item in &batch.items {
-            pipe.cmd("HSET")
-                .arg(keys.item(&item.id))
-                .arg("vector")
-                .arg(encode_vector(&item.vector))
-                .arg("bias")
-                .arg(item.bias.to_string())
-                .arg("row")
-                .arg(item.row)
-                .arg("events")
-                .arg(item.events)
-                .arg("last_ts")
-                .arg(item.last_ts)
-                .arg("popularity_log")
-                .arg(item.popularity_log.to_string())
-                .ignore();
-            pipe.cmd("ZADD").arg(keys.items()).arg(item.row).arg(&item.id).ignore();
-        }
-        let meta = &batch.meta;
-        let pool: Vec<u8> = meta.negative_pool.0.iter().flat_map(|row| row.to_le_bytes()).collect();
-        pipe.cmd("HSET")
-            .arg(keys.meta())
-            .arg("schema_version")
-            .arg(SCHEMA_VERSION)
-            .arg("dim")
-            .arg(meta.dim)
-            .arg("seed")
-            .arg(meta.model_config.seed)
-            .arg("model_config")
-            .arg(serde_json::to_string(&meta.model_config).unwrap_or_default())
-            .arg("events_applied")
-            .arg(meta.events_applied)
-            .arg("closed_until")
-            .arg(meta.closed_until)
-            .arg("negative_pool")
-            .arg(pool)
-            .arg("negative_pool_next")
-            .arg(meta.negative_pool.1)
-            .ignore();
-        if !batch.progress.is_empty() {
-            let mut progress = redis::cmd("HSET");
-            progress.arg(keys.progress(&batch.topic));
-            for (partition, stored) in &batch.progress {
-                progress.arg(partition).arg(serde_json::to_string(stored).unwrap_or_default());
-            }
-            pipe.add_command(progress).ignore();
-        }
-        self.with(|connection, _| pipe.query::<()>(connection))
+        self.with("ping", |mut connection| async move {
+            redis::cmd("PING").query_async::<String>(&mut connection).await.map(|_| ())
+        })
     }
 
     /// Reads `{ns}:meta`; `None` for an empty namespace.
@@ -253,8 +163,11 @@ impl SyncStore {
     /// [`StoreError`] for Redis failures or malformed fields.
     pub fn load_meta(&mut self) -> Result<Option<StoredMeta>, StoreError> {
         let key = self.keys.meta();
-        let fields: HashMap<String, Vec<u8>> =
-            self.with(|connection, keys| redis::cmd("HGETALL").arg(keys.meta()).query(connection))?;
+        let command = redis::cmd("HGETALL").arg(&key).to_owned();
+        let fields: HashMap<String, Vec<u8>> = self
+            .with("load_meta", |mut connection| async move {
+                command.query_async(&mut connection).await
+            })?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -291,8 +204,9 @@ impl SyncStore {
     /// # Errors
     /// [`StoreError`] for Redis failures or malformed values.
     pub fn load_items(&mut self, dim: usize) -> Result<Vec<ItemState>, StoreError> {
-        let ids: Vec<String> = self.with(|connection, keys| {
-            redis::cmd("ZRANGE").arg(keys.items()).arg(0).arg(-1).query(connection)
+        let command = redis::cmd("ZRANGE").arg(self.keys.items()).arg(0).arg(-1).to_owned();
+        let ids: Vec<String> = self.with("load_items", |mut connection| async move {
+            command.query_async(&mut connection).await
         })?;
         let mut items = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(512) {
@@ -300,8 +214,10 @@ impl SyncStore {
             for id in chunk {
                 pipe.cmd("HGETALL").arg(self.keys.item(id));
             }
-            let rows: Vec<HashMap<String, Vec<u8>>> =
-                self.with(|connection, _| pipe.query(connection))?;
+            let rows: Vec<HashMap<String, Vec<u8>>> = self
+                .with("load_items", |mut connection| async move {
+                    pipe.query_async(&mut connection).await
+                })?;
             for (id, fields) in chunk.iter().zip(rows) {
                 items.push(item_from_fields(&self.keys.item(id), id, &fields, dim)?);
             }
@@ -314,7 +230,11 @@ impl SyncStore {
     /// # Errors
     /// [`StoreError::Redis`].
     pub fn user_ids(&mut self) -> Result<HashSet<String>, StoreError> {
-        self.with(|connection, keys| redis::cmd("SMEMBERS").arg(keys.users()).query(connection))
+        let command = redis::cmd("SMEMBERS").arg(self.keys.users()).to_owned();
+        self.with(
+            "user_ids",
+            |mut connection| async move { command.query_async(&mut connection).await },
+        )
     }
 
     /// One user, if stored.
@@ -323,8 +243,11 @@ impl SyncStore {
     /// [`StoreError`] for Redis failures or malformed values.
     pub fn load_user(&mut self, id: &str, dim: usize) -> Result<Option<UserState>, StoreError> {
         let key = self.keys.user(id);
-        let fields: HashMap<String, Vec<u8>> =
-            self.with(|connection, _| redis::cmd("HGETALL").arg(&key).query(connection))?;
+        let command = redis::cmd("HGETALL").arg(&key).to_owned();
+        let fields: HashMap<String, Vec<u8>> = self
+            .with("load_user", |mut connection| async move {
+                command.query_async(&mut connection).await
+            })?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -347,8 +270,10 @@ impl SyncStore {
             for id in chunk {
                 pipe.cmd("HGETALL").arg(self.keys.user(id));
             }
-            let rows: Vec<HashMap<String, Vec<u8>>> =
-                self.with(|connection, _| pipe.query(connection))?;
+            let rows: Vec<HashMap<String, Vec<u8>>> = self
+                .with("load_users", |mut connection| async move {
+                    pipe.query_async(&mut connection).await
+                })?;
             for (id, fields) in chunk.iter().zip(rows) {
                 users.push(if fields.is_empty() {
                     Ok(None)
@@ -368,18 +293,22 @@ impl SyncStore {
     pub fn quarantine_user(&mut self, id: &str) -> Result<(), StoreError> {
         let (from, to) = (self.keys.user(id), self.keys.quarantined_user(id));
         // COPY + DEL in one transaction (not RENAME, which fails when the key is already gone).
-        self.with(|connection, _| {
-            redis::pipe()
-                .atomic()
-                .cmd("COPY")
-                .arg(&from)
-                .arg(&to)
-                .arg("REPLACE")
-                .ignore()
-                .cmd("DEL")
-                .arg(&from)
-                .ignore()
-                .query::<()>(connection)
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("COPY").arg(&from).arg(&to).arg("REPLACE").ignore();
+        pipe.cmd("DEL").arg(&from).ignore();
+        self.with("quarantine_user", |mut connection| async move {
+            pipe.query_async::<()>(&mut connection).await
+        })
+    }
+
+    /// How many users the namespace holds (`SCARD`, O(1)).
+    ///
+    /// # Errors
+    /// [`StoreError::Redis`].
+    pub fn stored_user_count(&mut self) -> Result<u64, StoreError> {
+        let command = redis::cmd("SCARD").arg(self.keys.users()).to_owned();
+        self.with("stored_user_count", |mut connection| async move {
+            command.query_async(&mut connection).await
         })
     }
 
@@ -393,8 +322,10 @@ impl SyncStore {
         partition: i32,
     ) -> Result<Option<StoredProgress>, StoreError> {
         let key = self.keys.progress(topic);
-        let value: Option<String> = self
-            .with(|connection, _| redis::cmd("HGET").arg(&key).arg(partition).query(connection))?;
+        let command = redis::cmd("HGET").arg(&key).arg(partition).to_owned();
+        let value: Option<String> = self.with("load_progress", |mut connection| async move {
+            command.query_async(&mut connection).await
+        })?;
         value
             .map(|text| {
                 serde_json::from_str(&text).map_err(|error| corrupt(&key, "partition", error))

@@ -306,6 +306,11 @@ fn a_corrupt_stored_user_is_quarantined_and_the_stream_goes_on() {
         .arg(7)
         .query(&mut connection)
         .unwrap();
+    let () = redis::cmd("SADD")
+        .arg(format!("{name}:users"))
+        .arg("broken")
+        .query(&mut connection)
+        .unwrap();
     let mut driven = Driven::new(config);
     let base = now_ms() - 60_000;
     driven.engine.on_assign(&[0], 0).unwrap();

@@ -16,6 +16,7 @@ mod index_recall;
 mod ingest;
 mod openapi;
 mod ratelimit;
+mod redis_faults;
 mod replay_cli;
 mod service;
 mod sessions;

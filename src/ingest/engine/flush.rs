@@ -45,7 +45,7 @@ impl Engine {
             }
         };
         let started = Instant::now();
-        let result = self.store.write_flush(&batch);
+        let result = self.write_checked(&batch);
         self.metrics
             .redis_duration
             .with_label_values(&["flush"])

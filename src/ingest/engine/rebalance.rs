@@ -16,7 +16,10 @@ impl Engine {
     /// # Errors
     /// [`EngineError`] when Redis fails or holds a model of another configuration.
     pub fn restore(&mut self) -> Result<(), EngineError> {
+        self.store.attach_epoch()?;
         let Some(meta) = self.store.load_meta()? else {
+            // Users written without a model (nothing of ours does; a foreign writer could).
+            self.all_users_in_memory = self.store.stored_user_count()? == 0;
             self.status.redis_ok.store(true, Ordering::Relaxed);
             self.status.restored.store(true, Ordering::Relaxed);
             return Ok(());
@@ -32,6 +35,12 @@ impl Engine {
             .into());
         }
         let items = self.store.load_items(meta.dim)?;
+        let stored_users = self.store.stored_user_count()?;
+        // Lost while it was being read: start over (the caller retries) before the model
+        // holds any of it.
+        self.store.check_epoch()?;
+        // Users load on demand: with users in Redis, memory no longer holds all of them.
+        self.all_users_in_memory = stored_users == 0;
         {
             let mut model = self.fold.model_mut();
             model.restore_events_applied(meta.events_applied);
@@ -76,11 +85,13 @@ impl Engine {
         // drop clean users from memory (they reload from Redis on demand). Users whose changes
         // are collected but not yet flushed stay: under cooperative (incremental) rebalancing
         // an assignment comes without a revoke, so without a flush before it.
+        self.stop_if_namespace_lost()?;
         let pending = &self.pending_users;
         let evicted = self.fold.model_mut().evict_clean_users(|id| pending.contains(id));
         for id in &evicted {
             self.recent_users.pop(id);
         }
+        self.all_users_in_memory &= evicted.is_empty();
         let mut starts = Vec::new();
         for partition in partitions {
             self.fold.windows_mut().register_partition(*partition, now_ms);

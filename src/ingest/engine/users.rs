@@ -12,6 +12,8 @@ pub(super) struct StoredUsers<'a> {
     pub(super) store: &'a mut SyncStore,
     pub(super) metrics: &'a Metrics,
     pub(super) dim: usize,
+    /// Every user of the namespace is in memory: a user not in memory is new, no lookup.
+    pub(super) all_in_memory: bool,
 }
 
 impl UserSource for StoredUsers<'_> {
@@ -19,6 +21,9 @@ impl UserSource for StoredUsers<'_> {
     /// quarantined (moved aside, counted, logged with its key) and the user starts over, so one
     /// corrupt record never blocks the windows behind it.
     fn load(&mut self, user_ids: &[&str]) -> Result<Vec<Option<UserState>>, String> {
+        if self.all_in_memory {
+            return Ok(vec![None; user_ids.len()]);
+        }
         let loaded =
             self.store.load_users(user_ids, self.dim).map_err(|error| error.to_string())?;
         let mut users = Vec::with_capacity(loaded.len());
@@ -71,6 +76,7 @@ impl Engine {
                 break;
             }
             model.evict_user(&id);
+            self.all_users_in_memory = false;
         }
     }
 }

@@ -57,7 +57,7 @@ impl ServiceProcess {
     /// As [`ServiceProcess::spawn`], with the child's stderr going to `stderr`.
     pub fn spawn_with(config: &Config, extra: &[(&str, &str)], stderr: Stdio) -> Self {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_embedstream"))
+        let child = Command::new(super::embedstream_bin())
             .args(["run", "--listen", &format!("127.0.0.1:{port}")])
             .env("EMBEDSTREAM_KAFKA__BROKERS", &config.kafka.brokers)
             .env("EMBEDSTREAM_KAFKA__TOPIC", &config.kafka.topic)
@@ -204,6 +204,31 @@ impl OwnRedis {
             assert!(Instant::now() < deadline, "redis on {} never answered PING", self.port);
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGKILL, delete its data, start again: a Redis restarted without persistence.
+    pub fn restart_empty(&mut self, down: Duration) {
+        self.kill();
+        std::fs::remove_dir_all(&self.dir).unwrap();
+        std::fs::create_dir_all(&self.dir).unwrap();
+        std::thread::sleep(down);
+        self.restart();
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis is running").id()
+    }
+
+    /// SIGSTOP: the server keeps its port and its kernel accepts connections and buffers
+    /// requests, but nothing answers until [`OwnRedis::thaw`].
+    pub fn freeze(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT after [`OwnRedis::freeze`].
+    pub fn thaw(&self) {
+        signal(self.pid(), "CONT");
     }
 
     /// SIGKILL: the server is gone at once, connections are reset.

@@ -11,9 +11,17 @@ pub fn movielens() -> PathBuf {
     path
 }
 
+/// The `embedstream` binary: `EMBEDSTREAM_TEST_BIN` when set (a copy of one's own build, when
+/// several worktrees share one target directory and another build may replace
+/// `target/it/embedstream` while tests run), else the one cargo built with this test binary.
+pub fn embedstream_bin() -> PathBuf {
+    std::env::var_os("EMBEDSTREAM_TEST_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_embedstream")), PathBuf::from)
+}
+
 /// Runs the `embedstream` binary and returns its stdout parsed as JSON.
 pub fn run_json(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_embedstream"))
+    let output = std::process::Command::new(embedstream_bin())
         .args(args)
         .envs(env.iter().copied())
         .output()

@@ -1,0 +1,303 @@
+//! Redis losing its data or freezing under a running service (issue 9, items 3 and 4), on a
+//! redis-server of each test's own (the shared one is never flushed or stopped). Every test
+//! ends with the state digest stored in Redis equal to the fault-free replay of the same
+//! events over the same partitions, every user present.
+//!
+//! - restarted without its data mid-ingest: the service notices at its next flush and
+//!   rewrites the whole state;
+//! - `FLUSHALL` while part of the state lives only in Redis (users evicted from memory): the
+//!   service stops with exit status 4 and a restart rebuilds the namespace from the topic;
+//! - frozen with `SIGSTOP`: every Redis call returns within its deadline, ingest folds on in
+//!   memory up to `ingest.max_unflushed_events` and then pauses, `/readyz` says so; after
+//!   `SIGCONT` nothing is lost.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use common::faults::{stored_applied, wait_for_ghost_to_leave, OwnRedis, ServiceProcess};
+use common::http::{get_within, metric};
+use common::infra;
+use embedstream::config::Config;
+use serde_json::Value;
+
+/// Timeouts short enough that a test sees several breaker cycles in seconds.
+const FAST_REDIS: [(&str, &str); 4] = [
+    ("EMBEDSTREAM_INGEST__MAX_POLL_RECORDS", "200"),
+    ("EMBEDSTREAM_STORE__CONNECT_TIMEOUT_MS", "500"),
+    ("EMBEDSTREAM_STORE__COMMAND_TIMEOUT_MS", "500"),
+    ("EMBEDSTREAM_STORE__BREAKER__OPEN_MS", "1000"),
+];
+
+/// Own Redis, config pointing at it, 4-partition topic holding MovieLens-100k.
+fn setup(prefix: &str) -> (OwnRedis, Config, Vec<embedstream::source::Record>) {
+    let name = infra::unique(prefix);
+    let redis = OwnRedis::start(&name);
+    let mut config = infra::test_config(&name);
+    config.store.url = redis.url();
+    infra::create_topics(&[(&config.kafka.topic, 4), (&config.kafka.dead_letter_topic, 1)]);
+    let records = infra::movielens_records();
+    infra::produce(&config, &records);
+    (redis, config, records)
+}
+
+fn wait_stored(config: &Config, service: &mut ServiceProcess, threshold: u64) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while stored_applied(config) < threshold {
+        assert!(Instant::now() < deadline, "never reached {threshold} applied events");
+        service.assert_running();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Every event applied once, every user present, and the digest of the replay.
+fn assert_stored_equals_replay(
+    config: &Config,
+    records: &[embedstream::source::Record],
+    context: &str,
+) {
+    let stored = embedstream::app::load_stored_model(config).unwrap();
+    let (replay, _) =
+        embedstream::replay::replay(records, config, 4, &indicatif::ProgressBar::hidden()).unwrap();
+    assert_eq!(stored.events_applied(), records.len() as u64, "events applied: {context}");
+    assert_eq!(stored.user_count(), replay.users, "users in redis: {context}");
+    assert_eq!(stored.item_count(), replay.items, "items in redis: {context}");
+    assert_eq!(stored.digest(), replay.digest, "digest differs from the replay: {context}");
+}
+
+fn readyz(service: &ServiceProcess) -> Value {
+    get_within(&service.url("/readyz"), Duration::from_secs(2)).json
+}
+
+#[test]
+fn redis_restarted_empty_mid_ingest_gets_the_whole_state_rewritten() {
+    let (mut redis, config, records) = setup("redis-empty");
+    // Ingest pauses during the outage, so that it goes on after the rewrite.
+    let settings =
+        [FAST_REDIS.as_slice(), &[("EMBEDSTREAM_INGEST__MAX_UNFLUSHED_EVENTS", "10000")]].concat();
+    let mut service = ServiceProcess::spawn(&config, &settings);
+    wait_stored(&config, &mut service, 30_000);
+    redis.restart_empty(Duration::from_secs(2));
+    let after_restart = stored_applied(&config);
+    assert!(after_restart == 0, "the restarted redis is empty ({after_restart} applied)");
+
+    service.wait_caught_up(records.len() as u64, Duration::from_secs(120));
+    let ready = readyz(&service);
+    let metrics = get_within(&service.url("/metrics"), Duration::from_secs(2)).text;
+    assert!(service.terminate(Duration::from_secs(30)), "clean shutdown");
+    assert_stored_equals_replay(&config, &records, &ready.to_string());
+    let rewrites = metric(&metrics, "embedstream_store_namespace_rewrites_total");
+    assert!(rewrites >= Some(1.0), "rewrites {rewrites:?}; /readyz {ready}");
+    assert!(ready["ingest"]["redis_namespace_rewrites"].as_u64() >= Some(1), "{ready}");
+    assert_eq!(ready["ingest"]["redis_namespace_lost"], false, "{ready}");
+}
+
+#[test]
+fn redis_flushed_while_users_live_only_in_redis_stops_the_service_and_a_restart_rebuilds() {
+    let (_redis, config, records) = setup("redis-flushall");
+    // A user cache far below the 943 users: most users live only in Redis.
+    let small_cache =
+        [FAST_REDIS.as_slice(), &[("EMBEDSTREAM_INGEST__USER_CACHE_CAPACITY", "50")]].concat();
+    let mut service = ServiceProcess::spawn(&config, &small_cache);
+    wait_stored(&config, &mut service, 30_000);
+    let client = redis::Client::open(config.store.url.as_str()).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    redis::cmd("FLUSHALL").query::<()>(&mut connection).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = service.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the service went on after redis was flushed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(embedstream::ingest::EXIT_NAMESPACE_LOST), "{status:?}");
+    let stored = stored_applied(&config);
+    assert_eq!(stored, 0, "nothing partial was written after the flush ({stored} applied)");
+
+    wait_for_ghost_to_leave(&config);
+    let mut restarted = ServiceProcess::spawn(&config, &[]);
+    let ready = restarted.wait_caught_up(records.len() as u64, Duration::from_secs(120));
+    assert!(restarted.terminate(Duration::from_secs(30)), "clean shutdown");
+    assert_stored_equals_replay(&config, &records, &ready.to_string());
+}
+
+/// What `/readyz` said during a freeze.
+#[derive(Debug, Default)]
+struct Observed {
+    redis_not_ok: bool,
+    paused: Option<String>,
+    max_applied: u64,
+    max_unflushed: u64,
+}
+
+#[test]
+fn redis_frozen_by_sigstop_folds_on_then_pauses_and_readyz_tells_the_truth() {
+    let (redis, config, records) = setup("redis-frozen");
+    let limit = 5_000u64;
+    let limit_env = limit.to_string();
+    let settings =
+        [FAST_REDIS.as_slice(), &[("EMBEDSTREAM_INGEST__MAX_UNFLUSHED_EVENTS", &limit_env)]]
+            .concat();
+    let mut service = ServiceProcess::spawn(&config, &settings);
+    wait_stored(&config, &mut service, 20_000);
+
+    redis.freeze();
+    let frozen = Instant::now();
+    let applied_at_freeze = readyz(&service)["ingest"]["applied"].as_u64().unwrap();
+    let mut seen = Observed::default();
+    // Readiness answers within its bound the whole time (it never waits on Redis).
+    while frozen.elapsed() < Duration::from_secs(20) {
+        service.assert_running();
+        let ingest = readyz(&service)["ingest"].clone();
+        seen.redis_not_ok |= ingest["redis_ok"] == false;
+        if let Some(reason) = ingest["paused"].as_str() {
+            seen.paused = Some(reason.to_owned());
+        }
+        seen.max_applied = seen.max_applied.max(ingest["applied"].as_u64().unwrap());
+        seen.max_unflushed = seen.max_unflushed.max(ingest["unflushed_events"].as_u64().unwrap());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let during = readyz(&service);
+    redis.thaw();
+
+    assert!(seen.redis_not_ok, "redis_ok never false during the freeze: {seen:?}; {during}");
+    assert!(seen.max_applied > applied_at_freeze, "nothing folded during the freeze: {seen:?}");
+    assert!(seen.max_unflushed >= limit, "never reached the unflushed bound: {seen:?}");
+    assert_eq!(seen.paused.as_deref(), Some("unflushed_limit"), "{seen:?}; {during}");
+    assert_eq!(during["ingest"]["paused"], "unflushed_limit", "still paused at the end: {during}");
+    assert!(
+        during["degraded"].as_array().unwrap().iter().any(|reason| reason == "ingest_paused"),
+        "{during}"
+    );
+
+    let ready = service.wait_caught_up(records.len() as u64, Duration::from_secs(120));
+    assert!(service.terminate(Duration::from_secs(30)), "clean shutdown");
+    assert_stored_equals_replay(&config, &records, &ready.to_string());
+}
+
+/// The store on its own, against a redis-server of the test's own: what a flush does once the
+/// namespace is gone, and that a frozen server cannot hold a call past its deadline.
+mod store {
+    use std::time::Duration;
+
+    use embedstream::ingest::StoredProgress;
+    use embedstream::model::{ModelConfig, UserState};
+    use embedstream::store::{FlushBatch, StoreConfig, StoreError, StoredMeta, SyncStore};
+
+    use super::{infra, OwnRedis};
+
+    fn batch(users: usize, applied: u64) -> FlushBatch {
+        let model_config = ModelConfig::default();
+        let dim = model_config.dim;
+        FlushBatch {
+            users: (0..users)
+                .map(|user| UserState {
+                    id: format!("u{user}"),
+                    vector: vec![0.25; dim],
+                    events: applied,
+                    last_ts: 1_700_000_000_000,
+                    seen: Vec::new(),
+                })
+                .collect(),
+            items: Vec::new(),
+            meta: StoredMeta {
+                dim,
+                model_config,
+                events_applied: applied,
+                closed_until: 0,
+                negative_pool: (Vec::new(), 0),
+            },
+            topic: "events".to_owned(),
+            progress: vec![(0, StoredProgress { resume: applied as i64, done: Vec::new() })],
+        }
+    }
+
+    fn store_config(redis: &OwnRedis, namespace: &str) -> StoreConfig {
+        StoreConfig {
+            url: redis.url(),
+            namespace: namespace.to_owned(),
+            connect_timeout_ms: 500,
+            command_timeout_ms: 500,
+            ..StoreConfig::default()
+        }
+    }
+
+    fn db_size(redis: &OwnRedis) -> u64 {
+        let client = redis::Client::open(redis.url()).unwrap();
+        redis::cmd("DBSIZE").query(&mut client.get_connection().unwrap()).unwrap()
+    }
+
+    fn flush_all(redis: &OwnRedis) {
+        let client = redis::Client::open(redis.url()).unwrap();
+        redis::cmd("FLUSHALL").query::<()>(&mut client.get_connection().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_flush_into_a_flushed_namespace_writes_nothing_and_a_rewrite_attaches_everyone() {
+        let name = infra::unique("store-epoch");
+        let redis = OwnRedis::start(&name);
+        let config = store_config(&redis, &name);
+        let (mut first, mut second) =
+            (SyncStore::new(&config).unwrap(), SyncStore::new(&config).unwrap());
+        let epoch = first.attach_epoch().unwrap();
+        assert_eq!(second.attach_epoch().unwrap(), epoch, "one epoch per namespace");
+        first.write_flush(&batch(3, 10)).unwrap();
+        second.write_flush(&batch(3, 11)).unwrap();
+
+        flush_all(&redis);
+        let lost = first.write_flush(&batch(3, 12)).unwrap_err();
+        assert!(
+            matches!(&lost, StoreError::NamespaceLost { found: None, expected, .. } if *expected == epoch),
+            "{lost}"
+        );
+        assert_eq!(db_size(&redis), 0, "nothing of the flush was written");
+        assert!(matches!(first.check_epoch(), Err(StoreError::NamespaceLost { .. })));
+
+        let renewed = first.rewrite_namespace(&batch(5, 12)).unwrap();
+        assert_ne!(renewed, epoch, "a rewrite after a loss makes a new epoch");
+        assert_eq!(first.load_meta().unwrap().unwrap().events_applied, 12);
+        assert_eq!(first.user_ids().unwrap().len(), 5);
+        first.write_flush(&batch(5, 13)).unwrap();
+
+        // The other writer still knows the old epoch: it must not write on top of the rewrite,
+        // and its own rewrite adopts the new epoch instead of making a third one.
+        let stale = second.write_flush(&batch(1, 14)).unwrap_err();
+        assert!(
+            matches!(&stale, StoreError::NamespaceLost { found: Some(found), .. } if *found == renewed),
+            "{stale}"
+        );
+        assert_eq!(first.load_meta().unwrap().unwrap().events_applied, 13);
+        assert_eq!(second.rewrite_namespace(&batch(1, 14)).unwrap(), renewed);
+        first.write_flush(&batch(5, 15)).unwrap();
+    }
+
+    #[test]
+    fn a_frozen_redis_cannot_hold_a_flush_past_its_deadline() {
+        let name = infra::unique("store-frozen");
+        let redis = OwnRedis::start(&name);
+        let mut store = SyncStore::new(&store_config(&redis, &name)).unwrap();
+        store.attach_epoch().unwrap();
+        store.write_flush(&batch(500, 1)).unwrap();
+
+        redis.freeze();
+        // On its own thread, so that a call that never returns fails the test instead of
+        // hanging it; the bound is generous (the deadline is 500 ms): this is not a timing test.
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let flush = store.write_flush(&batch(500, 2));
+            let ping = store.ping();
+            let _ = sender.send((flush, ping));
+        });
+        let answer = receiver.recv_timeout(Duration::from_secs(20));
+        redis.thaw();
+        let (flush, ping) = answer.expect("a call against a frozen redis returned within 20 s");
+        // Our deadline or redis's own response or connection timeout, whichever fires first:
+        // either way an outage for the breaker, never a hang.
+        assert!(flush.as_ref().is_err_and(StoreError::is_outage), "{flush:?}");
+        assert!(ping.as_ref().is_err_and(StoreError::is_outage), "{ping:?}");
+    }
+}
