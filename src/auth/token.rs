@@ -227,7 +227,9 @@ async fn client_credentials(
     }
 }
 
-/// RFC 6749 §6: rotate the refresh token; a reuse revokes its family (`invalid_grant`).
+/// RFC 6749 §6: rotate the refresh token; a reuse revokes its family (`invalid_grant`). The
+/// scope is checked inside the rotation, before the token is used: a refused request leaves it
+/// valid.
 async fn refresh(
     auth: &Auth,
     client_id: &str,
@@ -238,9 +240,13 @@ async fn refresh(
     let Some(presented) = presented else {
         return Err(OAuthError::InvalidRequest.respond("refresh_token is required"));
     };
-    let rotated = auth.refresh().rotate(presented, client_id).await;
+    let rotated = auth.refresh().rotate(presented, client_id, requested, allowed).await;
     let (original, next) = match rotated {
         Ok(Rotation::Rotated { scopes, next }) => (scopes, next),
+        Ok(Rotation::ScopeExceeded) => {
+            let message = "scope exceeds the original grant; the refresh token is still valid";
+            return Err(OAuthError::InvalidScope.respond(message));
+        }
         Ok(Rotation::Reused) => {
             tracing::warn!(client_id, "refresh token reused: family revoked");
             let message = "refresh token already used; its family is revoked";
@@ -254,13 +260,9 @@ async fn refresh(
         }
         Err(_) => return Err(OAuthError::TemporarilyUnavailable.respond("token store unavailable")),
     };
-    // The client's allowed scopes may have shrunk since the family began.
-    let original = original.intersection(allowed);
-    let scopes = requested.unwrap_or(original);
-    if !scopes.is_subset(original) {
-        return Err(OAuthError::InvalidScope.respond("scope exceeds the original grant"));
-    }
-    Ok((scopes, next))
+    // The client's allowed scopes may have shrunk since the family began; the script has
+    // already checked that `requested` lies within both.
+    Ok((requested.unwrap_or(original.intersection(allowed)), next))
 }
 
 #[cfg(test)]

@@ -416,3 +416,29 @@ async fn cookie_variant_works() {
     let both = [("cookie", pair), ("authorization", "Bearer bad.bad.bad".to_owned())];
     assert_eq!(harness.send(Method::GET, RECS_U1, &both, None).await.0, 401);
 }
+
+/// Issue 12.2: a refresh asking for more than the original grant is refused *before* the
+/// token is rotated, so the client's ordinary retry (without the scope) still works and the
+/// family is not revoked as a reuse.
+#[tokio::test]
+async fn refresh_with_too_wide_a_scope_does_not_burn_the_token() {
+    let harness = Harness::new("auth-refresh-scope", |_| {});
+    let credentials = format!("client_id=recs&client_secret={SECRET}");
+    let (status, _, issued) =
+        harness.token_request(&format!("grant_type=client_credentials&{credentials}")).await;
+    assert_eq!(status, 200, "{issued}");
+    let first = issued["refresh_token"].as_str().unwrap().to_owned();
+    let refresh =
+        |token: &str| format!("grant_type=refresh_token&refresh_token={token}&{credentials}");
+    for too_wide in ["admin", "recs:read+events:write"] {
+        let (status, _, refused) =
+            harness.token_request(&format!("{}&scope={too_wide}", refresh(&first))).await;
+        assert_eq!((status, refused["error"].as_str()), (400, Some("invalid_scope")), "{refused}");
+    }
+    let (status, _, rotated) = harness.token_request(&refresh(&first)).await;
+    assert_eq!(status, 200, "the retry without the scope works: {rotated}");
+    assert_eq!(rotated["scope"], "recs:read");
+    let second = rotated["refresh_token"].as_str().unwrap().to_owned();
+    let (status, _, again) = harness.token_request(&refresh(&second)).await;
+    assert_eq!(status, 200, "the family is alive: {again}");
+}
