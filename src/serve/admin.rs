@@ -25,8 +25,7 @@ pub(super) async fn put_flags(
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<FlagsView>, ApiError> {
     principal.require(Scope::Admin)?;
-    let Json(value) =
-        body.map_err(|error| ApiError::new(ErrorCode::InvalidBody, error.body_text()))?;
+    let Json(value) = body.map_err(super::body_rejection)?;
     let doc = FlagsDoc::from_value(value)
         .map_err(|error| ApiError::new(ErrorCode::InvalidBody, error.to_string()))?;
     match state.flags.replace(doc).await {
