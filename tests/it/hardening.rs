@@ -192,3 +192,135 @@ async fn a_frozen_redis_costs_the_request_budget_not_the_command_timeout() {
         assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
     }
 }
+
+const SECRET: &str = "flood-test-secret-0123456789";
+
+/// One token request with `client_id` and a wrong secret: status, `error`, `Retry-After`.
+fn wrong_secret(base: &str, client_id: &str) -> (u16, String, Option<String>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", client_id),
+        ("client_secret", "wrong"),
+    ];
+    let mut response = agent.post(&format!("{base}/v1/auth/token")).send_form(form).unwrap();
+    let status = response.status().as_u16();
+    let retry_after =
+        response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+    (status, body["error"].as_str().unwrap_or_default().to_owned(), retry_after)
+}
+
+/// Issue 12.1: 320 wrong-secret requests at concurrency 64 (each argon2 check holds 19 MiB),
+/// with the per-address rate limit off so that only the secret-check bounds stand, and the
+/// default bounds (one check at a time, 1 s queue, 5 checks then 1/s per client id): the
+/// spawned service's RSS stays under 200 MiB, every answer is one the README documents, and a
+/// right secret still gets a token afterwards.
+#[test]
+fn a_flood_of_wrong_secrets_keeps_memory_flat_and_gets_the_documented_answers() {
+    use common::faults::{rss_kib, ServiceProcess};
+    let config = test_config(&unique("flood"));
+    common::infra::create_topics(&[(&config.kafka.topic, 1), (&config.kafka.dead_letter_topic, 1)]);
+    let dir = std::env::temp_dir().join(unique("flood-clients"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let clients = dir.join("clients.toml");
+    let hash = embedstream::auth::issue::hash_secret(SECRET).unwrap();
+    std::fs::write(
+        &clients,
+        format!(
+            "[[clients]]\nclient_id = \"recs\"\nsecret_hash = '{hash}'\nscopes = [\"recs:read\"]\n"
+        ),
+    )
+    .unwrap();
+    let clients_path = clients.display().to_string();
+    let mut service = ServiceProcess::spawn(
+        &config,
+        &[
+            ("EMBEDSTREAM_AUTH__CLIENTS_PATH", &clients_path),
+            ("EMBEDSTREAM_RATE_LIMIT__ENABLED", "false"),
+        ],
+    );
+    service.wait_listening(Duration::from_secs(60));
+    let pid = service.pid();
+    let base = service.base();
+
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let flooding = std::sync::Arc::clone(&flooding);
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let workers: Vec<_> = (0..64)
+        .map(|worker| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|n| {
+                        // An eighth of the flood names the registered client, the rest random
+                        // unknown ids (each with a budget of its own).
+                        let client_id = if worker % 8 == 0 {
+                            "recs".to_owned()
+                        } else {
+                            format!("ghost-{worker}-{n}")
+                        };
+                        wrong_secret(&base, &client_id)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let answers: Vec<_> = workers.into_iter().flat_map(|worker| worker.join().unwrap()).collect();
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak_kib = sampler.join().unwrap();
+    let after_kib = rss_kib(pid);
+
+    let mut counts = std::collections::BTreeMap::new();
+    for (status, error, _) in &answers {
+        *counts.entry((*status, error.clone())).or_insert(0) += 1;
+    }
+    eprintln!("flood answers {counts:?}, peak RSS {peak_kib} KiB, after {after_kib} KiB");
+    assert!(peak_kib < 200 * 1024, "peak RSS {peak_kib} KiB during the flood: {counts:?}");
+    assert!(after_kib < 200 * 1024, "RSS {after_kib} KiB after the flood");
+    for (status, error, retry_after) in &answers {
+        match (status, error.as_str()) {
+            (401, "invalid_client") => {}
+            (429, "slow_down") | (503, "temporarily_unavailable") => {
+                let seconds: u64 = retry_after.as_deref().unwrap().parse().unwrap();
+                assert!(seconds >= 1, "{status} {error}: Retry-After {seconds}");
+            }
+            other => panic!("undocumented answer {other:?}"),
+        }
+    }
+    assert!(counts.contains_key(&(503, "temporarily_unavailable".to_owned())), "{counts:?}");
+    assert!(counts.contains_key(&(429, "slow_down".to_owned())), "{counts:?}");
+    assert!(counts.contains_key(&(401, "invalid_client".to_owned())), "{counts:?}");
+
+    // The right secret still works once the client's budget has refilled.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", "recs"),
+            ("client_secret", SECRET),
+        ];
+        let status = agent.post(&format!("{base}/v1/auth/token")).send_form(form).unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the right secret never got a token: {status}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
