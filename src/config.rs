@@ -256,11 +256,21 @@ impl Config {
                 "must be in 1..=262144",
             ));
         }
-        if http.max_body_bytes == 0 || http.redis_timeout_ms == 0 {
+        if http.max_body_bytes == 0
+            || http.redis_timeout_ms == 0
+            || http.header_read_timeout_ms == 0
+            || http.max_connections == 0
+        {
             return Err(invalid(
-                "http.max_body_bytes / http.redis_timeout_ms",
-                &format!("{} / {}", http.max_body_bytes, http.redis_timeout_ms),
-                "both must be >= 1",
+                "http.max_body_bytes / redis_timeout_ms / header_read_timeout_ms / max_connections",
+                &format!(
+                    "{} / {} / {} / {}",
+                    http.max_body_bytes,
+                    http.redis_timeout_ms,
+                    http.header_read_timeout_ms,
+                    http.max_connections
+                ),
+                "all must be >= 1",
             ));
         }
         if let Err(error) = self.auth.validate() {

@@ -7,6 +7,7 @@
 //! path's `user_id` when the token may name other users).
 
 mod admin;
+mod connections;
 mod error;
 mod handlers;
 mod limits;
@@ -23,6 +24,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
+pub use connections::serve;
 pub use error::{body_rejection, ApiError, ErrorCode};
 pub use handlers::SubjectUser;
 pub use ranking::STALE_HEADER;
@@ -68,6 +70,13 @@ pub struct ServeConfig {
     /// script, user load, sessions, refresh tokens, flags write), ms: past it the call counts as
     /// failed and the request takes its fallback (default 50, >= 1).
     pub redis_timeout_ms: u64,
+    /// A connection must deliver a whole request head within this long of starting to wait
+    /// for one, ms, or it is closed (default 10000, >= 1). hyper starts the timer as soon as a
+    /// connection waits for its next request, so this also closes idle keep-alive
+    /// connections: it bounds slowloris heads and idle connections alike.
+    pub header_read_timeout_ms: u64,
+    /// Connections open at once; one more is closed at accept (default 1024, >= 1).
+    pub max_connections: usize,
 }
 
 impl Default for ServeConfig {
@@ -82,6 +91,8 @@ impl Default for ServeConfig {
             max_header_bytes: 16_384,
             max_body_bytes: 2 << 20,
             redis_timeout_ms: 50,
+            header_read_timeout_ms: 10_000,
+            max_connections: 1024,
         }
     }
 }
@@ -305,19 +316,4 @@ async fn record_latency(State(state): State<AppState>, request: Request, next: N
         .with_label_values(&[route.as_str(), class.as_str()])
         .observe(started.elapsed().as_secs_f64());
     response
-}
-
-/// Serves `router` on `listener` until `shutdown` completes.
-///
-/// # Errors
-/// IO errors of the listener.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    // The peer address goes into each request (ConnectInfo): the rate limiter keys
-    // unauthenticated requests (the token endpoint) by client address.
-    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, service).with_graceful_shutdown(shutdown).await
 }

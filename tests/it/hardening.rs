@@ -26,13 +26,19 @@ struct Server {
 
 impl Server {
     async fn start(config: &Config) -> Self {
-        let app = router(app_state(config));
+        let state = app_state(config);
+        let metrics = state.metrics.clone();
+        let app = router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(embedstream::serve::serve(listener, app, async move {
-            let _ = stopped.await;
-        }));
+        let http = config.http.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            embedstream::serve::serve(listener, app, &http, metrics, shutdown).await
+        });
         Self { addr, stop: Some(stop) }
     }
 }
@@ -323,4 +329,99 @@ fn a_flood_of_wrong_secrets_keeps_memory_flat_and_gets_the_documented_answers() 
         std::thread::sleep(Duration::from_millis(500));
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether the server has closed `stream` (EOF or reset); `false` while it is open and silent.
+fn closed_by_server(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) => {
+                return !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    }
+}
+
+fn connect(port: u16) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    stream
+}
+
+fn spawn_service(name: &str, extra: &[(&str, &str)]) -> common::faults::ServiceProcess {
+    let config = test_config(&unique(name));
+    common::infra::create_topics(&[(&config.kafka.topic, 1), (&config.kafka.dead_letter_topic, 1)]);
+    let mut service = common::faults::ServiceProcess::spawn(&config, extra);
+    service.wait_listening(Duration::from_secs(60));
+    service
+}
+
+/// Issue 12.5, with the default configuration: a slowloris connection (one header byte per
+/// second, never finished) and an idle keep-alive connection are both closed by the server
+/// once `http.header_read_timeout_ms` (10 s) has passed, while a normal request still works.
+#[test]
+fn slowloris_and_idle_connections_are_closed_after_the_header_read_timeout() {
+    use std::io::Write;
+    let service = spawn_service("slowloris", &[]);
+    let mut slow = connect(service.port);
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: ").unwrap();
+    let mut idle = connect(service.port);
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let started = Instant::now();
+    let mut slow_closed = None;
+    let mut idle_closed = None;
+    while started.elapsed() < Duration::from_secs(25)
+        && (slow_closed.is_none() || idle_closed.is_none())
+    {
+        if slow_closed.is_none() {
+            // One more byte a second; a write may fail once the server has closed.
+            let _ = slow.write_all(b"a");
+            if closed_by_server(&mut slow) {
+                slow_closed = Some(started.elapsed());
+            }
+        }
+        if idle_closed.is_none() && closed_by_server(&mut idle) {
+            idle_closed = Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(900));
+    }
+    let slow_closed = slow_closed.expect("the slowloris connection is still open after 25 s");
+    let idle_closed = idle_closed.expect("the idle keep-alive connection is still open after 25 s");
+    // Not before the timeout: an honest client has the whole of it.
+    assert!(slow_closed >= Duration::from_secs(9), "slowloris closed after {slow_closed:?}");
+    assert!(idle_closed >= Duration::from_secs(9), "idle closed after {idle_closed:?}");
+    let reply = common::http::get(&service.url("/healthz"), Duration::from_secs(5)).unwrap();
+    assert_eq!(reply.status, 200);
+}
+
+/// Issue 12.5: connections beyond `http.max_connections` are closed at once; one closing makes
+/// room for the next.
+#[test]
+fn connections_beyond_the_cap_are_closed_at_once() {
+    use std::io::Write;
+    let service = spawn_service("conncap", &[("EMBEDSTREAM_HTTP__MAX_CONNECTIONS", "8")]);
+    // The readiness probe's connection must be gone from the server's count first.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut held: Vec<_> = (0..8).map(|_| connect(service.port)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for stream in &mut held {
+        assert!(!closed_by_server(stream), "a connection within the cap was closed");
+    }
+    let mut beyond = connect(service.port);
+    let _ = beyond.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n");
+    let started = Instant::now();
+    while !closed_by_server(&mut beyond) {
+        assert!(started.elapsed() < Duration::from_secs(5), "the ninth connection stays open");
+    }
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(300));
+    let reply = common::http::get(&service.url("/healthz"), Duration::from_secs(5)).unwrap();
+    assert_eq!(reply.status, 200, "room for one connection again");
 }
