@@ -1,3 +1,8 @@
+//! The JSON error of the HTTP API, `{"error": {"code": "...", "message": "..."}}`, with its
+//! stable codes and their statuses. A leaf: it knows axum and nothing of ours, so the domain
+//! modules whose HTTP middleware answers errors (`auth`, `ratelimit`) use it without importing
+//! the HTTP layer (`serve`), and no import cycle appears.
+
 use axum::extract::rejection::JsonRejection;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use config::{AuthConfig, SigningAlgorithm};
-pub use principal::{AccessClaims, Principal, Scope, Scopes};
+pub use principal::{AccessClaims, MissingScope, Principal, Scope, Scopes};
 pub use verify::TokenError;
 
 use crate::store::AsyncRedis;

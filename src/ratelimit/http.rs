@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{headers, RateLimiter, RouteClass};
 use crate::auth::Principal;
-use crate::serve::{ApiError, ErrorCode};
+use crate::http_error::{ApiError, ErrorCode};
 
 /// The verified token subject of `request`: authentication ([`crate::auth::http::authenticate`],
 /// the layer outside this one) stores the [`Principal`] in the request extensions. With

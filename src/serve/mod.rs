@@ -8,7 +8,6 @@
 
 mod admin;
 mod connections;
-mod error;
 mod handlers;
 mod limits;
 mod ranking;
@@ -24,8 +23,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
+pub use crate::http_error::{body_rejection, ApiError, ErrorCode};
 pub use connections::serve;
-pub use error::{body_rejection, ApiError, ErrorCode};
 pub use handlers::SubjectUser;
 pub use ranking::STALE_HEADER;
 
