@@ -56,6 +56,9 @@ pub async fn enforce(State(limiter): State<RateLimiter>, request: Request, next:
     let Some(class) = RouteClass::of_path(request.uri().path()) else {
         return next.run(request).await;
     };
+    let service =
+        request.extensions().get::<Principal>().is_some_and(|principal| principal.service);
+    let class = class.for_subject(service);
     let who = subject(&request, limiter.config().trust_forwarded_for);
     let decision = limiter.check(class, &who).await;
     let mut response = if decision.outcome.allowed {
