@@ -87,8 +87,11 @@ pub async fn run(
     state.producer = Arc::new(EventProducer::new(&config, Arc::clone(&producer_breaker))?);
     let app = router(state);
     let server_cancel = cancel.clone();
+    let http_config = config.http.clone();
+    let server_metrics = metrics.clone();
     let server = tokio::spawn(async move {
-        serve(listener, app, async move { server_cancel.cancelled().await }).await
+        let shutdown = async move { server_cancel.cancelled().await };
+        serve(listener, app, &http_config, server_metrics, shutdown).await
     });
 
     // Restore and first index build off the runtime threads; HTTP answers /readyz 503 meanwhile.

@@ -260,6 +260,34 @@ impl Config {
                 "both must be >= 1",
             ));
         }
+        let http = &self.http;
+        if !(1..=65_534).contains(&http.max_uri_bytes) {
+            return Err(invalid("http.max_uri_bytes", &http.max_uri_bytes, "must be in 1..=65534"));
+        }
+        if !(1..=262_144).contains(&http.max_header_bytes) {
+            return Err(invalid(
+                "http.max_header_bytes",
+                &http.max_header_bytes,
+                "must be in 1..=262144",
+            ));
+        }
+        if http.max_body_bytes == 0
+            || http.redis_timeout_ms == 0
+            || http.header_read_timeout_ms == 0
+            || http.max_connections == 0
+        {
+            return Err(invalid(
+                "http.max_body_bytes / redis_timeout_ms / header_read_timeout_ms / max_connections",
+                &format!(
+                    "{} / {} / {} / {}",
+                    http.max_body_bytes,
+                    http.redis_timeout_ms,
+                    http.header_read_timeout_ms,
+                    http.max_connections
+                ),
+                "all must be >= 1",
+            ));
+        }
         if let Err(error) = self.auth.validate() {
             return Err(ConfigError::Invalid {
                 field: error.field,

@@ -16,6 +16,7 @@
 //! - [`store`]: Redis key layout, vector codec, atomic flush and restore.
 //! - [`index`]: HNSW snapshot, fresh tier and exact re-rank.
 //! - [`serve`]: the HTTP API (axum).
+//! - [`http_error`]: the JSON error of the HTTP API and its stable codes (a leaf).
 //! - [`session`]: server-side sessions in Redis and session-vector blending.
 //! - [`auth`]: JWT verification (JWKS, scopes, revocation) and token issuance for clients.
 //! - [`ratelimit`]: admission control of the HTTP side: rate limits (Redis GCRA) and load
@@ -34,6 +35,7 @@ pub mod eval;
 pub mod event;
 pub mod flags;
 pub mod fold;
+pub mod http_error;
 pub mod index;
 pub mod ingest;
 pub mod metrics;

@@ -74,6 +74,10 @@ pub struct Metrics {
     pub ratelimit_decisions: IntCounterVec,
     /// Requests refused by load shedding, by reason (overloaded, timeout).
     pub http_shed: IntCounterVec,
+    /// HTTP connections open now.
+    pub http_connections_open: IntGauge,
+    /// Connections closed at accept because `http.max_connections` were open.
+    pub http_connections_refused: IntCounter,
     /// Circuit breaker state by breaker (0 closed, 1 open, 2 half-open) and transitions.
     pub breakers: crate::resilience::BreakerMetrics,
     /// Ranking responses by route, source of the ranking and experiment variant
@@ -288,6 +292,11 @@ impl Metrics {
             http_duration,
             ratelimit_decisions,
             http_shed,
+            http_connections_open: gauge("http_connections_open", "HTTP connections open now")?,
+            http_connections_refused: counter(
+                "http_connections_refused_total",
+                "Connections closed at accept because http.max_connections were open",
+            )?,
             rankings_total,
             flags_refresh_failures,
             registry,

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use argon2::password_hash::PasswordHash;
 use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
@@ -121,15 +121,65 @@ impl Clients {
     }
 
     /// The client when `secret` is its secret. Slow by design (argon2, tens of ms): call it
-    /// off the async threads. An unknown id takes as long as a wrong secret.
+    /// off the async threads. An unknown id takes as long as a wrong secret. Allocates the
+    /// argon2 memory for this one call; the token endpoint reuses its own
+    /// ([`Clients::authenticate_with`]).
     pub fn authenticate(&self, client_id: &str, secret: &str) -> Option<&Client> {
+        let mut memory = vec![argon2::Block::default(); self.memory_blocks()];
+        self.authenticate_with(client_id, secret, &mut memory)
+    }
+
+    /// [`Clients::authenticate`] with the caller's argon2 memory, at least
+    /// [`Clients::memory_blocks`] long (a shorter one fails every check): no allocation, so a
+    /// flood of checks cannot grow the heap.
+    pub fn authenticate_with(
+        &self,
+        client_id: &str,
+        secret: &str,
+        memory: &mut [argon2::Block],
+    ) -> Option<&Client> {
         let client = self.by_id.get(client_id);
         let hash = client.map_or(self.dummy_hash.as_str(), |client| client.secret_hash.as_str());
         let parsed = PasswordHash::new(hash).ok()?;
-        let verified =
-            argon2::Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok();
+        let verified = verify_in(secret.as_bytes(), &parsed, memory);
         client.filter(|_| verified)
     }
+
+    /// Argon2 memory blocks (1 KiB each) one check needs: the largest `m` of any stored hash.
+    pub fn memory_blocks(&self) -> usize {
+        self.by_id
+            .values()
+            .map(|client| client.secret_hash.as_str())
+            .chain(std::iter::once(self.dummy_hash.as_str()))
+            .filter_map(|hash| PasswordHash::new(hash).ok())
+            .filter_map(|hash| argon2::Params::try_from(&hash).ok())
+            .map(|params| params.block_count())
+            .max()
+            .unwrap_or(argon2::Params::DEFAULT_M_COST as usize)
+    }
+}
+
+/// `PasswordVerifier::verify_password` of argon2 with the caller's memory: recompute the hash
+/// with the stored algorithm, version, parameters and salt, and compare in constant time
+/// (`password_hash::Output` equality).
+fn verify_in(secret: &[u8], hash: &PasswordHash<'_>, memory: &mut [argon2::Block]) -> bool {
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else { return false };
+    let Ok(algorithm) = argon2::Algorithm::try_from(hash.algorithm) else { return false };
+    let version = match hash.version.map(argon2::Version::try_from) {
+        None => argon2::Version::default(),
+        Some(Ok(version)) => version,
+        Some(Err(_)) => return false,
+    };
+    let Ok(params) = argon2::Params::try_from(hash) else { return false };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else { return false };
+    let mut output = [0u8; argon2::password_hash::Output::MAX_LENGTH];
+    let Some(output) = output.get_mut(..expected.len()) else { return false };
+    let argon = argon2::Argon2::new(algorithm, version, params);
+    if argon.hash_password_into_with_memory(secret, salt, output, memory).is_err() {
+        return false;
+    }
+    argon2::password_hash::Output::new(output).is_ok_and(|computed| computed == *expected)
 }
 
 #[cfg(test)]
@@ -151,6 +201,12 @@ mod tests {
         assert!(clients.authenticate("recs", "s3cret").is_some());
         assert!(clients.authenticate("recs", "wrong").is_none());
         assert!(clients.authenticate("nobody", "s3cret").is_none());
+        // With the caller's memory: the same answers, and too little memory never verifies.
+        let mut memory = vec![argon2::Block::default(); clients.memory_blocks()];
+        assert_eq!(clients.memory_blocks(), argon2::Params::DEFAULT_M_COST as usize);
+        assert!(clients.authenticate_with("recs", "s3cret", &mut memory).is_some());
+        assert!(clients.authenticate_with("recs", "wrong", &mut memory).is_none());
+        assert!(clients.authenticate_with("recs", "s3cret", &mut memory[..8]).is_none());
         assert_eq!(clients.get("recs").unwrap().allowed, Scopes::of(&[Scope::RecsRead]));
         std::fs::write(
             &path,

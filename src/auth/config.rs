@@ -78,6 +78,18 @@ pub struct AuthConfig {
     /// TOML or JSON file of the service clients (`client_id`, argon2 `secret_hash`, `scopes`);
     /// unset: the client-credentials grant is refused. Requires `signing_key_path`.
     pub clients_path: Option<PathBuf>,
+    /// Client-secret checks (argon2, about 19 MiB and 80 ms of CPU each) running at once on
+    /// this instance (default 1, >= 1). Each slot holds its argon2 memory for the life of the
+    /// process, so memory stays flat under any flood.
+    pub secret_check_concurrency: usize,
+    /// Longest wait of a token request for a free secret-check slot, ms (default 1000); then
+    /// 503 `temporarily_unavailable` with `Retry-After`.
+    pub secret_check_queue_ms: u64,
+    /// Secret checks per second allowed for one presented `client_id` (default 1, > 0); past
+    /// the burst: 429 `slow_down` with `Retry-After`.
+    pub client_checks_per_second: f64,
+    /// Secret checks one `client_id` may make at once after being idle (default 5, >= 1).
+    pub client_checks_burst: u32,
 }
 
 impl Default for AuthConfig {
@@ -98,6 +110,10 @@ impl Default for AuthConfig {
             access_ttl_s: 300,
             refresh_ttl_s: 86_400,
             clients_path: None,
+            secret_check_concurrency: 1,
+            secret_check_queue_ms: 1000,
+            client_checks_per_second: 1.0,
+            client_checks_burst: 5,
         }
     }
 }
@@ -178,6 +194,20 @@ impl AuthConfig {
                 "auth.signing_algorithm / auth.algorithms",
                 &(self.signing_algorithm, &self.algorithms),
                 "the signing algorithm must be one of the accepted algorithms",
+            );
+        }
+        if self.secret_check_concurrency == 0 || self.client_checks_burst == 0 {
+            return invalid(
+                "auth.secret_check_concurrency / auth.client_checks_burst",
+                &(self.secret_check_concurrency, self.client_checks_burst),
+                "both must be >= 1",
+            );
+        }
+        if !(self.client_checks_per_second.is_finite() && self.client_checks_per_second > 0.0) {
+            return invalid(
+                "auth.client_checks_per_second",
+                &self.client_checks_per_second,
+                "must be finite and > 0",
             );
         }
         if self.clients_path.is_some() && self.signing_key_path.is_none() {

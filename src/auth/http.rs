@@ -12,12 +12,18 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::principal::{Principal, Scope};
+use super::principal::{MissingScope, Principal, Scope};
 use super::{now_s, Auth, TokenError};
-use crate::serve::{ApiError, ErrorCode};
+use crate::http_error::{ApiError, ErrorCode};
 
 /// The one `/v1` route that needs no token.
 pub const TOKEN_PATH: &str = "/v1/auth/token";
+
+impl From<MissingScope> for ApiError {
+    fn from(error: MissingScope) -> Self {
+        ApiError::new(ErrorCode::Forbidden, error.to_string())
+    }
+}
 
 fn unauthorized(error: &TokenError) -> ApiError {
     ApiError::new(ErrorCode::Unauthorized, error.to_string())
@@ -67,7 +73,7 @@ pub async fn authenticate(
     };
     if let Some(scope) = required_scope(request.uri().path()) {
         if let Err(error) = principal.require(scope) {
-            return error.into_response();
+            return ApiError::from(error).into_response();
         }
     }
     request.extensions_mut().insert(principal);

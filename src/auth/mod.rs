@@ -7,6 +7,7 @@
 //! - [`verify`]: the pure verifier (algorithm pinning, `iss`/`aud`, `exp`/`nbf` with leeway).
 //! - [`issue`]: signing, key generation, secret hashing.
 //! - [`clients`]: the registered service clients (argon2-hashed secrets).
+//! - [`guard`]: admission of secret checks (global slots with a queue deadline, per client).
 //! - [`store`]: revocation list and refresh tokens in Redis.
 //! - [`http`]: the authentication layer, extractors and the two `/v1/auth` routes.
 //!
@@ -16,6 +17,7 @@
 
 pub mod clients;
 pub mod config;
+pub mod guard;
 pub mod http;
 pub mod issue;
 pub mod jwks;
@@ -31,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use config::{AuthConfig, SigningAlgorithm};
-pub use principal::{AccessClaims, Principal, Scope, Scopes};
+pub use principal::{AccessClaims, MissingScope, Principal, Scope, Scopes};
 pub use verify::TokenError;
 
 use crate::store::AsyncRedis;
@@ -64,6 +66,8 @@ pub struct Auth {
     verifier: Option<verify::Verifier>,
     signer: Option<issue::Signer>,
     clients: Option<clients::Clients>,
+    /// Admission of secret checks; present with `clients`.
+    secret_checks: Option<guard::SecretChecks>,
     revocations: store::Revocations,
     refresh: store::RefreshTokens,
 }
@@ -111,11 +115,15 @@ impl Auth {
             }
         }
         let clients = config.clients_path.as_deref().map(clients::Clients::load).transpose()?;
+        let secret_checks = clients
+            .as_ref()
+            .map(|clients| guard::SecretChecks::new(config, clients.memory_blocks()));
         Ok(Self {
             config: config.clone(),
             verifier,
             signer,
             clients,
+            secret_checks,
             revocations: store::Revocations::new(redis.clone()),
             refresh: store::RefreshTokens::new(redis, config.refresh_ttl_s),
         })
@@ -139,6 +147,11 @@ impl Auth {
     /// The registered clients (`None` when `auth.clients_path` is unset).
     pub fn clients(&self) -> Option<&clients::Clients> {
         self.clients.as_ref()
+    }
+
+    /// Admission of secret checks (`None` when `auth.clients_path` is unset).
+    pub fn secret_checks(&self) -> Option<&guard::SecretChecks> {
+        self.secret_checks.as_ref()
     }
 
     /// The revocation list.

@@ -152,6 +152,11 @@ fn any_aud<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, 
     })
 }
 
+/// The principal lacks the scope a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this route needs scope {}", .0.as_str())]
+pub struct MissingScope(pub Scope);
+
 /// Who is calling: the verified token of the request. Handlers take it as an extractor (the
 /// authentication layer puts it into the request's extensions).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,15 +193,12 @@ impl Principal {
     /// `Ok` when the principal holds `scope`.
     ///
     /// # Errors
-    /// [`crate::serve::ErrorCode::Forbidden`] naming the scope.
-    pub fn require(&self, scope: Scope) -> Result<(), crate::serve::ApiError> {
+    /// [`MissingScope`] (an HTTP answer turns it into 403 `forbidden`).
+    pub fn require(&self, scope: Scope) -> Result<(), MissingScope> {
         if self.has(scope) {
             return Ok(());
         }
-        Err(crate::serve::ApiError::new(
-            crate::serve::ErrorCode::Forbidden,
-            format!("this route needs scope {}", scope.as_str()),
-        ))
+        Err(MissingScope(scope))
     }
 
     /// Whether the principal may act on `user_id`: its own user, or any user for a service
@@ -243,7 +245,7 @@ mod tests {
         assert!(service.service && service.may_name("u2"));
         let writer = principal("client:ingest", &[Scope::EventsWrite]);
         assert!(!writer.may_name("u2"));
-        assert!(writer.require(Scope::RecsRead).is_err());
+        assert_eq!(writer.require(Scope::RecsRead), Err(MissingScope(Scope::RecsRead)));
         let admin = principal("ops", &[Scope::Admin]);
         assert!(admin.may_name("u2") && admin.require(Scope::EventsWrite).is_ok());
     }

@@ -88,13 +88,19 @@ pub enum Rotation {
     Unknown,
     /// Already used: the whole family is now revoked.
     Reused,
+    /// Valid and unused, but the requested scope exceeds the token's grant or the client's
+    /// allowed scopes: refused, and the token left unused (a retry without the scope works).
+    ScopeExceeded,
     /// Its family was revoked earlier (by a reuse) or expired.
     FamilyRevoked,
 }
 
 /// Rotates atomically. KEYS: presented token, its family, the new token. ARGV: ttl_s, family
-/// id, client id. The presented token stays (marked used) until its own expiry, so a second
-/// use within its life is detected.
+/// id, client id, `1` when a scope is requested (else `0`), the requested scopes, the client's
+/// allowed scopes (space-separated). Everything is checked before anything is written: a
+/// request the answer will refuse (here a scope beyond the grant) never consumes the token.
+/// The presented token stays (marked used) until its own expiry, so a second use within its
+/// life is detected.
 const ROTATE: &str = r"
 local used = redis.call('HGET', KEYS[1], 'used')
 if not used then return {'unknown'} end
@@ -106,6 +112,14 @@ if used ~= '0' then
   return {'reused'}
 end
 local scope = redis.call('HGET', KEYS[1], 'scope')
+if ARGV[4] == '1' then
+  local granted, allowed = {}, {}
+  for name in string.gmatch(scope, '%S+') do granted[name] = true end
+  for name in string.gmatch(ARGV[6], '%S+') do allowed[name] = true end
+  for name in string.gmatch(ARGV[5], '%S+') do
+    if not (granted[name] and allowed[name]) then return {'scope_exceeded'} end
+  end
+end
 redis.call('HSET', KEYS[1], 'used', '1')
 redis.call('HSET', KEYS[3], 'used', '0', 'client_id', ARGV[3], 'scope', scope, 'family', ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[1])
@@ -172,12 +186,20 @@ impl RefreshTokens {
         Ok(token)
     }
 
-    /// Presents `token` on behalf of `client_id`: rotates it, or detects reuse and revokes
-    /// its family, in one Lua script.
+    /// Presents `token` on behalf of `client_id`, asking for `requested` scopes (`None`: the
+    /// original grant) of which the client may still have `allowed`: rotates it, or detects
+    /// reuse and revokes its family, or refuses a scope beyond the grant without using the
+    /// token, in one Lua script.
     ///
     /// # Errors
     /// [`RedisUnavailable`].
-    pub async fn rotate(&self, token: &str, client_id: &str) -> Result<Rotation, RedisUnavailable> {
+    pub async fn rotate(
+        &self,
+        token: &str,
+        client_id: &str,
+        requested: Option<Scopes>,
+        allowed: Scopes,
+    ) -> Result<Rotation, RedisUnavailable> {
         let Some((family, _)) = token.split_once('.') else {
             return Ok(Rotation::Unknown);
         };
@@ -186,13 +208,16 @@ impl RefreshTokens {
         let family_key = self.keys.auth_family(family);
         let next_key = self.keys.auth_refresh(&hash(&next));
         let ttl = self.ttl_s.to_string();
+        let scope_requested = if requested.is_some() { "1" } else { "0" };
+        let requested = requested.unwrap_or_default().to_claim();
+        let allowed = allowed.to_claim();
         let reply: Vec<String> = self
             .redis
             .script(
                 "auth_refresh_rotate",
                 &self.rotate,
                 &[&presented, &family_key, &next_key],
-                &[&ttl, family, client_id],
+                &[&ttl, family, client_id, scope_requested, &requested, &allowed],
             )
             .await?;
         Ok(match reply.first().map(String::as_str) {
@@ -202,6 +227,7 @@ impl RefreshTokens {
             },
             Some("reused") => Rotation::Reused,
             Some("revoked") => Rotation::FamilyRevoked,
+            Some("scope_exceeded") => Rotation::ScopeExceeded,
             _ => Rotation::Unknown,
         })
     }

@@ -12,6 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
 
+use super::guard::Refused;
 use super::http::no_store;
 use super::principal::{Scopes, SERVICE_SUBJECT_PREFIX};
 use super::store::Rotation;
@@ -52,6 +53,22 @@ impl OAuthError {
         }
         response
     }
+}
+
+/// The answer to a secret check that was not admitted: 429 `slow_down` (RFC 8628 §3.5's code
+/// for a client asking too often) or 503 `temporarily_unavailable`, both with `Retry-After`.
+fn refusal(refused: Refused) -> Response {
+    let (status, code, retry_after_s) = match refused {
+        Refused::ClientRate { retry_after } => {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            (StatusCode::TOO_MANY_REQUESTS, "slow_down", seconds.max(1))
+        }
+        Refused::Busy => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", 1),
+    };
+    let mut response =
+        no_store(status, json!({ "error": code, "error_description": refused.to_string() }));
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+    response
 }
 
 /// Query of the token endpoint.
@@ -152,11 +169,20 @@ pub async fn token(
     if !matches!(grant, "client_credentials" | "refresh_token") {
         return OAuthError::UnsupportedGrantType.respond("client_credentials or refresh_token");
     }
-    // argon2 costs tens of ms of CPU: off the async threads.
+    // argon2 costs 19 MiB and tens of ms of CPU: admitted first (bounded, per client), then
+    // off the async threads with the slot's own memory.
+    let Some(checks) = auth.secret_checks() else {
+        return OAuthError::UnsupportedGrantType.respond("token issuance is not configured");
+    };
+    let mut slot = match checks.admit(&client_id).await {
+        Ok(slot) => slot,
+        Err(refused) => return refusal(refused),
+    };
     let authenticating = Arc::clone(&auth);
     let id = client_id.clone();
     let allowed = tokio::task::spawn_blocking(move || {
-        authenticating.clients().and_then(|c| c.authenticate(&id, &secret)).map(|c| c.allowed)
+        let clients = authenticating.clients()?;
+        clients.authenticate_with(&id, &secret, slot.memory()).map(|client| client.allowed)
     })
     .await;
     let allowed = match allowed {
@@ -227,7 +253,9 @@ async fn client_credentials(
     }
 }
 
-/// RFC 6749 §6: rotate the refresh token; a reuse revokes its family (`invalid_grant`).
+/// RFC 6749 §6: rotate the refresh token; a reuse revokes its family (`invalid_grant`). The
+/// scope is checked inside the rotation, before the token is used: a refused request leaves it
+/// valid.
 async fn refresh(
     auth: &Auth,
     client_id: &str,
@@ -238,9 +266,13 @@ async fn refresh(
     let Some(presented) = presented else {
         return Err(OAuthError::InvalidRequest.respond("refresh_token is required"));
     };
-    let rotated = auth.refresh().rotate(presented, client_id).await;
+    let rotated = auth.refresh().rotate(presented, client_id, requested, allowed).await;
     let (original, next) = match rotated {
         Ok(Rotation::Rotated { scopes, next }) => (scopes, next),
+        Ok(Rotation::ScopeExceeded) => {
+            let message = "scope exceeds the original grant; the refresh token is still valid";
+            return Err(OAuthError::InvalidScope.respond(message));
+        }
         Ok(Rotation::Reused) => {
             tracing::warn!(client_id, "refresh token reused: family revoked");
             let message = "refresh token already used; its family is revoked";
@@ -254,13 +286,9 @@ async fn refresh(
         }
         Err(_) => return Err(OAuthError::TemporarilyUnavailable.respond("token store unavailable")),
     };
-    // The client's allowed scopes may have shrunk since the family began.
-    let original = original.intersection(allowed);
-    let scopes = requested.unwrap_or(original);
-    if !scopes.is_subset(original) {
-        return Err(OAuthError::InvalidScope.respond("scope exceeds the original grant"));
-    }
-    Ok((scopes, next))
+    // The client's allowed scopes may have shrunk since the family began; the script has
+    // already checked that `requested` lies within both.
+    Ok((requested.unwrap_or(original.intersection(allowed)), next))
 }
 
 #[cfg(test)]

@@ -30,6 +30,11 @@ pub enum TokenError {
     /// No key with this `kid` (after at most one rate-limited reload).
     #[error("unknown kid")]
     UnknownKid,
+    /// The header carries `crit`: it names extensions the verifier must understand, and we
+    /// understand none, so RFC 7515 §4.1.11 requires refusing it (even an empty list, which
+    /// §4.1.11 forbids producers to send).
+    #[error("critical header extensions are not supported")]
+    CriticalExtension,
     /// `alg` differs from the algorithm of the key named by `kid`.
     #[error("algorithm {token:?} does not match the key's {key:?}")]
     AlgorithmMismatch { token: Algorithm, key: SigningAlgorithm },
@@ -42,6 +47,13 @@ pub enum TokenError {
     /// `nbf` (minus leeway) is after now.
     #[error("token not valid yet")]
     NotYetValid,
+    /// `iat` is further in the future than the leeway: a token from a clock (or an issuer)
+    /// that cannot be trusted.
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    /// `jti` is empty: such a token could never be revoked.
+    #[error("token has an empty jti")]
+    EmptyJti,
     /// The `jti` is on the revocation list.
     #[error("token revoked")]
     Revoked,
@@ -93,6 +105,9 @@ impl Verifier {
     pub fn verify(&self, token: &str, now_s: u64) -> Result<AccessClaims, TokenError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|error| TokenError::Malformed(error.to_string()))?;
+        if header.crit.is_some() {
+            return Err(TokenError::CriticalExtension);
+        }
         let algorithm = SigningAlgorithm::from_jwt(header.alg)
             .filter(|algorithm| self.accepted.contains(algorithm))
             .ok_or(TokenError::AlgorithmNotAccepted(header.alg))?;
@@ -109,8 +124,15 @@ impl Verifier {
         if now_s >= claims.exp.saturating_add(self.leeway_s) {
             return Err(TokenError::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| nbf > now_s.saturating_add(self.leeway_s)) {
+        let latest_valid = now_s.saturating_add(self.leeway_s);
+        if claims.nbf.is_some_and(|nbf| nbf > latest_valid) {
             return Err(TokenError::NotYetValid);
+        }
+        if claims.iat.is_some_and(|iat| iat > latest_valid) {
+            return Err(TokenError::IssuedInFuture);
+        }
+        if claims.jti.is_empty() {
+            return Err(TokenError::EmptyJti);
         }
         Ok(claims)
     }

@@ -205,3 +205,27 @@ fn unknown_or_missing_kid_is_refused() {
     let token = fixture.sign(&Header::new(Algorithm::EdDSA), &fixture.claims());
     assert_eq!(fixture.verifier().verify(&token, NOW), Err(TokenError::MissingKid));
 }
+
+#[test]
+fn crit_header_is_refused_whatever_it_lists() {
+    let fixture = Fixture::new("crit");
+    let verifier = fixture.verifier();
+    for crit in [vec!["exp2".to_owned()], Vec::new()] {
+        let header = Header { crit: Some(crit), ..fixture.ed_header() };
+        let token = fixture.sign(&header, &fixture.claims());
+        assert_eq!(verifier.verify(&token, NOW), Err(TokenError::CriticalExtension));
+    }
+}
+
+#[test]
+fn iat_beyond_the_leeway_and_empty_jti_are_refused() {
+    let mut fixture = Fixture::new("iat");
+    fixture.config.leeway_s = 5;
+    let verifier = fixture.verifier();
+    let at = |iat: u64| verifier.verify(&fixture.with("iat", json!(iat)), NOW);
+    assert!(at(NOW + 5).is_ok(), "within the leeway");
+    assert_eq!(at(NOW + 6), Err(TokenError::IssuedInFuture));
+    assert_eq!(at(NOW + 10 * 365 * 86_400), Err(TokenError::IssuedInFuture));
+    let token = fixture.with("jti", json!(""));
+    assert_eq!(verifier.verify(&token, NOW), Err(TokenError::EmptyJti));
+}

@@ -30,6 +30,10 @@ pub enum FlagsError {
     /// A `session_weight` outside [0, 1].
     #[error("flags document: variant {variant:?} session_weight = {value} must be in [0, 1]")]
     SessionWeight { variant: String, value: f32 },
+    /// A JSON array (or another non-object) where an object belongs: serde would read a
+    /// struct from an array by position, so `[]` or `{"ann": [false, 0]}` must be refused here.
+    #[error("flags document: {path} must be a JSON object")]
+    NotAnObject { path: String },
     /// No such flag (CLI).
     #[error("unknown flag {0:?}: expected personalization, session_blending, ann or redis_reads")]
     UnknownFlag(String),
@@ -136,6 +140,32 @@ impl std::str::FromStr for FlagName {
     }
 }
 
+/// Every struct of the document is an object: the document, each switch, the experiment (or
+/// `null`) and each variant. Other type errors are left to serde, which names the field.
+fn require_objects(doc: &serde_json::Value) -> Result<(), FlagsError> {
+    use serde_json::Value;
+    let not_object = |path: String| Err(FlagsError::NotAnObject { path });
+    let Value::Object(fields) = doc else { return not_object("the document".to_owned()) };
+    for flag in FlagName::ALL {
+        if fields.get(flag.as_str()).is_some_and(|value| !value.is_object()) {
+            return not_object(flag.as_str().to_owned());
+        }
+    }
+    match fields.get("experiment") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Object(experiment)) => match experiment.get("variants") {
+            Some(Value::Array(variants)) => {
+                match variants.iter().position(|variant| !variant.is_object()) {
+                    Some(index) => not_object(format!("experiment.variants[{index}]")),
+                    None => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        },
+        Some(_) => not_object("experiment".to_owned()),
+    }
+}
+
 fn valid_name(field: &'static str, name: &str) -> Result<(), FlagsError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || !name.chars().all(allowed) {
@@ -150,8 +180,20 @@ impl FlagsDoc {
     /// # Errors
     /// [`FlagsError`] for a bad shape or a value out of range.
     pub fn from_json(text: &str) -> Result<Self, FlagsError> {
-        let doc: Self =
+        let value: serde_json::Value =
             serde_json::from_str(text).map_err(|error| FlagsError::Shape(error.to_string()))?;
+        Self::from_value(value)
+    }
+
+    /// Validates a parsed document: every level that is a struct must be a JSON object (an
+    /// array is refused, never read by position), then the shape and the ranges.
+    ///
+    /// # Errors
+    /// [`FlagsError`] for a non-object, a bad shape or a value out of range.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, FlagsError> {
+        require_objects(&value)?;
+        let doc: Self =
+            serde_json::from_value(value).map_err(|error| FlagsError::Shape(error.to_string()))?;
         doc.validate()?;
         Ok(doc)
     }

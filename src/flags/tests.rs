@@ -190,3 +190,23 @@ fn flag_names_parse() {
     }
     assert!(matches!("ANN".parse::<FlagName>(), Err(FlagsError::UnknownFlag(_))));
 }
+
+#[test]
+fn arrays_are_never_read_as_structs() {
+    let refused = |text: &str| match FlagsDoc::from_json(text) {
+        Err(FlagsError::NotAnObject { path }) => path,
+        other => panic!("{text}: {other:?}"),
+    };
+    assert_eq!(refused("[]"), "the document");
+    assert_eq!(refused(r#"[{"enabled": false, "rollout_percent": 0}]"#), "the document");
+    assert_eq!(refused("3"), "the document");
+    assert_eq!(refused(r#"{"ann": [false, 0]}"#), "ann");
+    assert_eq!(refused(r#"{"experiment": ["x", []]}"#), "experiment");
+    assert_eq!(
+        refused(
+            r#"{"experiment": {"name": "x", "variants": [{"name": "a", "weight": 1}, ["b", 1]]}}"#
+        ),
+        "experiment.variants[1]"
+    );
+    assert!(FlagsDoc::from_json(r#"{"experiment": null}"#).is_ok());
+}

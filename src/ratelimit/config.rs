@@ -44,6 +44,9 @@ pub struct RateLimitConfig {
     pub trust_forwarded_for: bool,
     /// `/v1/users/*` and `/v1/items/*` (default 50/s, burst 100).
     pub recs: ClassLimit,
+    /// The same routes for a service client, `sub` = `client:<id>` (default 5000/s, burst
+    /// 10000: one recommendation service asks for many users).
+    pub service_recs: ClassLimit,
     /// `POST /v1/events` (default 200/s, burst 400).
     pub events: ClassLimit,
     /// `/v1/auth/*` (default 5/s, burst 10).
@@ -60,6 +63,7 @@ impl Default for RateLimitConfig {
             fallback_max_subjects: 100_000,
             trust_forwarded_for: false,
             recs: ClassLimit { rate_per_second: 50.0, burst: 100 },
+            service_recs: ClassLimit { rate_per_second: 5000.0, burst: 10_000 },
             events: ClassLimit { rate_per_second: 200.0, burst: 400 },
             auth: ClassLimit { rate_per_second: 5.0, burst: 10 },
             admin: ClassLimit { rate_per_second: 5.0, burst: 10 },
@@ -84,6 +88,7 @@ impl RateLimitConfig {
     pub fn limit(&self, class: RouteClass) -> &ClassLimit {
         match class {
             RouteClass::Recs => &self.recs,
+            RouteClass::ServiceRecs => &self.service_recs,
             RouteClass::Events => &self.events,
             RouteClass::Auth => &self.auth,
             RouteClass::Admin => &self.admin,

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{headers, RateLimiter, RouteClass};
 use crate::auth::Principal;
-use crate::serve::{ApiError, ErrorCode};
+use crate::http_error::{ApiError, ErrorCode};
 
 /// The verified token subject of `request`: authentication ([`crate::auth::http::authenticate`],
 /// the layer outside this one) stores the [`Principal`] in the request extensions. With
@@ -56,6 +56,9 @@ pub async fn enforce(State(limiter): State<RateLimiter>, request: Request, next:
     let Some(class) = RouteClass::of_path(request.uri().path()) else {
         return next.run(request).await;
     };
+    let service =
+        request.extensions().get::<Principal>().is_some_and(|principal| principal.service);
+    let class = class.for_subject(service);
     let who = subject(&request, limiter.config().trust_forwarded_for);
     let decision = limiter.check(class, &who).await;
     let mut response = if decision.outcome.allowed {

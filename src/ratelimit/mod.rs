@@ -32,6 +32,10 @@ use crate::store::AsyncRedis;
 pub enum RouteClass {
     /// `/v1/users/*`, `/v1/items/*`: recommendations, scores, vectors.
     Recs,
+    /// The same routes called by a service client (a token whose `sub` is `client:<id>`): a
+    /// recommendation service is typically one client asking for many users, so it has a
+    /// budget of its own instead of one user's.
+    ServiceRecs,
     /// `/v1/events`: event ingestion.
     Events,
     /// `/v1/auth/*`: token issuance and revocation.
@@ -42,7 +46,8 @@ pub enum RouteClass {
 
 impl RouteClass {
     /// Every class.
-    pub const ALL: [RouteClass; 4] = [Self::Recs, Self::Events, Self::Auth, Self::Admin];
+    pub const ALL: [RouteClass; 5] =
+        [Self::Recs, Self::ServiceRecs, Self::Events, Self::Auth, Self::Admin];
 
     /// The class of a request path, `None` for unlimited routes.
     pub fn of_path(path: &str) -> Option<Self> {
@@ -57,10 +62,20 @@ impl RouteClass {
         }
     }
 
+    /// The class of a request by a subject that is (`service`) or is not a service client:
+    /// [`RouteClass::Recs`] becomes [`RouteClass::ServiceRecs`] for a service client.
+    pub fn for_subject(self, service: bool) -> Self {
+        match self {
+            Self::Recs if service => Self::ServiceRecs,
+            other => other,
+        }
+    }
+
     /// Name in keys, headers and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Recs => "recs",
+            Self::ServiceRecs => "service_recs",
             Self::Events => "events",
             Self::Auth => "auth",
             Self::Admin => "admin",
@@ -70,6 +85,7 @@ impl RouteClass {
     fn rate_field(self) -> &'static str {
         match self {
             Self::Recs => "rate_limit.recs.rate_per_second",
+            Self::ServiceRecs => "rate_limit.service_recs.rate_per_second",
             Self::Events => "rate_limit.events.rate_per_second",
             Self::Auth => "rate_limit.auth.rate_per_second",
             Self::Admin => "rate_limit.admin.rate_per_second",
@@ -79,6 +95,7 @@ impl RouteClass {
     fn burst_field(self) -> &'static str {
         match self {
             Self::Recs => "rate_limit.recs.burst",
+            Self::ServiceRecs => "rate_limit.service_recs.burst",
             Self::Events => "rate_limit.events.burst",
             Self::Auth => "rate_limit.auth.burst",
             Self::Admin => "rate_limit.admin.burst",
@@ -88,9 +105,10 @@ impl RouteClass {
     fn index(self) -> usize {
         match self {
             Self::Recs => 0,
-            Self::Events => 1,
-            Self::Auth => 2,
-            Self::Admin => 3,
+            Self::ServiceRecs => 1,
+            Self::Events => 2,
+            Self::Auth => 3,
+            Self::Admin => 4,
         }
     }
 }
@@ -138,7 +156,7 @@ struct Inner {
     redis: AsyncRedis,
     script: redis::Script,
     namespace: String,
-    local: [local::LocalLimiter; 4],
+    local: [local::LocalLimiter; 5],
     metrics: Metrics,
 }
 
@@ -244,5 +262,8 @@ mod tests {
         for (path, class) in cases {
             assert_eq!(RouteClass::of_path(path), class, "{path}");
         }
+        assert_eq!(RouteClass::Recs.for_subject(true), RouteClass::ServiceRecs);
+        assert_eq!(RouteClass::Recs.for_subject(false), RouteClass::Recs);
+        assert_eq!(RouteClass::Events.for_subject(true), RouteClass::Events);
     }
 }

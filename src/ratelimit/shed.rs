@@ -18,8 +18,8 @@ use tower::timeout::error::Elapsed;
 use tower::timeout::TimeoutLayer;
 use tower::ServiceBuilder;
 
+use crate::http_error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
-use crate::serve::{ApiError, ErrorCode};
 
 /// Wraps every route of `router` (added so far; fallbacks excluded) in one shared concurrency
 /// limit of `max_in_flight` with load shedding and a per-request `timeout`.

@@ -22,11 +22,12 @@ pub(super) async fn get_flags(
 pub(super) async fn put_flags(
     State(state): State<AppState>,
     principal: Principal,
-    body: Result<Json<FlagsDoc>, JsonRejection>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<FlagsView>, ApiError> {
     principal.require(Scope::Admin)?;
-    let Json(doc) =
-        body.map_err(|error| ApiError::new(ErrorCode::InvalidBody, error.body_text()))?;
+    let Json(value) = body.map_err(super::body_rejection)?;
+    let doc = FlagsDoc::from_value(value)
+        .map_err(|error| ApiError::new(ErrorCode::InvalidBody, error.to_string()))?;
     match state.flags.replace(doc).await {
         Ok(()) => Ok(Json(state.flags.view())),
         Err(RefreshError::Invalid(error)) => {

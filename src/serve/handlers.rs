@@ -16,7 +16,8 @@ use crate::model::{ItemRow, Model};
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
-const MAX_ID_CHARS: usize = 128;
+/// Longest user, item or session id, characters (the event contract's limit).
+pub(super) const MAX_ID_CHARS: usize = 128;
 
 /// The user a request is about: the verified token's `sub` (the session user). The path's
 /// `{user_id}` must equal it, unless the token may name other users (a service client's token

@@ -7,8 +7,9 @@
 //! path's `user_id` when the token may name other users).
 
 mod admin;
-mod error;
+mod connections;
 mod handlers;
+mod limits;
 mod ranking;
 mod sessions;
 
@@ -22,7 +23,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
-pub use error::{ApiError, ErrorCode};
+pub use crate::http_error::{body_rejection, ApiError, ErrorCode};
+pub use connections::serve;
 pub use handlers::SubjectUser;
 pub use ranking::STALE_HEADER;
 
@@ -55,6 +57,25 @@ pub struct ServeConfig {
     /// A `/v1` request still running after this long is cut off with 503 `overloaded`, ms
     /// (default 5000, >= 1).
     pub request_timeout_ms: u64,
+    /// Longest request target (path and query), bytes; longer: 414 `uri_too_long` (default
+    /// 8192, 1..=65534).
+    pub max_uri_bytes: usize,
+    /// Largest total of header fields (name, value and 4 bytes of framing each), bytes;
+    /// larger: 431 `headers_too_large` (default 16384, 1..=262144).
+    pub max_header_bytes: usize,
+    /// Largest request body, bytes; larger: 413 `payload_too_large` (default 2 MiB, >= 1).
+    pub max_body_bytes: usize,
+    /// Budget of each Redis call made while answering a request (revocation check, rate-limit
+    /// script, user load, sessions, refresh tokens, flags write), ms: past it the call counts as
+    /// failed and the request takes its fallback (default 50, >= 1).
+    pub redis_timeout_ms: u64,
+    /// A connection must deliver a whole request head within this long of starting to wait
+    /// for one, ms, or it is closed (default 10000, >= 1). hyper starts the timer as soon as a
+    /// connection waits for its next request, so this also closes idle keep-alive
+    /// connections: it bounds slowloris heads and idle connections alike.
+    pub header_read_timeout_ms: u64,
+    /// Connections open at once; one more is closed at accept (default 1024, >= 1).
+    pub max_connections: usize,
 }
 
 impl Default for ServeConfig {
@@ -65,6 +86,12 @@ impl Default for ServeConfig {
             max_score_items: 10_000,
             max_concurrent_requests: 256,
             request_timeout_ms: 5000,
+            max_uri_bytes: 8192,
+            max_header_bytes: 16_384,
+            max_body_bytes: 2 << 20,
+            redis_timeout_ms: 50,
+            header_read_timeout_ms: 10_000,
+            max_connections: 1024,
         }
     }
 }
@@ -153,6 +180,8 @@ impl AppState {
         redis: AsyncRedis,
         config: &Config,
     ) -> anyhow::Result<Self> {
+        // Every Redis call of the HTTP side answers within the request-path budget.
+        let redis = redis.with_timeout(Duration::from_millis(config.http.redis_timeout_ms));
         let rate_limiter = RateLimiter::new(&config.rate_limit, redis.clone(), metrics.clone());
         let auth = Arc::new(Auth::from_config(&config.auth, redis.clone())?);
         let producer_breaker = Arc::new(CircuitBreaker::new(
@@ -266,6 +295,8 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .fallback(handlers::unknown_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.config.clone(), limits::enforce))
         .layer(axum::middleware::from_fn_with_state(state.clone(), record_latency))
         .with_state(state)
 }
@@ -284,19 +315,4 @@ async fn record_latency(State(state): State<AppState>, request: Request, next: N
         .with_label_values(&[route.as_str(), class.as_str()])
         .observe(started.elapsed().as_secs_f64());
     response
-}
-
-/// Serves `router` on `listener` until `shutdown` completes.
-///
-/// # Errors
-/// IO errors of the listener.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    // The peer address goes into each request (ConnectInfo): the rate limiter keys
-    // unauthenticated requests (the token endpoint) by client address.
-    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, service).with_graceful_shutdown(shutdown).await
 }

@@ -25,7 +25,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::handlers::{check_k, query, read, SubjectUser};
+use super::handlers::{check_k, query, read, SubjectUser, MAX_ID_CHARS};
 use super::{ApiError, AppState, ErrorCode};
 use crate::flags::Decisions;
 use crate::index::{exact_top_k, popular_top_k};
@@ -232,6 +232,23 @@ pub(super) async fn recommendations(
     ))
 }
 
+/// Every id of a scoring request has 1 to [`MAX_ID_CHARS`] characters, as the contract says:
+/// a longer one can name no item, and would only cost hashing and echoing.
+fn check_item_ids(item_ids: &[String]) -> Result<(), ApiError> {
+    let Some((index, chars)) = item_ids
+        .iter()
+        .map(|id| id.chars().count())
+        .enumerate()
+        .find(|(_, chars)| *chars == 0 || *chars > MAX_ID_CHARS)
+    else {
+        return Ok(());
+    };
+    Err(ApiError::new(
+        ErrorCode::InvalidBody,
+        format!("item_ids[{index}] has {chars} characters; ids have 1 to {MAX_ID_CHARS}"),
+    ))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ScoreRequest {
@@ -244,14 +261,14 @@ pub(super) async fn scores(
     SubjectUser(user_id): SubjectUser,
     body: Result<Json<ScoreRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) =
-        body.map_err(|error| ApiError::new(ErrorCode::InvalidBody, error.body_text()))?;
+    let Json(request) = body.map_err(super::body_rejection)?;
     if request.item_ids.is_empty() || request.item_ids.len() > state.config.max_score_items {
         return Err(ApiError::new(
             ErrorCode::InvalidBody,
             format!("item_ids must hold 1 to {} ids", state.config.max_score_items),
         ));
     }
+    check_item_ids(&request.item_ids)?;
     let decisions = state.flags.decide(&user_id);
     let mut fallbacks = Vec::new();
     let lookup = lookup_user(&state, &user_id, decisions.redis_reads).await?;

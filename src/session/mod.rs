@@ -106,11 +106,16 @@ pub enum SessionError {
 // KEYS[1] user's session set, KEYS[2] the new session hash.
 // ARGV: 1 session id, 2 now ms, 3 ttl s, 4 max per user, 5 policy, 6 user id, 7 session key
 // prefix ("{ns}:session:").
+// The set is scored by creation ms, made strictly increasing per user: two sessions created in
+// the same millisecond would otherwise tie, and ZPOPMIN would break the tie by the random id.
 const CREATE: &str = r"
 local live = redis.call('ZRANGE', KEYS[1], 0, -1)
 for _, id in ipairs(live) do
   if redis.call('EXISTS', ARGV[7] .. id) == 0 then redis.call('ZREM', KEYS[1], id) end
 end
+local score = tonumber(ARGV[2])
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if newest[2] and tonumber(newest[2]) >= score then score = tonumber(newest[2]) + 1 end
 local count = redis.call('ZCARD', KEYS[1])
 local limit = tonumber(ARGV[4])
 local evicted = {}
@@ -125,7 +130,7 @@ if count >= limit then
 end
 redis.call('HSET', KEYS[2], 'user_id', ARGV[6], 'created_ms', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[1], score, ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local reply = {1, count + 1}
 for _, id in ipairs(evicted) do table.insert(reply, id) end

@@ -52,14 +52,18 @@ struct Inner {
     keys: Keys,
     metrics: Metrics,
     connect_timeout: Duration,
-    timeout: Duration,
+    /// The command timeout of the connection (`store.command_timeout_ms`).
+    command_timeout: Duration,
     last_failed: std::sync::atomic::AtomicBool,
 }
 
-/// Cloneable handle; clones share the connection and the breaker.
+/// Cloneable handle; clones share the connection and the breaker. Each handle has its own
+/// budget per call ([`AsyncRedis::with_timeout`]): the HTTP side answers within tens of
+/// milliseconds while the same connection keeps the command timeout for background work.
 #[derive(Clone)]
 pub struct AsyncRedis {
     inner: Arc<Inner>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for AsyncRedis {
@@ -84,7 +88,9 @@ impl AsyncRedis {
         breaker: Arc<CircuitBreaker>,
         metrics: Metrics,
     ) -> Result<Self, RedisError> {
+        let timeout = Duration::from_millis(config.command_timeout_ms);
         Ok(Self {
+            timeout,
             inner: Arc::new(Inner {
                 client: redis::Client::open(config.url.as_str())?,
                 manager: tokio::sync::RwLock::new(None),
@@ -92,10 +98,22 @@ impl AsyncRedis {
                 keys: Keys::new(&config.namespace),
                 metrics,
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms),
-                timeout: Duration::from_millis(config.command_timeout_ms),
+                command_timeout: timeout,
                 last_failed: std::sync::atomic::AtomicBool::new(false),
             }),
         })
+    }
+
+    /// The same connection and breaker with another budget per call: a call still unanswered
+    /// after `timeout` fails with [`RedisUnavailable::Timeout`] and counts against the breaker
+    /// (a Redis too slow for the request path is unavailable to it).
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self { inner: Arc::clone(&self.inner), timeout }
+    }
+
+    /// The budget of each call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The namespace's key names.
@@ -129,7 +147,7 @@ impl AsyncRedis {
         }
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.inner.connect_timeout))
-            .set_response_timeout(Some(self.inner.timeout))
+            .set_response_timeout(Some(self.inner.command_timeout))
             .set_number_of_retries(0);
         let connect = self.inner.client.get_connection_manager_with_config(config);
         let manager = tokio::time::timeout(self.inner.connect_timeout, connect)
@@ -146,7 +164,7 @@ impl AsyncRedis {
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let started = Instant::now();
-        let timeout = self.inner.timeout;
+        let timeout = self.timeout;
         let attempt = async {
             let connection = self.connection().await?;
             match tokio::time::timeout(timeout, call(connection)).await {

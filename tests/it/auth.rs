@@ -416,3 +416,69 @@ async fn cookie_variant_works() {
     let both = [("cookie", pair), ("authorization", "Bearer bad.bad.bad".to_owned())];
     assert_eq!(harness.send(Method::GET, RECS_U1, &both, None).await.0, 401);
 }
+
+/// Issue 12.2: a refresh asking for more than the original grant is refused *before* the
+/// token is rotated, so the client's ordinary retry (without the scope) still works and the
+/// family is not revoked as a reuse.
+#[tokio::test]
+async fn refresh_with_too_wide_a_scope_does_not_burn_the_token() {
+    let harness = Harness::new("auth-refresh-scope", |_| {});
+    let credentials = format!("client_id=recs&client_secret={SECRET}");
+    let (status, _, issued) =
+        harness.token_request(&format!("grant_type=client_credentials&{credentials}")).await;
+    assert_eq!(status, 200, "{issued}");
+    let first = issued["refresh_token"].as_str().unwrap().to_owned();
+    let refresh =
+        |token: &str| format!("grant_type=refresh_token&refresh_token={token}&{credentials}");
+    for too_wide in ["admin", "recs:read+events:write"] {
+        let (status, _, refused) =
+            harness.token_request(&format!("{}&scope={too_wide}", refresh(&first))).await;
+        assert_eq!((status, refused["error"].as_str()), (400, Some("invalid_scope")), "{refused}");
+    }
+    let (status, _, rotated) = harness.token_request(&refresh(&first)).await;
+    assert_eq!(status, 200, "the retry without the scope works: {rotated}");
+    assert_eq!(rotated["scope"], "recs:read");
+    let second = rotated["refresh_token"].as_str().unwrap().to_owned();
+    let (status, _, again) = harness.token_request(&refresh(&second)).await;
+    assert_eq!(status, 200, "the family is alive: {again}");
+}
+
+/// Issue 12.3: RFC 7515 §4.1.11: a `crit` header names extensions the verifier must
+/// understand; we understand none, so any `crit` (even an empty list) is refused.
+#[tokio::test]
+async fn crit_header_is_refused() {
+    let harness = Harness::new("auth-crit", |_| {});
+    for crit in [json!(["exp2"]), json!([])] {
+        let header = Header {
+            crit: Some(serde_json::from_value(crit.clone()).unwrap()),
+            ..harness.ed_header()
+        };
+        let token = harness.sign(&header, &harness.claims());
+        assert_refused(&harness, &token, &format!("crit {crit}")).await;
+    }
+    // A hand-built header with crit and the extension parameter it names.
+    let header = json!({ "alg": "EdDSA", "kid": harness.keys.kid, "crit": ["exp2"], "exp2": 1 });
+    let pem = std::fs::read(&harness.keys.signing_key).unwrap();
+    let signing_input = format!("{}.{}", b64(&header), b64(&harness.claims()));
+    let signature = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &EncodingKey::from_ed_pem(&pem).unwrap(),
+        Algorithm::EdDSA,
+    )
+    .unwrap();
+    assert_refused(&harness, &format!("{signing_input}.{signature}"), "crit with its parameter")
+        .await;
+}
+
+/// Issue 12.6: an `iat` beyond the leeway in the future, and an empty `jti` (which could
+/// never be revoked), are refused; `iat` within the leeway is accepted.
+#[tokio::test]
+async fn future_iat_and_empty_jti_are_refused() {
+    let harness = Harness::new("auth-iat-jti", |config| config.auth.leeway_s = 5);
+    let ten_years = 10 * 365 * 86_400;
+    assert_refused(&harness, &harness.with("iat", json!(now_s() + ten_years)), "iat +10 y").await;
+    assert_refused(&harness, &harness.with("iat", json!(now_s() + 60)), "iat +60 s").await;
+    let (status, body) = harness.get(RECS_U1, &harness.with("iat", json!(now_s() + 2))).await;
+    assert_eq!(status, 200, "iat within the leeway: {body}");
+    assert_refused(&harness, &harness.with("jti", json!("")), "empty jti").await;
+}

@@ -170,7 +170,9 @@ async fn cli_changes_reach_decide_after_a_refresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_through_the_router_applies_at_once() {
     // A refresh interval far beyond the test: only the PUT itself can update the cache.
-    let (config, signer) = config_with_keys(&unique("flags-put"), 600_000);
+    let (mut config, signer) = config_with_keys(&unique("flags-put"), 600_000);
+    // More admin requests than the default burst of 10: this test is about validation.
+    config.rate_limit.admin.burst = 100;
     let state = state(&config, &redis_url());
     let admin = token(&signer, &[Scope::Admin]);
     let reader = token(&signer, &[Scope::RecsRead]);
@@ -201,6 +203,12 @@ async fn put_through_the_router_applies_at_once() {
         r#"{"ann": {"enabled": true}, "colour": "blue"}"#,
         r#"{"ann": {"enabled": "yes"}}"#,
         "not json",
+        // Issue 12.4: serde reads a struct from an array by position; a document is an object.
+        "[]",
+        r#"[{"enabled": false, "rollout_percent": 0}]"#,
+        r#"{"ann": [false, 0]}"#,
+        r#"{"experiment": ["x", [{"name": "a", "weight": 1}]]}"#,
+        r#"{"experiment": {"name": "x", "variants": [["a", 1]]}}"#,
     ] {
         let (status, body) = call(&state, Method::PUT, Some(&admin), Some(bad)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");

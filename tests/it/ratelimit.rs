@@ -266,3 +266,30 @@ async fn a_request_past_the_timeout_is_cut_off_with_503_overloaded() {
         .render()
         .contains("embedstream_http_shed_requests_total{reason=\"timeout\"} 1"));
 }
+
+/// Issue 12.7: a recommendation service is one client asking for many users; its service token
+/// (`sub` = `client:<id>`) spends the `service_recs` budget (default 5000/s, burst 10000), not
+/// one user's `recs` budget, while user tokens keep theirs.
+#[tokio::test]
+async fn a_service_token_has_the_service_budget_and_users_keep_theirs() {
+    let config = config("rl-service");
+    let state = state(&config);
+    let metrics = state.metrics.clone();
+    let app = router(state);
+    let service = token(&config, "client:recs-service", "recs:read");
+    for user in 0..12 {
+        let uri = format!("/v1/users/u{user}/recommendations?k=5");
+        let reply = call(&app, Method::GET, &uri, Some(&service)).await;
+        assert!(reply.status.is_success(), "request {user}: {}: {}", reply.status, reply.json);
+        assert_eq!(reply.header("ratelimit-policy"), Some("\"service_recs\";q=10000;w=2"));
+    }
+    assert_eq!(decisions(&metrics, "service_recs", "redis", "allowed"), 12);
+    // A user token on the same routes still has the recs budget of this config (burst 4).
+    let bob = token(&config, "bob", "recs:read");
+    for _ in 0..4 {
+        let reply = call(&app, Method::GET, "/v1/users/bob/recommendations", Some(&bob)).await;
+        assert!(reply.status.is_success(), "{}", reply.json);
+    }
+    let refused = call(&app, Method::GET, "/v1/users/bob/recommendations", Some(&bob)).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+}

@@ -261,3 +261,30 @@ async fn flags_force_each_fallback() {
     assert_eq!(stale.body["stale"], true);
     assert_eq!(stale.body["source"], "popularity");
 }
+
+/// Sessions created within the same millisecond keep their creation order: at the limit the
+/// first of them is evicted, never a newer one (before, the tie went to the smaller random id,
+/// so half the time the newest session was evicted: a flaky `session_limit_evicts_...`).
+#[tokio::test]
+async fn sessions_created_in_the_same_millisecond_evict_the_first() {
+    use embedstream::session::Created;
+    let mut config = config("sess-same-ms");
+    config.session.max_per_user = 2;
+    let state = app_state(&config);
+    let now_ms = 1_800_000_000_000;
+    for user in 0..10 {
+        let user_id = format!("same-ms-{user}");
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            match state.sessions.create(&user_id, now_ms).await.unwrap() {
+                Created::Created { session_id, evicted } => ids.push((session_id, evicted)),
+                Created::LimitReached { live } => panic!("refused with {live} live"),
+            }
+        }
+        assert_eq!(ids[2].1, vec![ids[0].0.clone()], "user {user}: the first one is evicted");
+        assert!(state.sessions.get(&ids[0].0).await.unwrap().is_none());
+        for (id, _) in &ids[1..] {
+            assert!(state.sessions.get(id).await.unwrap().is_some(), "user {user}: {id} lives");
+        }
+    }
+}

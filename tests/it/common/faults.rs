@@ -187,6 +187,11 @@ impl OwnRedis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// The server's process id, for SIGSTOP and SIGCONT.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis is running").id()
+    }
+
     /// Starts redis-server (again) on the same port and directory and waits for PONG.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "redis is already running");
@@ -213,11 +218,6 @@ impl OwnRedis {
         std::fs::create_dir_all(&self.dir).unwrap();
         std::thread::sleep(down);
         self.restart();
-    }
-
-    /// The server's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("redis is running").id()
     }
 
     /// SIGSTOP: the server keeps its port and its kernel accepts connections and buffers

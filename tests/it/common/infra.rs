@@ -45,6 +45,10 @@ pub fn test_config(name: &str) -> Config {
     config.window.idle_timeout_ms = 1000;
     config.ingest.flush_interval_ms = 200;
     config.http.listen = "127.0.0.1:0".to_owned();
+    // The shared test Redis serves every test at once on two loaded cores: a request-path
+    // budget of 50 ms would turn scheduling delays into fallbacks the tests do not expect.
+    // hardening::a_frozen_redis_... runs with the default budget.
+    config.http.redis_timeout_ms = 2000;
     super::auth::shared_keys().configure(&mut config);
     config
 }

@@ -1,3 +1,9 @@
+//! The JSON error of the HTTP API, `{"error": {"code": "...", "message": "..."}}`, with its
+//! stable codes and their statuses. A leaf: it knows axum and nothing of ours, so the domain
+//! modules whose HTTP middleware answers errors (`auth`, `ratelimit`) use it without importing
+//! the HTTP layer (`serve`), and no import cycle appears.
+
+use axum::extract::rejection::JsonRejection;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -34,6 +40,12 @@ pub enum ErrorCode {
     RateLimited,
     /// Too many requests in flight: shed before latency collapses (503, `Retry-After: 1`).
     Overloaded,
+    /// The request body is larger than `http.max_body_bytes` (413).
+    PayloadTooLarge,
+    /// The request target is longer than `http.max_uri_bytes` (414).
+    UriTooLong,
+    /// The request's header fields are larger than `http.max_header_bytes` (431).
+    HeadersTooLarge,
     /// A bug (500).
     Internal,
 }
@@ -55,6 +67,9 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::RateLimited => "rate_limited",
             Self::Overloaded => "overloaded",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeadersTooLarge => "headers_too_large",
             Self::Internal => "internal",
         }
     }
@@ -74,6 +89,9 @@ impl ErrorCode {
             Self::NotReady | Self::Unavailable | Self::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -113,4 +131,13 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The error of a JSON body that could not be read: 413 `payload_too_large` past
+/// `http.max_body_bytes`, else 400 `invalid_body` with axum's description.
+pub fn body_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(ErrorCode::PayloadTooLarge, rejection.body_text());
+    }
+    ApiError::new(ErrorCode::InvalidBody, rejection.body_text())
 }
