@@ -189,6 +189,8 @@ impl SyncStore {
                 .arg(user.last_ts)
                 .arg("seen")
                 .arg(serde_json::to_string(&user.seen).unwrap_or_else(|_| "[]".to_owned()))
+                .arg("adagrad")
+                .arg(user.adagrad.to_string())
                 .ignore();
         }
         if !batch.users.is_empty() {
@@ -202,6 +204,8 @@ impl SyncStore {
                 .arg(keys.item(&item.id))
                 .arg("vector")
                 .arg(encode_vector(&item.vector))
+                .arg("context")
+                .arg(encode_vector(&item.context))
                 .arg("bias")
                 .arg(item.bias.to_string())
                 .arg("row")
@@ -212,6 +216,10 @@ impl SyncStore {
                 .arg(item.last_ts)
                 .arg("popularity_log")
                 .arg(item.popularity_log.to_string())
+                .arg("adagrad")
+                .arg(item.adagrad.to_string())
+                .arg("context_adagrad")
+                .arg(item.context_adagrad.to_string())
                 .ignore();
             pipe.cmd("ZADD").arg(keys.items()).arg(item.row).arg(&item.id).ignore();
         }
@@ -380,6 +388,38 @@ fn vector_field(
     decode_vector(bytes, Some(dim)).map_err(|error| corrupt(key, "vector", error))
 }
 
+/// An accumulator field; absent (written before it existed) reads as 0, the fresh value.
+fn optional_number(
+    key: &str,
+    fields: &HashMap<String, Vec<u8>>,
+    field: &'static str,
+) -> Result<f32, StoreError> {
+    if !fields.contains_key(field) {
+        return Ok(0.0);
+    }
+    let value: f32 = parse(key, field, field_text(key, fields, field)?)?;
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(corrupt(key, field, "must be a finite number >= 0"))
+    }
+}
+
+/// The item's context vector; an item written before context vectors existed has none and
+/// restores with the zero vector, which is what a fresh model holds for it.
+fn context_field(
+    key: &str,
+    fields: &HashMap<String, Vec<u8>>,
+    dim: usize,
+) -> Result<Vec<f32>, StoreError> {
+    match fields.get("context") {
+        None => Ok(vec![0.0; dim]),
+        Some(bytes) => {
+            decode_vector(bytes, Some(dim)).map_err(|error| corrupt(key, "context", error))
+        }
+    }
+}
+
 /// Parses a user hash.
 pub fn user_from_fields(
     key: &str,
@@ -399,6 +439,7 @@ pub fn user_from_fields(
         events: parse(key, "events", field_text(key, fields, "events")?)?,
         last_ts: parse(key, "last_ts", field_text(key, fields, "last_ts")?)?,
         seen,
+        adagrad: optional_number(key, fields, "adagrad")?,
     })
 }
 
@@ -413,6 +454,9 @@ pub fn item_from_fields(
         id: id.to_owned(),
         row: parse(key, "row", field_text(key, fields, "row")?)?,
         vector: vector_field(key, fields, dim)?,
+        context: context_field(key, fields, dim)?,
+        adagrad: optional_number(key, fields, "adagrad")?,
+        context_adagrad: optional_number(key, fields, "context_adagrad")?,
         bias: parse(key, "bias", field_text(key, fields, "bias")?)?,
         events: parse(key, "events", field_text(key, fields, "events")?)?,
         last_ts: parse(key, "last_ts", field_text(key, fields, "last_ts")?)?,
