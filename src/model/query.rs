@@ -91,8 +91,8 @@ impl Model {
         let max_norm = self.config.max_norm;
         let gradient_squared = vector::norm_squared(gradient);
         let rows = std::mem::take(&mut self.context_rows);
-        let weights = self.context_weights[rows.len()].clone();
-        for (row, weight) in rows.iter().zip(&weights) {
+        for (slot, row) in rows.iter().enumerate() {
+            let weight = self.context_weights[rows.len()][slot];
             let base = self.adapt(RowKind::Context, *row, weight * weight * gradient_squared);
             let lr = base * self.config.context_learning_rate_scale;
             let start = *row as usize * dim;
