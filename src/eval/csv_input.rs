@@ -114,3 +114,53 @@ pub(super) fn csv_rows(bytes: &[u8], mapping: Option<&CsvMapping>) -> Result<Vec
     }
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(spec: &str) -> CsvMapping {
+        parse_csv_columns(spec, TsUnit::Seconds, "like", b',').unwrap()
+    }
+
+    #[test]
+    fn rows_follow_the_mapping_and_units() {
+        let text =
+            b"ts,user,item,kind,w\n1700000000,alice,x,cart,2.5\n1700000001,bob,\"y,z\",buy,1\n";
+        let rows = csv_rows(
+            text,
+            Some(&mapping("user_id=user,item_id=item,ts=ts,event_type=kind,weight=w")),
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].event.ts_ms, 1_700_000_000_000);
+        assert_eq!(rows[0].event_type, "cart");
+        assert_eq!(rows[0].event.weight, 2.5);
+        assert_eq!(rows[1].event.item, "y,z", "quoted fields keep their delimiter");
+        assert_eq!(rows[1].line, 3);
+    }
+
+    #[test]
+    fn bad_mappings_and_rows_name_the_problem() {
+        assert!(parse_csv_columns("user_id=u,item_id=i", TsUnit::Millis, "like", b',').is_err());
+        assert!(parse_csv_columns(
+            "user_id=u,item_id=i,ts=t,colour=c",
+            TsUnit::Millis,
+            "like",
+            b','
+        )
+        .is_err());
+        let missing = csv_rows(b"u,i,t\na,b,1\n", Some(&mapping("user_id=u,item_id=i,ts=time")));
+        assert!(matches!(missing, Err(InputError::Mapping { .. })));
+        for text in
+            [&b"u,i,t\na,b,nan\n"[..], b"u,i,t\na,,1\n", b"u,i,t\na,b\n", b"u,i,t\na,b,1e30\n"]
+        {
+            let result = csv_rows(text, Some(&mapping("user_id=u,item_id=i,ts=t")));
+            assert!(
+                matches!(result, Err(InputError::Csv { line: 2, .. })),
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+}

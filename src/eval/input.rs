@@ -230,3 +230,33 @@ fn jsonl_rows(bytes: &[u8], spec: &InputSpec<'_>) -> Result<Vec<Row>, InputError
     }
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positive_combines_types_and_a_rating_bound() {
+        let types = EventTypes::default();
+        let positive = Positive::parse("cart, buy,rating>=4", &types).unwrap();
+        assert_eq!(positive.event_types, ["cart", "buy"]);
+        assert_eq!(positive.min_rating, Some(4.0));
+        assert!(positive.accepts("buy", Some(4.0)));
+        assert!(!positive.accepts("buy", Some(3.5)));
+        assert!(!positive.accepts("buy", None), "no rating fails a rating bound");
+        assert!(!positive.accepts("view", Some(5.0)));
+        let everything = Positive::parse("", &types).unwrap();
+        assert!(everything.accepts("view", None));
+    }
+
+    #[test]
+    fn malformed_positive_terms_are_refused() {
+        let types = EventTypes::default();
+        for spec in ["purchase", "rating>=x", "rating>=1,rating>=2", "rating>=inf"] {
+            assert!(
+                matches!(Positive::parse(spec, &types), Err(InputError::Positive { .. })),
+                "{spec}"
+            );
+        }
+    }
+}
