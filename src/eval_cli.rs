@@ -48,9 +48,12 @@ pub struct EvalArgs {
     /// Passes of the model over the batch part.
     #[arg(long, default_value_t = 5)]
     batch_epochs: usize,
-    /// kNN baseline: the user's recent items that co-occur and score.
+    /// kNN baseline: the user's recent items that score the candidates.
     #[arg(long, default_value_t = KnnConfig::default().recent_items)]
     knn_recent_items: usize,
+    /// kNN baseline: the user's recent items each new event co-occurs with.
+    #[arg(long, default_value_t = KnnConfig::default().cooccurrence_items)]
+    knn_cooccurrence_items: usize,
     /// kNN baseline: weight of normalised popularity in its score.
     #[arg(long, default_value_t = KnnConfig::default().popularity_weight)]
     knn_popularity_weight: f32,
@@ -109,6 +112,7 @@ pub fn run_eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
     };
     let knn_config = KnnConfig {
         recent_items: args.knn_recent_items,
+        cooccurrence_items: args.knn_cooccurrence_items,
         popularity_weight: args.knn_popularity_weight,
         recency_decay: args.knn_recency_decay,
         asymmetry: args.knn_asymmetry,

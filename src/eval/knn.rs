@@ -24,6 +24,8 @@ pub struct KnnConfig {
     /// The user's most recent distinct items that co-occur with a new event and that score
     /// candidates (default 20).
     pub recent_items: usize,
+    /// The user's most recent distinct items each new event co-occurs with (default 20).
+    pub cooccurrence_items: usize,
     /// Weight of the normalised popularity n_c / n_max added to the similarity sum
     /// (default 1, chosen on the validation split).
     pub popularity_weight: f32,
@@ -38,7 +40,13 @@ pub struct KnnConfig {
 
 impl Default for KnnConfig {
     fn default() -> Self {
-        Self { recent_items: 20, popularity_weight: 1.0, recency_decay: 1.0, asymmetry: 0.5 }
+        Self {
+            recent_items: 20,
+            cooccurrence_items: 20,
+            popularity_weight: 1.0,
+            recency_decay: 1.0,
+            asymmetry: 0.5,
+        }
     }
 }
 
@@ -68,9 +76,10 @@ impl ItemKnn {
         }
         self.counts[item as usize] += 1;
         self.max_count = self.max_count.max(self.counts[item as usize]);
-        let limit = self.config.recent_items;
+        let limit = self.config.recent_items.max(self.config.cooccurrence_items);
+        let window = self.config.cooccurrence_items;
         let recent = self.recent.entry(user.to_owned()).or_default();
-        for other in recent.iter().copied().filter(|other| *other != item) {
+        for other in recent.iter().rev().take(window).copied().filter(|other| *other != item) {
             *self.neighbours[item as usize].entry(other).or_insert(0) += 1;
             *self.neighbours[other as usize].entry(item).or_insert(0) += 1;
         }
@@ -90,7 +99,7 @@ impl ItemKnn {
         if let Some(recent) = self.recent.get(user) {
             let mut weight = 1.0f32;
             let alpha = self.config.asymmetry;
-            for other in recent.iter().rev() {
+            for other in recent.iter().rev().take(self.config.recent_items) {
                 let other_norm = (self.counts[*other as usize] as f32).powf(1.0 - alpha);
                 for (neighbour, together) in &self.neighbours[*other as usize] {
                     let norm = (self.counts[*neighbour as usize] as f32).powf(alpha) * other_norm;
@@ -135,7 +144,11 @@ mod tests {
 
     #[test]
     fn the_window_forgets_old_items() {
-        let mut knn = ItemKnn::new(KnnConfig { recent_items: 2, ..KnnConfig::default() });
+        let mut knn = ItemKnn::new(KnnConfig {
+            recent_items: 2,
+            cooccurrence_items: 2,
+            ..KnnConfig::default()
+        });
         for item in [0, 1, 2, 3] {
             knn.learn("u", item);
         }
