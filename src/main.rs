@@ -7,12 +7,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use embedstream::config::Config;
-use embedstream::eval::{self, EvalConfig, Split};
 use embedstream::ingest::StartPosition;
 use embedstream::produce::{self, Pace};
 use embedstream::replay::replay;
-use embedstream::source::{self, read_movielens, Format};
+use embedstream::source::{self, Format};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+mod eval_cli;
 
 #[derive(Debug, Parser)]
 #[command(name = "embedstream", version, about = "Real-time stateful embedding stream processor")]
@@ -42,24 +43,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Prequential (test-then-learn) evaluation on MovieLens-100k 5-star ratings.
-    Eval {
-        /// MovieLens u.data.
-        #[arg(long, default_value = "data/ml-100k/u.data")]
-        input: PathBuf,
-        /// Test split (`test`: last 70%, the published protocol; `validation`: 20%..30%).
-        #[arg(long, value_enum, default_value_t = Split::Test)]
-        split: Split,
-        /// Passes over the batch-training 20%.
-        #[arg(long, default_value_t = 5)]
-        batch_epochs: usize,
-        /// Write the moving-average recall chart (SVG) here.
-        #[arg(long, default_value = "eval-recall.svg")]
-        plot: PathBuf,
-        /// Print the report as one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Prequential (test-then-learn) evaluation of popularity, an item co-occurrence kNN and
+    /// the model, side by side, on MovieLens u.data, JSON-lines events or CSV.
+    Eval(eval_cli::EvalArgs),
     /// Run the service: consume the topic in a consumer group, fold, persist to Redis, index,
     /// and serve the HTTP API until SIGINT or SIGTERM.
     Run {
@@ -210,10 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay { input, format, partitions, json } => {
             run_replay(&config, &input, format, partitions, json)
         }
-        Command::Eval { input, split, batch_epochs, plot, json } => {
-            let eval_config = EvalConfig { split, batch_epochs, ..EvalConfig::default() };
-            run_eval(&config, &input, eval_config, &plot, json)
-        }
+        Command::Eval(args) => eval_cli::run_eval(&config, args),
         Command::Run { from, namespace, topic, group, listen, exit_when_caught_up } => {
             let mut config = config;
             if let Some(namespace) = namespace {
@@ -339,7 +322,7 @@ fn run_produce(
     Ok(())
 }
 
-fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
+pub(crate) fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(
         Some(len),
         if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
@@ -383,43 +366,6 @@ fn run_replay(
         "fold        {:.3} s, {:.0} events/s",
         summary.fold_seconds, summary.events_per_second
     );
-    Ok(())
-}
-
-fn run_eval(
-    config: &Config,
-    input: &Path,
-    eval_config: EvalConfig,
-    plot: &Path,
-    json: bool,
-) -> anyhow::Result<()> {
-    let bytes = std::fs::read(input).with_context(|| {
-        format!("reading {} (run scripts/fetch-movielens.sh first)", input.display())
-    })?;
-    let ratings = read_movielens(&bytes)?;
-    let report = eval::evaluate(&ratings, config.model.clone(), eval_config)?;
-    eval::write_recall_plot(&report, plot)?;
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-        return Ok(());
-    }
-    println!(
-        "{} 5-star events, {} users, {} items; batch {}, warm-up {}, tested {}",
-        report.events,
-        report.users,
-        report.items,
-        report.batch_events,
-        report.warmup_events,
-        report.tested_events
-    );
-    println!("{:<12} {:>10} {:>8} {:>10}", "", "recall@10", "MPR", "NDCG@10");
-    for (name, metrics) in [("popularity", &report.popularity), ("model", &report.model)] {
-        println!(
-            "{name:<12} {:>10.4} {:>8.4} {:>10.4}",
-            metrics.recall_at_10, metrics.mpr, metrics.ndcg_at_10
-        );
-    }
-    println!("plot        {}", plot.display());
     Ok(())
 }
 

@@ -1,31 +1,42 @@
-//! Prequential (test-then-learn) evaluation on MovieLens-100k.
+//! Prequential (test-then-learn) evaluation of three rankers side by side: popularity, a
+//! streaming item co-occurrence kNN ([`ItemKnn`]) and the model.
 //!
 //! The protocol of Kitazawa, "Incremental Factorization Machines for Persistently Cold-starting
 //! Online Item Recommendation" (arXiv:1607.02858) and CHIIR 2017 "Sketching Dynamic User-Item
 //! Interactions for Online Item Recommendation"; reference code github.com/takuti/stream-recommender:
 //!
-//! 1. keep the 5-star ratings only, sorted stably by (timestamp, line number);
-//! 2. the first 20% train in batch (`batch_epochs` passes), the next 10% are applied online;
-//! 3. on the last 70%, for each event: rank the candidates (every item seen so far in the
+//! 1. keep the positive events only (MovieLens: 5-star ratings), sorted stably by (time, line);
+//! 2. the first `batch_fraction` (20%) train in batch (`batch_epochs` passes; the kNN and the
+//!    popularity counts see them once), the next `warmup_fraction` (10%) are applied online;
+//! 3. on the rest (70%), for each event: rank the candidates (every item seen so far in the
 //!    stream, minus the items this user already interacted with, plus the target), count a hit
 //!    when the target ranks in the top 10, then learn from the event.
 //!
-//! Ties are broken by first appearance in the stream (earlier items rank higher), for both
-//! recommenders. A target never seen before cannot be ranked by either and counts as a miss.
+//! Ties are broken by first appearance in the stream (earlier items rank higher), for every
+//! recommender. A target never seen before cannot be ranked and counts as a miss.
 //!
-//! [`Split::Validation`] runs the same protocol on the first 30% only (batch on the first 20%,
-//! test-then-learn on the next 10%): the only split hyperparameters may be tuned on.
+//! [`Split::Validation`] runs the same protocol on the first `batch_fraction + warmup_fraction`
+//! only (batch on the first 20%, test-then-learn on the next 10%): the only split
+//! hyperparameters may be tuned on.
 
+mod csv_input;
+mod input;
+mod knn;
 mod metrics;
 mod plot;
 
 use std::collections::{HashMap, HashSet};
 
+use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::model::{ItemRow, Model, ModelConfig, ModelConfigError};
-use crate::source::Rating;
+use crate::model::{dot, ItemRow, Model, ModelConfig, ModelConfigError};
 
+pub use csv_input::parse_csv_columns;
+pub use input::{
+    read_eval_events, CsvMapping, EvalEvent, InputError, InputFormat, InputSpec, Positive, TsUnit,
+};
+pub use knn::{ItemKnn, KnnConfig};
 pub use metrics::{Metrics, RankAccumulator};
 pub use plot::{write_recall_plot, PlotError};
 
@@ -33,9 +44,9 @@ pub use plot::{write_recall_plot, PlotError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
-    /// The published protocol: test the last 70%.
+    /// The published protocol: test everything after batch and warm-up (the last 70%).
     Test,
-    /// Tuning split: test events 20%..30%, never touching the last 70%.
+    /// Tuning split: test the warm-up events (20%..30%), never touching the rest.
     Validation,
 }
 
@@ -46,10 +57,12 @@ pub struct EvalConfig {
     pub split: Split,
     /// Cut-off of recall and NDCG (default 10).
     pub top_k: usize,
-    /// Passes over the batch-training 20% (default 5).
+    /// Passes of the model over the batch-training part (default 1; the CLI's default is 5).
     pub batch_epochs: usize,
-    /// Weight each learning event carries (5-star ratings map to `like`, default weight 4).
-    pub event_weight: f32,
+    /// Share of the stream trained in batch (default 0.2; in [0, 1)).
+    pub batch_fraction: f64,
+    /// Share applied online before testing, the validation split's test part (default 0.1).
+    pub warmup_fraction: f64,
     /// Window of the moving-average recall curve, in events (default 500).
     pub curve_window: usize,
 }
@@ -60,10 +73,22 @@ impl Default for EvalConfig {
             split: Split::Test,
             top_k: 10,
             batch_epochs: 1,
-            event_weight: 4.0,
+            batch_fraction: 0.2,
+            warmup_fraction: 0.1,
             curve_window: 500,
         }
     }
+}
+
+/// Settings that cannot describe a split.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    /// Split fractions out of range.
+    #[error("batch_fraction {batch} and warmup_fraction {warmup} must be >= 0 with a sum below 1")]
+    Fractions { batch: f64, warmup: f64 },
+    /// Bad model hyperparameters.
+    #[error(transparent)]
+    Model(#[from] ModelConfigError),
 }
 
 /// Everything one evaluation run measured.
@@ -71,7 +96,9 @@ impl Default for EvalConfig {
 pub struct EvalReport {
     /// Settings used.
     pub config: EvalConfig,
-    /// 5-star events in the stream.
+    /// kNN settings used.
+    pub knn_config: KnnConfig,
+    /// Positive events in the stream.
     pub events: usize,
     /// Distinct users among them.
     pub users: usize,
@@ -83,95 +110,120 @@ pub struct EvalReport {
     pub warmup_events: usize,
     /// Events tested (test-then-learn).
     pub tested_events: usize,
-    /// The popularity baseline (all-time count of 5-star events so far).
+    /// The popularity baseline (all-time count of positive events so far).
     pub popularity: Metrics,
-    /// The online BPR model.
+    /// The streaming item co-occurrence kNN baseline.
+    pub knn: Metrics,
+    /// The online model.
     pub model: Metrics,
     /// Digest of the model state after the run.
     pub model_digest: String,
 }
 
-/// Runs the prequential protocol over `ratings` (all of u.data, already time-sorted).
+/// Runs the prequential protocol over `events` (positive events in time order). `progress`
+/// advances by one per event (its length is set here).
 ///
 /// # Errors
-/// [`ModelConfigError`] for bad hyperparameters.
+/// [`EvalError`] for bad fractions or hyperparameters.
 pub fn evaluate(
-    ratings: &[Rating],
+    events: &[EvalEvent],
     model_config: ModelConfig,
+    knn_config: KnnConfig,
     config: EvalConfig,
-) -> Result<EvalReport, ModelConfigError> {
-    let stream: Vec<&Rating> = ratings.iter().filter(|rating| rating.rating == 5).collect();
-    let total = stream.len();
-    let batch_end = total / 5;
+    progress: &ProgressBar,
+) -> Result<EvalReport, EvalError> {
+    let (batch, warmup) = (config.batch_fraction, config.warmup_fraction);
+    if !(batch >= 0.0 && warmup >= 0.0 && batch + warmup < 1.0) {
+        return Err(EvalError::Fractions { batch, warmup });
+    }
+    let total = events.len();
+    let batch_end = (total as f64 * batch) as usize;
+    let warmup_end = batch_end + (total as f64 * warmup) as usize;
     let (test_start, test_end) = match config.split {
-        Split::Test => (batch_end + total / 10, total),
-        Split::Validation => (batch_end, batch_end + total / 10),
+        Split::Test => (warmup_end, total),
+        Split::Validation => (batch_end, warmup_end),
     };
+    progress.set_length(test_end as u64);
     let mut model = Model::new(model_config)?;
+    let mut knn = ItemKnn::new(knn_config.clone());
     let mut state = StreamState::default();
 
     for epoch in 0..config.batch_epochs.max(1) {
-        for rating in &stream[..batch_end] {
+        for event in &events[..batch_end] {
             let event_id = if epoch == 0 {
-                rating.event_id()
+                event.event_id.clone()
             } else {
-                format!("{}#{epoch}", rating.event_id())
+                format!("{}#{epoch}", event.event_id)
             };
-            model.apply(&event_id, &rating.user, &rating.item, rating.ts_ms(), config.event_weight);
+            model.apply(&event_id, &event.user, &event.item, event.ts_ms, event.weight);
             if epoch == 0 {
-                state.observe(rating);
+                let item = state.observe(event);
+                knn.learn(&event.user, item);
+                progress.inc(1);
             }
         }
     }
-    for rating in &stream[batch_end..test_start] {
-        learn(&mut model, &mut state, rating, config.event_weight);
+    for event in &events[batch_end..test_start] {
+        learn(&mut model, &mut knn, &mut state, event);
+        progress.inc(1);
     }
     let mut popularity = RankAccumulator::new(config.top_k, config.curve_window);
+    let mut neighbours = RankAccumulator::new(config.top_k, config.curve_window);
     let mut personalised = RankAccumulator::new(config.top_k, config.curve_window);
     let mut scores = Vec::new();
-    for rating in &stream[test_start..test_end] {
-        let candidates = state.candidates(rating);
+    for event in &events[test_start..test_end] {
+        let candidates = state.candidates(event);
         match candidates.target_slot {
             Some(target) => {
                 scores.clear();
                 scores.extend(candidates.items.iter().map(|item| state.counts[*item] as f32));
                 popularity.record_rank(rank_of(&scores, target), scores.len());
+                knn.score(&event.user, &candidates.items, &mut scores);
+                neighbours.record_rank(rank_of(&scores, target), scores.len());
                 score_with_model(&model, &state, &candidates.items, &mut scores);
                 personalised.record_rank(rank_of(&scores, target), scores.len());
             }
             None => {
-                popularity.record_miss(candidates.items.len() + 1);
-                personalised.record_miss(candidates.items.len() + 1);
+                for accumulator in [&mut popularity, &mut neighbours, &mut personalised] {
+                    accumulator.record_miss(candidates.items.len() + 1);
+                }
             }
         }
-        learn(&mut model, &mut state, rating, config.event_weight);
+        learn(&mut model, &mut knn, &mut state, event);
+        progress.inc(1);
     }
     Ok(EvalReport {
         events: total,
-        users: stream.iter().map(|rating| &rating.user).collect::<HashSet<_>>().len(),
-        items: stream.iter().map(|rating| &rating.item).collect::<HashSet<_>>().len(),
+        users: events.iter().map(|event| &event.user).collect::<HashSet<_>>().len(),
+        items: events.iter().map(|event| &event.item).collect::<HashSet<_>>().len(),
         batch_events: batch_end,
         warmup_events: test_start - batch_end,
         tested_events: test_end - test_start,
         popularity: popularity.finish(),
+        knn: neighbours.finish(),
         model: personalised.finish(),
         model_digest: model.digest(),
+        knn_config,
         config,
     })
 }
 
-fn learn(model: &mut Model, state: &mut StreamState, rating: &Rating, weight: f32) {
-    model.apply(&rating.event_id(), &rating.user, &rating.item, rating.ts_ms(), weight);
-    state.observe(rating);
+fn learn(model: &mut Model, knn: &mut ItemKnn, state: &mut StreamState, event: &EvalEvent) {
+    model.apply(&event.event_id, &event.user, &event.item, event.ts_ms, event.weight);
+    let item = state.observe(event);
+    knn.learn(&event.user, item);
 }
 
 fn score_with_model(model: &Model, state: &StreamState, items: &[usize], scores: &mut Vec<f32>) {
     scores.clear();
     let user_row = state.current_user.as_deref().and_then(|user| model.user_row(user));
+    let query = user_row.map(|user| model.query_vector(user));
     for item in items {
         let item_row: Option<ItemRow> = model.item_row(&state.item_ids[*item]);
-        let score = match (user_row, item_row) {
-            (Some(user), Some(item)) => model.score(user, item),
+        let score = match (&query, item_row) {
+            (Some(query), Some(item)) => {
+                dot(query, model.item_vector(item)) + model.item_bias(item)
+            }
             (None, Some(item)) => model.item_bias(item),
             _ => f32::NEG_INFINITY,
         };
@@ -209,22 +261,24 @@ struct Candidates {
 }
 
 impl StreamState {
-    fn observe(&mut self, rating: &Rating) {
+    /// Counts the event; returns the item's dense index.
+    fn observe(&mut self, event: &EvalEvent) -> usize {
         let next = self.item_ids.len();
-        let item = *self.item_index.entry(rating.item.clone()).or_insert(next);
+        let item = *self.item_index.entry(event.item.clone()).or_insert(next);
         if item == next {
-            self.item_ids.push(rating.item.clone());
+            self.item_ids.push(event.item.clone());
             self.counts.push(0);
         }
         self.counts[item] += 1;
-        self.user_items.entry(rating.user.clone()).or_default().insert(item);
+        self.user_items.entry(event.user.clone()).or_default().insert(item);
+        item
     }
 
     /// Seen items minus the user's own, plus the target, in first-appearance order.
-    fn candidates(&mut self, rating: &Rating) -> Candidates {
-        self.current_user = Some(rating.user.clone());
-        let own = self.user_items.get(&rating.user);
-        let target = self.item_index.get(&rating.item).copied();
+    fn candidates(&mut self, event: &EvalEvent) -> Candidates {
+        self.current_user = Some(event.user.clone());
+        let own = self.user_items.get(&event.user);
+        let target = self.item_index.get(&event.item).copied();
         let mut items = Vec::with_capacity(self.item_ids.len());
         let mut target_slot = None;
         for item in 0..self.item_ids.len() {

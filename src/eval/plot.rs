@@ -14,8 +14,9 @@ pub struct PlotError {
     pub message: String,
 }
 
-/// Writes an SVG chart of the moving-average recall@10 of both recommenders over the tested
-/// stream (x: tested event index, y: recall over the last `curve_window` events).
+/// Writes an SVG chart of the moving-average recall@10 of the three recommenders over the tested
+/// stream, one curve per ranker (popularity, kNN, model; x: tested event index, y: recall over
+/// the last `curve_window` events).
 ///
 /// # Errors
 /// [`PlotError`] when the file cannot be written.
@@ -29,7 +30,8 @@ fn draw(report: &EvalReport, path: &Path) -> Result<(), Box<dyn std::error::Erro
     root.fill(&WHITE)?;
     let series = [
         ("popularity", &report.popularity, RED),
-        ("online BPR-MF (embedstream)", &report.model, BLUE),
+        ("item co-occurrence kNN", &report.knn, GREEN),
+        ("embedstream model", &report.model, BLUE),
     ];
     let points = series.iter().map(|(_, metrics, _)| metrics.curve.len()).max().unwrap_or(1);
     let top = series
@@ -41,7 +43,7 @@ fn draw(report: &EvalReport, path: &Path) -> Result<(), Box<dyn std::error::Erro
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
-                "MovieLens-100k prequential recall@10 (moving average over {} events)",
+                "Prequential recall@10 (moving average over {} events)",
                 report.config.curve_window
             ),
             ("sans-serif", 20),

@@ -4,8 +4,10 @@ use super::Model;
 
 impl Model {
     /// SHA-256 (lower-case hex) over the whole learned state in a canonical order: dim, events
-    /// applied, then users by ascending id (id, events, last event time, vector), then items by
-    /// ascending id (id, events, last event time, bias, decayed popularity, vector). Numbers are
+    /// applied, then users by ascending id (id, events, last event time, AdaGrad accumulator,
+    /// vector), then items by
+    /// ascending id (id, events, last event time, AdaGrad accumulator, bias, decayed
+    /// popularity, vector, context accumulator, context vector). Numbers are
     /// little-endian, floats by their bit patterns, strings length-prefixed. Two models have the
     /// same digest exactly when their states are bit-identical. The negative-sampling pool is
     /// not included: it is derived from the applied events.
@@ -22,12 +24,19 @@ impl Model {
                 hasher.update(id);
                 hasher.update(table.events[index].to_le_bytes());
                 hasher.update(table.last_ts[index].to_le_bytes());
+                hasher.update(table.adagrad[index].to_bits().to_le_bytes());
                 if is_items {
                     hasher.update(self.item_bias[index].to_bits().to_le_bytes());
                     hasher.update(self.item_popularity_log[index].to_bits().to_le_bytes());
                 }
                 for value in table.vector(row) {
                     hasher.update(value.to_bits().to_le_bytes());
+                }
+                if is_items {
+                    hasher.update(self.context_adagrad[index].to_bits().to_le_bytes());
+                    for value in self.context_vector(super::ItemRow(row)) {
+                        hasher.update(value.to_bits().to_le_bytes());
+                    }
                 }
             }
         }

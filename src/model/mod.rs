@@ -18,6 +18,7 @@
 
 mod config;
 mod digest;
+mod query;
 mod state;
 mod table;
 mod vector;
@@ -26,11 +27,19 @@ use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-pub use config::{ModelConfig, ModelConfigError};
+pub use config::{Loss, ModelConfig, ModelConfigError, Optimizer};
 pub use state::{ItemState, RestoreError, UserState};
 pub use vector::{dot, log_add_exp, sigmoid};
 
 use table::Table;
+
+/// Which table a row belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowKind {
+    User,
+    Item,
+    Context,
+}
 
 /// Dense row of a user in the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,11 +56,25 @@ pub struct Model {
     users: Table,
     items: Table,
     item_bias: Vec<f32>,
+    /// Context vectors c_i, row-major `item_count() x dim`; see [`Model::query_vector`].
+    contexts: Vec<f32>,
+    /// `context_weights[n]`: weights of a context of n items, newest first.
+    context_weights: Vec<Vec<f32>>,
+    /// Row-wise AdaGrad accumulators of the context vectors.
+    context_adagrad: Vec<f32>,
+    /// Squared norm of the current step's query.
+    query_norm_squared: f32,
+    /// Context items of the current training step, newest first.
+    context_rows: Vec<u32>,
     /// ln of the decayed popularity sum, with weights scaled by exp(lambda * ts); see
     /// [`Model::popularity_log`].
     item_popularity_log: Vec<f64>,
     negative_pool: Vec<u32>,
     negative_pool_next: usize,
+    /// Occurrences of each item row in `negative_pool` (for the log-Q correction).
+    pool_counts: Vec<u32>,
+    /// Per sampled negative: its score, then its loss gradient.
+    negative_gradients: Vec<f32>,
     events_applied: u64,
     scratch_user: Vec<f32>,
     scratch_item: Vec<f32>,
@@ -74,9 +97,16 @@ impl Model {
             users: Table::new(dim),
             items: Table::new(dim),
             item_bias: Vec::new(),
+            contexts: Vec::new(),
+            context_weights: query::weight_table(&config),
+            context_adagrad: Vec::new(),
+            query_norm_squared: 0.0,
+            context_rows: Vec::with_capacity(config.context_items),
             item_popularity_log: Vec::new(),
             negative_pool: Vec::with_capacity(config.negative_pool_size),
             negative_pool_next: 0,
+            pool_counts: Vec::new(),
+            negative_gradients: Vec::new(),
             events_applied: 0,
             scratch_user: vec![0.0; dim],
             scratch_item: vec![0.0; dim],
@@ -163,9 +193,10 @@ impl Model {
         self.users.events[row.0 as usize]
     }
 
-    /// Score(u, i) = p_u . q_i + b_i.
+    /// Score(u, i) = query_u . q_i + b_i, with query_u from [`Model::query_vector`] (to score
+    /// many items, compute the query once and take dot products).
     pub fn score(&self, user: UserRow, item: ItemRow) -> f32 {
-        dot(self.user_vector(user), self.item_vector(item)) + self.item_bias(item)
+        dot(&self.query_vector(user), self.item_vector(item)) + self.item_bias(item)
     }
 
     /// ln of the item's decayed popularity plus lambda * t0 (lambda = ln 2 / half-life).
@@ -187,6 +218,8 @@ impl Model {
         let (item, created) = self.items.row_or_insert(item_id, seed.rotate_left(1), scale);
         if created {
             self.item_bias.push(0.0);
+            self.contexts.resize(self.contexts.len() + self.config.dim, 0.0);
+            self.context_adagrad.push(0.0);
             self.item_popularity_log.push(f64::NEG_INFINITY);
         }
         let weight = if weight.is_finite() && weight > 0.0 {
@@ -195,6 +228,7 @@ impl Model {
             0.0
         };
         self.bump_popularity(item, ts, weight);
+        self.context_rows.clear();
         if weight > 0.0 && self.items.len() > 1 {
             let confidence = (1.0 + weight).log2();
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(xxh3_64_with_seed(
@@ -248,51 +282,117 @@ impl Model {
     }
 
     fn remember_positive(&mut self, item: u32) {
+        if self.pool_counts.len() < self.items.len() {
+            self.pool_counts.resize(self.items.len(), 0);
+        }
         if self.negative_pool.len() < self.config.negative_pool_size {
             self.negative_pool.push(item);
         } else {
+            let replaced = self.negative_pool[self.negative_pool_next];
+            self.pool_counts[replaced as usize] -= 1;
             self.negative_pool[self.negative_pool_next] = item;
         }
+        self.pool_counts[item as usize] += 1;
         self.negative_pool_next = (self.negative_pool_next + 1) % self.config.negative_pool_size;
     }
 
     /// One SGD step on sum_j -ln sigma(x_uij) over the sampled negatives j, every gradient
     /// taken at the pre-step values (a mini-batch of negatives sharing one user update).
+    /// The user-side gradient G (with respect to the query) moves p_u and, weighted, the context
+    /// vectors of the user's recent items.
     fn bpr_step(&mut self, user: u32, positive: u32, confidence: f32) {
-        let lr = self.config.learning_rate;
         let reg = self.config.regularization;
         let max_norm = self.config.max_norm;
 
-        self.scratch_user.copy_from_slice(self.users.vector(user));
+        self.load_query(user);
+        self.query_norm_squared = vector::norm_squared(&self.scratch_user);
         let positive_score = dot(&self.scratch_user, self.items.vector(positive))
             + self.item_bias[positive as usize];
-        // scratch_item accumulates d/d p_u = sum_j g_j (q_i - q_j).
-        self.scratch_item.fill(0.0);
-        let mut positive_gradient = 0.0f32;
+        self.negative_gradients.clear();
         for slot in 0..self.negatives.len() {
             let negative = self.negatives[slot];
-            let x = positive_score
-                - dot(&self.scratch_user, self.items.vector(negative))
-                - self.item_bias[negative as usize];
-            let gradient = sigmoid(-x) * confidence;
-            positive_gradient += gradient;
-            self.step_negative(negative, gradient);
+            let score = dot(&self.scratch_user, self.items.vector(negative))
+                + self.item_bias[negative as usize];
+            self.negative_gradients.push(score);
         }
-        let positive_vector = self.items.vector(positive);
+        let positive_gradient = self.loss_gradients(positive_score, confidence);
+        // scratch_item accumulates d/d query = g_i q_i - sum_j g_j q_j.
+        self.scratch_item.fill(0.0);
+        for slot in 0..self.negatives.len() {
+            self.step_negative(self.negatives[slot], self.negative_gradients[slot]);
+        }
+        for (accumulated, q_i) in self.scratch_item.iter_mut().zip(self.items.vector(positive)) {
+            *accumulated += positive_gradient * q_i;
+        }
+        let user_rate = self.adapt(RowKind::User, user, vector::norm_squared(&self.scratch_item));
         let user_vector = self.users.vector_mut(user);
-        for ((p, accumulated), q_i) in
-            user_vector.iter_mut().zip(&self.scratch_item).zip(positive_vector)
-        {
-            *p += lr * (accumulated + positive_gradient * q_i - reg * *p);
+        for (p, gradient) in user_vector.iter_mut().zip(&self.scratch_item) {
+            *p += user_rate * (gradient - reg * *p);
         }
         vector::clip_norm(user_vector, max_norm);
+        let query_gradient = std::mem::take(&mut self.scratch_item);
+        self.step_context(&query_gradient);
+        self.scratch_item = query_gradient;
         self.step_item(positive, positive_gradient);
+    }
+
+    /// Turns the negatives' scores in `negative_gradients` into the gradients of the loss
+    /// (ascent direction, times `confidence`) with respect to each negative's score (as a
+    /// positive number g_j: the negative's score moves by -g_j) and returns the positive's g_i.
+    ///
+    /// BPR: g_j = sigma(s_j - s_i), g_i = sum_j g_j. Sampled softmax over {i} and the negatives
+    /// (Bengio and Senecal 2008; Jean et al. 2015), the negatives' logits corrected by
+    /// -ln(N Q(j)) for the sampling probability Q (the log-Q correction of Yi et al., RecSys
+    /// 2019; zero under uniform sampling): g_j = P_j, g_i = 1 - P_i.
+    fn loss_gradients(&mut self, positive_score: f32, confidence: f32) -> f32 {
+        match self.config.loss {
+            Loss::Bpr => {
+                let mut positive_gradient = 0.0;
+                for score in &mut self.negative_gradients {
+                    *score = sigmoid(*score - positive_score) * confidence;
+                    positive_gradient += *score;
+                }
+                positive_gradient
+            }
+            Loss::Softmax => {
+                for slot in 0..self.negative_gradients.len() {
+                    let correction = self.sampling_log_odds(self.negatives[slot]);
+                    self.negative_gradients[slot] -= correction;
+                }
+                let top = self.negative_gradients.iter().copied().fold(positive_score, f32::max);
+                let positive_weight = (positive_score - top).exp();
+                let mut total = positive_weight;
+                for score in &mut self.negative_gradients {
+                    *score = (*score - top).exp();
+                    total += *score;
+                }
+                let scale = if total.is_finite() && total > 0.0 { confidence / total } else { 0.0 };
+                self.negative_gradients.iter_mut().for_each(|weight| *weight *= scale);
+                confidence - positive_weight * scale
+            }
+        }
+    }
+
+    /// ln(N Q(j)): the log-ratio of item j's sampling probability to the uniform 1/N.
+    fn sampling_log_odds(&self, item: u32) -> f32 {
+        let share = self.config.uniform_negative_share;
+        if self.negative_pool.is_empty() || share >= 1.0 {
+            return 0.0;
+        }
+        let items = self.items.len() as f32;
+        let in_pool = self.pool_counts.get(item as usize).copied().unwrap_or(0) as f32;
+        let ratio = share + (1.0 - share) * items * in_pool / self.negative_pool.len() as f32;
+        if ratio > 0.0 {
+            ratio.ln()
+        } else {
+            0.0
+        }
     }
 
     /// The negative item's update fused with the user-gradient accumulation (one pass over
     /// q_j): scratch_item -= g q_j (old q_j), then q_j += lr (-g p_u - reg q_j).
     fn step_negative(&mut self, row: u32, gradient: f32) {
-        let lr = self.config.learning_rate;
+        let lr = self.adapt(RowKind::Item, row, gradient * gradient * self.query_norm_squared);
         let reg = self.config.regularization;
         let item_vector = self.items.vector_mut(row);
         let norm_squared = vector::negative_step(
@@ -306,30 +406,57 @@ impl Model {
         if norm_squared.is_nan() || norm_squared > self.config.max_norm * self.config.max_norm {
             vector::clip_norm(item_vector, self.config.max_norm);
         }
-        self.step_bias(row, -gradient);
+        self.step_bias(row, -gradient, lr);
     }
 
-    fn step_bias(&mut self, row: u32, gradient: f32) {
-        let (lr, max_bias) = (self.config.learning_rate, self.config.max_bias);
+    fn step_bias(&mut self, row: u32, gradient: f32, lr: f32) {
+        let max_bias = self.config.max_bias;
         let bias = &mut self.item_bias[row as usize];
         let updated = *bias + lr * (gradient - self.config.bias_regularization * *bias);
         *bias = if updated.is_finite() { updated.clamp(-max_bias, max_bias) } else { 0.0 };
     }
 
-    /// q += lr (g p_u - reg q), b += lr (g - bias_reg b), with p_u the pre-step user vector in
+    /// q += lr (g query - reg q), b += lr (g - bias_reg b), with the pre-step query in
     /// `scratch_user`; then the norm and bias bounds.
     fn step_item(&mut self, row: u32, gradient: f32) {
-        let lr = self.config.learning_rate;
+        let lr = self.adapt(RowKind::Item, row, gradient * gradient * self.query_norm_squared);
         let reg = self.config.regularization;
         let item_vector = self.items.vector_mut(row);
         for (q, p) in item_vector.iter_mut().zip(&self.scratch_user) {
             *q += lr * (gradient * p - reg * *q);
         }
         vector::clip_norm(item_vector, self.config.max_norm);
-        self.step_bias(row, gradient);
+        self.step_bias(row, gradient, lr);
+    }
+
+    /// The step size of one row for a gradient of squared norm `gradient_squared`: the
+    /// configured rate under SGD; under row-wise AdaGrad (Duchi, Hazan and Singer 2011, one
+    /// accumulator per row as in large-scale embedding training) the accumulator a grows by
+    /// the mean squared gradient component and the rate is lr / sqrt(1 + a), so rows start at
+    /// lr and slow down as they collect evidence.
+    pub(crate) fn adapt(&mut self, kind: RowKind, row: u32, gradient_squared: f32) -> f32 {
+        let lr = self.config.learning_rate;
+        if self.config.optimizer == Optimizer::Sgd {
+            return lr;
+        }
+        let accumulators = match kind {
+            RowKind::User => &mut self.users.adagrad,
+            RowKind::Item => &mut self.items.adagrad,
+            RowKind::Context => &mut self.context_adagrad,
+        };
+        let slot = &mut accumulators[row as usize];
+        let increment = gradient_squared / self.config.dim as f32;
+        if increment.is_finite() {
+            *slot = (*slot + increment).min(f32::MAX / 2.0);
+        }
+        lr / (1.0 + *slot).sqrt()
     }
 }
 
 #[cfg(test)]
 #[path = "model_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "query_tests.rs"]
+mod query_tests;

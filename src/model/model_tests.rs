@@ -19,6 +19,12 @@ fn assert_bounded(model: &Model) {
         let v = model.item_vector(ItemRow(row));
         assert!(v.iter().all(|x| x.is_finite()), "item {row} not finite");
         assert!(vector::norm_squared(v).sqrt() <= config.max_norm * 1.0001, "item {row} unbounded");
+        let c = model.context_vector(ItemRow(row));
+        assert!(c.iter().all(|x| x.is_finite()), "context {row} not finite");
+        assert!(
+            vector::norm_squared(c).sqrt() <= config.max_norm * 1.0001,
+            "context {row} unbounded"
+        );
         let bias = model.item_bias(ItemRow(row));
         assert!(bias.is_finite() && bias.abs() <= config.max_bias, "item {row} bias {bias}");
         assert!(model.popularity_log(ItemRow(row)).is_finite());

@@ -46,8 +46,11 @@ pub struct UserState {
     pub events: u64,
     /// Latest event time applied, ms (`i64::MIN` before any).
     pub last_ts: i64,
-    /// Items interacted with, oldest first, at most `seen_items_per_user`.
+    /// Items interacted with, oldest first, at most `seen_items_per_user`; the last
+    /// `context_items` form the query's context.
     pub seen: Vec<String>,
+    /// Row-wise AdaGrad accumulator of p_u (0 under SGD).
+    pub adagrad: f32,
 }
 
 /// Everything stored about one item.
@@ -60,6 +63,12 @@ pub struct ItemState {
     pub row: u32,
     /// q_i, length `dim`.
     pub vector: Vec<f32>,
+    /// c_i, the context vector, length `dim`; see [`Model::context_vector`].
+    pub context: Vec<f32>,
+    /// Row-wise AdaGrad accumulator of q_i and b_i (0 under SGD).
+    pub adagrad: f32,
+    /// Row-wise AdaGrad accumulator of c_i (0 under SGD).
+    pub context_adagrad: f32,
     /// b_i.
     pub bias: f32,
     /// Events applied.
@@ -88,14 +97,18 @@ impl Model {
     pub(crate) fn record_changes(&mut self, user: u32, item: u32) {
         let limit = self.config.seen_items_per_user;
         let seen = &mut self.user_seen[user as usize];
-        if limit > 0 && !seen.contains(&item) {
-            if seen.len() >= limit {
+        if limit > 0 {
+            // Most recent last: an item seen again moves to the back (the query's recency).
+            if let Some(position) = seen.iter().position(|row| *row == item) {
+                seen.remove(position);
+            } else if seen.len() >= limit {
                 seen.pop_front();
             }
             seen.push_back(item);
         }
         self.dirty_users.mark(user);
-        for row in std::iter::once(item).chain(self.negatives.iter().copied()) {
+        let touched = self.negatives.iter().chain(&self.context_rows).copied();
+        for row in std::iter::once(item).chain(touched) {
             self.dirty_items.mark(row);
         }
     }
@@ -124,6 +137,7 @@ impl Model {
                 .iter()
                 .map(|item| self.items.ids[*item as usize].clone())
                 .collect(),
+            adagrad: self.users.adagrad[index],
         }
     }
 
@@ -134,6 +148,9 @@ impl Model {
             id: self.items.ids[index].clone(),
             row: row.0,
             vector: self.items.vector(row.0).to_vec(),
+            context: self.context_vector(row).to_vec(),
+            adagrad: self.items.adagrad[index],
+            context_adagrad: self.context_adagrad[index],
             bias: self.item_bias[index],
             events: self.items.events[index],
             last_ts: self.items.last_ts[index],
@@ -153,6 +170,10 @@ impl Model {
         self.negative_pool = pool.into_iter().filter(|row| *row < items).collect();
         self.negative_pool.truncate(self.config.negative_pool_size);
         self.negative_pool_next = next % self.config.negative_pool_size;
+        self.pool_counts = vec![0; self.items.len()];
+        for row in &self.negative_pool {
+            self.pool_counts[*row as usize] += 1;
+        }
     }
 
     /// Sets the applied-event counter (restore).
@@ -170,8 +191,12 @@ impl Model {
             return Err(RestoreError::RowOutOfOrder { id: item.id, row: item.row, expected });
         }
         self.check_dim("item", &item.id, &item.vector)?;
-        let row = self.items.insert(&item.id, &item.vector, item.events, item.last_ts);
+        self.check_dim("item context", &item.id, &item.context)?;
+        let row =
+            self.items.insert(&item.id, &item.vector, item.events, item.last_ts, item.adagrad);
+        self.context_adagrad.push(item.context_adagrad);
         self.item_bias.push(item.bias);
+        self.contexts.extend_from_slice(&item.context);
         self.item_popularity_log.push(item.popularity_log);
         Ok(ItemRow(row))
     }
@@ -189,10 +214,12 @@ impl Model {
             self.users.vector_mut(row).copy_from_slice(&user.vector);
             self.users.events[row as usize] = user.events;
             self.users.last_ts[row as usize] = user.last_ts;
+            self.users.adagrad[row as usize] = user.adagrad;
             self.user_seen[row as usize] = seen;
             return Ok(UserRow(row));
         }
-        let row = self.users.insert(&user.id, &user.vector, user.events, user.last_ts);
+        let row =
+            self.users.insert(&user.id, &user.vector, user.events, user.last_ts, user.adagrad);
         self.user_seen.push(seen);
         Ok(UserRow(row))
     }

@@ -13,6 +13,8 @@ pub(crate) struct Table {
     pub(crate) vectors: Vec<f32>,
     pub(crate) events: Vec<u64>,
     pub(crate) last_ts: Vec<i64>,
+    /// Row-wise AdaGrad accumulators (see `Model::adapt`).
+    pub(crate) adagrad: Vec<f32>,
     dim: usize,
 }
 
@@ -42,17 +44,26 @@ impl Table {
         self.vectors.extend((0..self.dim).map(|_| init_scale * symmetric_unit(&mut rng)));
         self.events.push(0);
         self.last_ts.push(i64::MIN);
+        self.adagrad.push(0.0);
         (row, true)
     }
 
     /// Appends a row with given values (restore); replaces nothing.
-    pub(crate) fn insert(&mut self, id: &str, vector: &[f32], events: u64, last_ts: i64) -> u32 {
+    pub(crate) fn insert(
+        &mut self,
+        id: &str,
+        vector: &[f32],
+        events: u64,
+        last_ts: i64,
+        adagrad: f32,
+    ) -> u32 {
         let row = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
         self.rows.insert(id.to_owned(), row);
         self.ids.push(id.to_owned());
         self.vectors.extend_from_slice(vector);
         self.events.push(events);
         self.last_ts.push(last_ts);
+        self.adagrad.push(adagrad);
         row
     }
 
@@ -65,6 +76,7 @@ impl Table {
         self.rows.remove(&removed);
         self.events.swap_remove(index);
         self.last_ts.swap_remove(index);
+        self.adagrad.swap_remove(index);
         if index != last {
             let (dim, moved_start) = (self.dim, last * self.dim);
             self.vectors.copy_within(moved_start..moved_start + dim, index * dim);

@@ -14,7 +14,6 @@
 //! the served state may be ahead of or behind the durable copy; also sent as the
 //! `X-Embedstream-Stale: true` header), the A/B `variant` and the `fallbacks` taken.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -118,7 +117,8 @@ async fn load_session(
 }
 
 /// The user's query blended with the session vector, and the session events it used; `None`
-/// when there is no session or none of its events names a known item (query = user vector).
+/// when there is no session or none of its events names a known item (query = the user's
+/// query, [`Model::query_from_state`]).
 fn blended_query(
     state: &AppState,
     model: &Model,
@@ -191,11 +191,12 @@ pub(super) async fn recommendations(
     let mut session_events = 0;
     let (source, items, ann, candidates) = match warm {
         Some(user) if decisions.personalization => {
-            let blended = blended_query(&state, &model, &user.vector, session.as_ref(), &decisions);
+            let user_query = model.query_from_state(user);
+            let blended = blended_query(&state, &model, &user_query, session.as_ref(), &decisions);
             if let Some((_, used)) = &blended {
                 session_events = *used;
             }
-            let query_vector = blended.as_ref().map_or(user.vector.as_slice(), |(q, _)| q);
+            let query_vector = blended.as_ref().map_or(user_query.as_slice(), |(q, _)| q);
             if decisions.ann && state.index.is_built() {
                 let result = state.index.top_k(&model, query_vector, params.k, &exclude);
                 ("model", result.items, result.used_ann, result.candidates)
@@ -281,11 +282,12 @@ pub(super) async fn scores(
     }
     let model = read(&state);
     let warm = lookup.user.as_ref().filter(|user| user.events > 0);
-    let personal: Option<Cow<'_, [f32]>> = match warm {
+    let personal: Option<Vec<f32>> = match warm {
         Some(user) if decisions.personalization => {
-            Some(match blended_query(&state, &model, &user.vector, session.as_ref(), &decisions) {
-                Some((query, _)) => Cow::Owned(query),
-                None => Cow::Borrowed(user.vector.as_slice()),
+            let user_query = model.query_from_state(user);
+            Some(match blended_query(&state, &model, &user_query, session.as_ref(), &decisions) {
+                Some((query, _)) => query,
+                None => user_query,
             })
         }
         Some(_) => {

@@ -197,6 +197,8 @@ fn flush_commands(pipe: &mut redis::Pipeline, keys: &Keys, batch: &FlushBatch) {
             .arg(user.last_ts)
             .arg("seen")
             .arg(serde_json::to_string(&user.seen).unwrap_or_else(|_| "[]".to_owned()))
+            .arg("adagrad")
+            .arg(user.adagrad.to_string())
             .ignore();
     }
     if !batch.users.is_empty() {
@@ -210,6 +212,8 @@ fn flush_commands(pipe: &mut redis::Pipeline, keys: &Keys, batch: &FlushBatch) {
             .arg(keys.item(&item.id))
             .arg("vector")
             .arg(encode_vector(&item.vector))
+            .arg("context")
+            .arg(encode_vector(&item.context))
             .arg("bias")
             .arg(item.bias.to_string())
             .arg("row")
@@ -220,6 +224,10 @@ fn flush_commands(pipe: &mut redis::Pipeline, keys: &Keys, batch: &FlushBatch) {
             .arg(item.last_ts)
             .arg("popularity_log")
             .arg(item.popularity_log.to_string())
+            .arg("adagrad")
+            .arg(item.adagrad.to_string())
+            .arg("context_adagrad")
+            .arg(item.context_adagrad.to_string())
             .ignore();
         pipe.cmd("ZADD").arg(keys.items()).arg(item.row).arg(&item.id).ignore();
     }

@@ -6,9 +6,9 @@
 //! | key | type | content |
 //! | --- | --- | --- |
 //! | `{ns}:meta` | hash | `schema_version` (1), `dim`, `seed`, `model_config` (JSON), `events_applied`, `closed_until` (ms, window state), `negative_pool` (u32 LE item rows), `negative_pool_next` |
-//! | `{ns}:user:{user_id}` | hash | `vector` (ESV1 value, see [`codec`]), `events`, `last_ts` (ms), `seen` (JSON array of item ids, oldest first) |
+//! | `{ns}:user:{user_id}` | hash | `vector` (ESV1 value, see [`codec`]), `events`, `last_ts` (ms), `seen` (JSON array of item ids, oldest first, at most `seen_items_per_user`; an item seen again moves to the end; the last `context_items` form the query's context) |
 //! | `{ns}:users` | set | every user id |
-//! | `{ns}:item:{item_id}` | hash | `vector` (ESV1), `bias` (decimal f32), `row` (first-appearance order), `events`, `last_ts` (ms), `popularity_log` (decimal f64) |
+//! | `{ns}:item:{item_id}` | hash | `vector` (ESV1), `context` (ESV1, the context vector c_i of the query; absent in namespaces written before it, read as zero), `bias` (decimal f32), `row` (first-appearance order), `events`, `last_ts` (ms), `popularity_log` (decimal f64) |
 //! | `{ns}:items` | sorted set | item id scored by `row` |
 //! | `{ns}:progress:{topic}` | hash | partition number to JSON `{"resume": offset, "done": [[first, last], ...]}` |
 //! | `{ns}:epoch` | string | the namespace epoch: 32 random hex digits, set once; every flush checks it (see [`epoch`]) |

@@ -363,6 +363,38 @@ fn vector_field(
     decode_vector(bytes, Some(dim)).map_err(|error| corrupt(key, "vector", error))
 }
 
+/// An accumulator field; absent (written before it existed) reads as 0, the fresh value.
+fn optional_number(
+    key: &str,
+    fields: &HashMap<String, Vec<u8>>,
+    field: &'static str,
+) -> Result<f32, StoreError> {
+    if !fields.contains_key(field) {
+        return Ok(0.0);
+    }
+    let value: f32 = parse(key, field, field_text(key, fields, field)?)?;
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(corrupt(key, field, "must be a finite number >= 0"))
+    }
+}
+
+/// The item's context vector; an item written before context vectors existed has none and
+/// restores with the zero vector, which is what a fresh model holds for it.
+fn context_field(
+    key: &str,
+    fields: &HashMap<String, Vec<u8>>,
+    dim: usize,
+) -> Result<Vec<f32>, StoreError> {
+    match fields.get("context") {
+        None => Ok(vec![0.0; dim]),
+        Some(bytes) => {
+            decode_vector(bytes, Some(dim)).map_err(|error| corrupt(key, "context", error))
+        }
+    }
+}
+
 /// Parses a user hash.
 pub fn user_from_fields(
     key: &str,
@@ -382,6 +414,7 @@ pub fn user_from_fields(
         events: parse(key, "events", field_text(key, fields, "events")?)?,
         last_ts: parse(key, "last_ts", field_text(key, fields, "last_ts")?)?,
         seen,
+        adagrad: optional_number(key, fields, "adagrad")?,
     })
 }
 
@@ -396,6 +429,9 @@ pub fn item_from_fields(
         id: id.to_owned(),
         row: parse(key, "row", field_text(key, fields, "row")?)?,
         vector: vector_field(key, fields, dim)?,
+        context: context_field(key, fields, dim)?,
+        adagrad: optional_number(key, fields, "adagrad")?,
+        context_adagrad: optional_number(key, fields, "context_adagrad")?,
         bias: parse(key, "bias", field_text(key, fields, "bias")?)?,
         events: parse(key, "events", field_text(key, fields, "events")?)?,
         last_ts: parse(key, "last_ts", field_text(key, fields, "last_ts")?)?,

@@ -20,7 +20,8 @@ fn recall_at_10(
     let (mut hits, mut total, mut max_candidates) = (0usize, 0usize, 0usize);
     let none = HashSet::new();
     for user in users {
-        let vector = model.user_vector(user).to_vec();
+        // The ranking query (user vector plus the recent items' context), as served.
+        let vector = model.query_vector(user);
         let exact: HashSet<String> =
             exact_top_k(model, &vector, 10, &none).into_iter().map(|item| item.item_id).collect();
         let result = index.top_k(model, &vector, 10, &none);
@@ -119,6 +120,9 @@ fn recall_on_100000_synthetic_items() {
                     id: format!("i{item}"),
                     row: item as u32,
                     vector: clustered(dim, 1_000, item, 0.25),
+                    context: vec![0.0; dim],
+                    adagrad: 0.0,
+                    context_adagrad: 0.0,
                     bias: 0.1 * noise(item + 77),
                     events: 1,
                     last_ts: 1_000_000_000_000,
@@ -134,6 +138,7 @@ fn recall_on_100000_synthetic_items() {
                     events: 1,
                     last_ts: 1_000_000_000_000,
                     seen: Vec::new(),
+                    adagrad: 0.0,
                 })
                 .unwrap();
         }

@@ -201,6 +201,7 @@ mod store {
                     events: applied,
                     last_ts: 1_700_000_000_000,
                     seen: Vec::new(),
+                    adagrad: 0.0,
                 })
                 .collect(),
             items: Vec::new(),
