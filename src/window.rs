@@ -252,6 +252,24 @@ impl<T> Windows<T> {
             .min()
     }
 
+    /// The partitions holding the combined watermark back at `now_ms`: those, not idle, whose
+    /// watermark is the minimum (a silent one counts as `i64::MIN`). A consumer that stops
+    /// fetching because its buffer is full must keep fetching these, or no window can close
+    /// and the buffer never drains.
+    pub fn holding_back(&self, now_ms: i64) -> Vec<i32> {
+        let Some(minimum) = self.watermark(now_ms) else { return Vec::new() };
+        self.partitions
+            .iter()
+            .filter(|(_, clock)| !self.is_idle(clock, now_ms))
+            .filter(|(_, clock)| {
+                clock.max_ts.map_or(i64::MIN, |max_ts| {
+                    max_ts.saturating_sub(self.config.out_of_orderness_ms)
+                }) == minimum
+            })
+            .map(|(partition, _)| *partition)
+            .collect()
+    }
+
     fn is_idle(&self, clock: &PartitionClock, now_ms: i64) -> bool {
         now_ms.saturating_sub(clock.last_event_at_ms) >= self.config.idle_timeout_ms
     }

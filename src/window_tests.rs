@@ -280,3 +280,21 @@ fn held_idle_clocks_keep_a_paused_stream_from_closing_its_windows() {
     assert!(windows.poll_closed(24_999).is_empty());
     assert_eq!(windows.poll_closed(25_000).len(), 1);
 }
+
+#[test]
+fn the_partitions_holding_the_watermark_back_are_named() {
+    let mut windows = Windows::new(cfg());
+    windows.register_partition(0, 0);
+    windows.register_partition(1, 0);
+    windows.register_partition(2, 0);
+    // Partition 2 has delivered nothing: it alone holds the watermark at its minimum.
+    admit(&mut windows, 0, 0, 50_000, 0, "ahead");
+    admit(&mut windows, 1, 0, 3_000, 0, "behind");
+    assert_eq!(windows.holding_back(0), vec![2]);
+    admit(&mut windows, 2, 0, 3_000, 0, "level");
+    assert_eq!(windows.holding_back(0), vec![1, 2], "ties hold it back together");
+    admit(&mut windows, 1, 1, 60_000, 0, "ahead too");
+    assert_eq!(windows.holding_back(0), vec![2]);
+    // Idle partitions hold nothing back.
+    assert_eq!(windows.holding_back(5_000), Vec::<i32>::new());
+}

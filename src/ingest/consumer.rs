@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -267,7 +267,8 @@ fn run_session(
     consumer.subscribe(&[&kafka.topic])?;
     let poll_timeout = Duration::from_millis(ingest.poll_timeout_ms);
     let stall_after = Duration::from_millis(ingest.stall_timeout_ms);
-    let mut paused = false;
+    let mut paused = BTreeSet::new();
+    let mut last_assigned = BTreeSet::new();
     let mut last_received = Instant::now();
     let mut records = 0u64;
     let mut end = SessionEnd::Stopped;
@@ -281,7 +282,7 @@ fn run_session(
             }
             next = consumer.poll(Duration::ZERO);
         }
-        let (commit, pause) = {
+        let (commit, pause, keep) = {
             let mut engine = lock(engine);
             let now = now_ms();
             for message in &batch {
@@ -296,13 +297,21 @@ fn run_session(
                 }
             }
             let commit = engine.tick(now);
-            (commit, engine.backpressure())
+            let pause = engine.backpressure();
+            (commit, pause, engine.keep_fetching(now))
         };
         if let Some(offsets) = commit {
             commit_offsets(&consumer, &kafka.topic, &offsets);
         }
-        apply_backpressure(&consumer, pause.is_some(), &mut paused);
-        if paused {
+        apply_backpressure(
+            &consumer,
+            &kafka.topic,
+            pause.is_some(),
+            &keep,
+            &mut paused,
+            &mut last_assigned,
+        );
+        if pause.is_some() {
             last_received = Instant::now();
         }
         fault_stall(&consumer, ingest.fault_stall_after_records, records);
@@ -366,20 +375,70 @@ pub enum ConsumerError {
     Assign(String),
 }
 
-/// Pauses every assigned partition while `pause` holds (re-applied each round, so partitions
-/// assigned during a pause are paused too), resumes them once it no longer does. The poll loop
+/// Pauses every assigned partition while `pause` holds, except those in `keep` (the ones holding
+/// the watermark back under a full buffer), and resumes them once it no longer does. Only
+/// changes are sent, and everything again after the assignment changed (partitions assigned
+/// during a pause are paused too). The poll loop
 /// goes on while paused, so the member stays in the group (`max.poll.interval.ms`) and keeps
 /// its position: librdkafka resumes fetching from the last consumed offset.
-fn apply_backpressure(consumer: &BaseConsumer<IngestContext>, pause: bool, paused: &mut bool) {
-    if !pause && !*paused {
+fn apply_backpressure(
+    consumer: &BaseConsumer<IngestContext>,
+    topic: &str,
+    pause: bool,
+    keep: &[i32],
+    paused: &mut BTreeSet<i32>,
+    last_assigned: &mut BTreeSet<i32>,
+) {
+    if !pause && paused.is_empty() {
         return;
     }
     let Ok(assignment) = consumer.assignment() else { return };
-    let result = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
-    match result {
-        Ok(()) => *paused = pause,
-        Err(error) => tracing::warn!(%error, pause, "pause/resume failed"),
+    let assigned: BTreeSet<i32> =
+        assignment.elements_for_topic(topic).iter().map(|element| element.partition()).collect();
+    if assigned != *last_assigned {
+        // A new assignment: whatever librdkafka now holds, state it all again.
+        paused.clear();
+        let all = {
+            let mut tpl = TopicPartitionList::new();
+            for partition in &assigned {
+                tpl.add_partition(topic, *partition);
+            }
+            tpl
+        };
+        if let Err(error) = consumer.resume(&all) {
+            tracing::warn!(%error, "resume after a new assignment failed");
+        }
+        last_assigned.clone_from(&assigned);
     }
+    // Only changes are sent: librdkafka drops a partition's prefetched records on every pause,
+    // so pausing and resuming the same partition each round would starve it.
+    let wanted: BTreeSet<i32> = if pause {
+        assigned.iter().copied().filter(|partition| !keep.contains(partition)).collect()
+    } else {
+        BTreeSet::new()
+    };
+    let list = |partitions: &mut dyn Iterator<Item = &i32>| {
+        let mut tpl = TopicPartitionList::new();
+        for partition in partitions {
+            tpl.add_partition(topic, *partition);
+        }
+        tpl
+    };
+    let to_pause = list(&mut wanted.difference(paused));
+    let to_resume = list(&mut paused.intersection(&assigned).filter(|p| !wanted.contains(p)));
+    if to_pause.count() > 0 {
+        if let Err(error) = consumer.pause(&to_pause) {
+            tracing::warn!(%error, "pause failed");
+            return;
+        }
+    }
+    if to_resume.count() > 0 {
+        if let Err(error) = consumer.resume(&to_resume) {
+            tracing::warn!(%error, "resume failed");
+            return;
+        }
+    }
+    *paused = wanted;
 }
 
 fn source_record(message: &OwnedMessage) -> SourceRecord<'_> {
