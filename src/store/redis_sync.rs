@@ -208,21 +208,13 @@ impl SyncStore {
         let ids: Vec<String> = self.with("load_items", |mut connection| async move {
             command.query_async(&mut connection).await
         })?;
-        let mut items = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(512) {
-            let mut pipe = redis::pipe();
-            for id in chunk {
-                pipe.cmd("HGETALL").arg(self.keys.item(id));
-            }
-            let rows: Vec<HashMap<String, Vec<u8>>> = self
-                .with("load_items", |mut connection| async move {
-                    pipe.query_async(&mut connection).await
-                })?;
-            for (id, fields) in chunk.iter().zip(rows) {
-                items.push(item_from_fields(&self.keys.item(id), id, &fields, dim)?);
-            }
-        }
-        Ok(items)
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.item(id)).collect();
+        let rows = self.hashes("load_items", &keys)?;
+        ids.iter()
+            .zip(&keys)
+            .zip(rows)
+            .map(|((id, key), fields)| item_from_fields(key, id, &fields, dim))
+            .collect()
     }
 
     /// Ids of every stored user.
@@ -254,6 +246,28 @@ impl SyncStore {
         user_from_fields(&key, id, &fields, dim).map(Some)
     }
 
+    /// `HGETALL` of every key, pipelined 512 keys per round trip, in order (an empty map for a
+    /// missing key).
+    fn hashes(
+        &mut self,
+        operation: &'static str,
+        keys: &[String],
+    ) -> Result<Vec<HashMap<String, Vec<u8>>>, StoreError> {
+        let mut rows = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(512) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("HGETALL").arg(key);
+            }
+            let chunk_rows: Vec<HashMap<String, Vec<u8>>> = self
+                .with(operation, |mut connection| async move {
+                    pipe.query_async(&mut connection).await
+                })?;
+            rows.extend(chunk_rows);
+        }
+        Ok(rows)
+    }
+
     /// Several users in one pipelined round trip per 512 ids: for each id, `Ok(None)` when not
     /// stored (a new user), `Err(Corrupt)` when its record cannot be decoded.
     ///
@@ -264,25 +278,20 @@ impl SyncStore {
         ids: &[&str],
         dim: usize,
     ) -> Result<Vec<Result<Option<UserState>, StoreError>>, StoreError> {
-        let mut users = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(512) {
-            let mut pipe = redis::pipe();
-            for id in chunk {
-                pipe.cmd("HGETALL").arg(self.keys.user(id));
-            }
-            let rows: Vec<HashMap<String, Vec<u8>>> = self
-                .with("load_users", |mut connection| async move {
-                    pipe.query_async(&mut connection).await
-                })?;
-            for (id, fields) in chunk.iter().zip(rows) {
-                users.push(if fields.is_empty() {
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.user(id)).collect();
+        let rows = self.hashes("load_users", &keys)?;
+        Ok(ids
+            .iter()
+            .zip(&keys)
+            .zip(rows)
+            .map(|((id, key), fields)| {
+                if fields.is_empty() {
                     Ok(None)
                 } else {
-                    user_from_fields(&self.keys.user(id), id, &fields, dim).map(Some)
-                });
-            }
-        }
-        Ok(users)
+                    user_from_fields(key, id, &fields, dim).map(Some)
+                }
+            })
+            .collect())
     }
 
     /// Moves a user record that cannot be decoded to `{ns}:quarantine:user:{id}` (kept for
