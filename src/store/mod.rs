@@ -22,7 +22,7 @@
 //! is committed only while `{ns}:epoch` holds the epoch the writer attached to, so a namespace
 //! that Redis lost (restarted empty, flushed) is noticed, never silently refilled in part.
 //! Every ingest-side call has a deadline that holds against a server that never answers
-//! ([`blocking`]).
+//! (`store/blocking.rs`).
 //! Floats are written with Rust's shortest round-trip formatting, so they read back bit-exact.
 
 mod blocking;

@@ -73,8 +73,12 @@ pub struct FlushBatch {
 }
 
 /// A blocking Redis store for the ingest thread: every call under a deadline (see
-/// [`super::blocking`]), guarded by the `redis` breaker, and every flush checked against the
+/// `store/blocking.rs`), guarded by the `redis` breaker, and every flush checked against the
 /// namespace epoch (see [`super::epoch`]).
+///
+/// # Panics
+/// Its calls block on a private runtime: call them from a plain thread or `spawn_blocking`,
+/// never from async code running on a tokio runtime (tokio refuses to block a runtime thread).
 pub struct SyncStore {
     connection: BlockingConnection,
     pub(super) keys: Keys,
