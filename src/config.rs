@@ -288,6 +288,16 @@ impl Config {
                 "all must be >= 1",
             ));
         }
+        if let Err(rule) = crate::serve::access_log_level(&http.access_log_level) {
+            return Err(invalid("http.access_log_level", &http.access_log_level, rule));
+        }
+        if let Err(origin) = crate::serve::cors_layer(&http.cors_allowed_origins) {
+            return Err(invalid(
+                "http.cors_allowed_origins",
+                &origin,
+                "each an origin such as https://app.example.com, or *",
+            ));
+        }
         if let Err(error) = self.auth.validate() {
             return Err(ConfigError::Invalid {
                 field: error.field,

@@ -21,8 +21,29 @@ struct Cli {
     /// TOML configuration file (layered over defaults, under EMBEDSTREAM_SECTION__KEY variables).
     #[arg(long, global = true, env = "EMBEDSTREAM_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format on stderr: `text` (human-readable) or `json` (one JSON object per line, with
+    /// the span fields such as an HTTP request's `request_id`). Levels come from `RUST_LOG`
+    /// (default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EMBEDSTREAM_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,14 +194,8 @@ enum FlagsCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

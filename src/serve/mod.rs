@@ -10,6 +10,7 @@ mod admin;
 mod connections;
 mod handlers;
 mod limits;
+mod middleware;
 mod ranking;
 mod sessions;
 
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::http_error::{body_rejection, ApiError, ErrorCode};
 pub use connections::serve;
 pub use handlers::SubjectUser;
+pub use middleware::{access_log_level, cors_layer, REQUEST_ID_HEADER};
 pub use ranking::STALE_HEADER;
 
 use crate::auth::Auth;
@@ -76,6 +78,16 @@ pub struct ServeConfig {
     pub header_read_timeout_ms: u64,
     /// Connections open at once; one more is closed at accept (default 1024, >= 1).
     pub max_connections: usize,
+    /// Level of the access log, one line per request with method, path, status, latency in ms
+    /// and request id (target `embedstream::access`): `off`, `error`, `warn`, `info`, `debug`
+    /// or `trace` (default `debug`: hidden under the default `RUST_LOG=info`).
+    pub access_log_level: String,
+    /// Origins allowed to call the API from a browser (CORS): exact origins such as
+    /// `https://app.example.com`, or `*` for any. Empty (the default): no CORS headers.
+    pub cors_allowed_origins: Vec<String>,
+    /// Compress responses with gzip when the request's `Accept-Encoding` allows it (default
+    /// true).
+    pub compression: bool,
 }
 
 impl Default for ServeConfig {
@@ -92,6 +104,9 @@ impl Default for ServeConfig {
             redis_timeout_ms: 50,
             header_read_timeout_ms: 10_000,
             max_connections: 1024,
+            access_log_level: "debug".to_owned(),
+            cors_allowed_origins: Vec::new(),
+            compression: true,
         }
     }
 }
@@ -288,7 +303,7 @@ pub fn router(state: AppState) -> Router {
         Duration::from_millis(state.config.request_timeout_ms),
         state.metrics.clone(),
     );
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
@@ -297,8 +312,8 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.config.clone(), limits::enforce))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), record_latency))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record_latency));
+    middleware::wrap(router, &state.config).with_state(state)
 }
 
 async fn record_latency(State(state): State<AppState>, request: Request, next: Next) -> Response {

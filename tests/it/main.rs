@@ -13,6 +13,7 @@ mod event_contract;
 mod faults;
 mod flags;
 mod hardening;
+mod http_layers;
 mod index_recall;
 mod ingest;
 mod openapi;
