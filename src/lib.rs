@@ -33,6 +33,7 @@ pub mod auth;
 pub mod config;
 pub mod eval;
 pub mod event;
+pub mod export;
 pub mod flags;
 pub mod fold;
 pub mod http_error;

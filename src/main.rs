@@ -122,6 +122,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the learned vectors of a Redis namespace to files, for notebooks: ids, vectors,
+    /// queries or context vectors, biases, event counts and last event times.
+    Export {
+        /// Redis namespace (overrides store.namespace).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Users (p_u and the ranking query) or items (q_i, c_i, b_i).
+        #[arg(long, value_enum)]
+        what: embedstream::export::What,
+        /// `jsonl`: one object per line; `npy`: a directory of .npy files and ids.json.
+        #[arg(long, value_enum, default_value_t = embedstream::export::ExportFormat::Jsonl)]
+        format: embedstream::export::ExportFormat,
+        /// Output file (jsonl; stdout when absent) or directory (npy, required).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Feature flags of the namespace (`{ns}:flags`); prints the resulting document as JSON.
     /// Running services pick a change up within flags.refresh_ms.
     Flags {
@@ -244,6 +260,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 store.namespace = namespace;
             }
             run_flags(&store, action)
+        }
+        Command::Export { namespace, what, format, output } => {
+            let mut config = config;
+            if let Some(namespace) = namespace {
+                config.store.namespace = namespace;
+            }
+            let model = embedstream::app::load_stored_model(&config)?;
+            let rows = match (format, output) {
+                (embedstream::export::ExportFormat::Npy, Some(dir)) => {
+                    embedstream::export::write_npy(&model, what, &dir)?
+                }
+                (embedstream::export::ExportFormat::Npy, None) => {
+                    anyhow::bail!("--format npy needs --output DIR")
+                }
+                (embedstream::export::ExportFormat::Jsonl, Some(path)) => {
+                    let file = std::fs::File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    embedstream::export::write_jsonl(
+                        &model,
+                        what,
+                        &mut std::io::BufWriter::new(file),
+                    )?
+                }
+                (embedstream::export::ExportFormat::Jsonl, None) => {
+                    embedstream::export::write_jsonl(
+                        &model,
+                        what,
+                        &mut std::io::BufWriter::new(std::io::stdout().lock()),
+                    )?
+                }
+            };
+            tracing::info!(rows, namespace = %config.store.namespace, "exported");
+            Ok(())
         }
         Command::Digest { namespace, json } => {
             let mut config = config;

@@ -10,6 +10,7 @@ mod auth;
 mod crash;
 mod eval_movielens;
 mod event_contract;
+mod export;
 mod faults;
 mod flags;
 mod hardening;

@@ -78,6 +78,8 @@ fn movielens_through_kafka_equals_replay_and_is_served() {
     let stored = embedstream::app::load_stored_model(&config).unwrap();
     assert_eq!(stored.events_applied(), 100_000);
     assert_eq!(stored.digest(), infra::replay_digest(&config, &records, 4));
+    let served = scored["scores"][0]["score"].as_f64().unwrap();
+    crate::export::check_export(&config, "196", "242", served);
 }
 
 #[test]
