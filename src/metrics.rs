@@ -212,6 +212,17 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(flags_refresh_failures.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("embedstream_build_info", "Always 1; the build's version in a label."),
+            &["version"],
+        )?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build_info))?;
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_virtual_memory_bytes,
+        // process_open_fds, process_max_fds, process_start_time_seconds, process_threads (Linux,
+        // read from /proc; Prometheus's standard process metrics).
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Self {
             breakers: crate::resilience::BreakerMetrics {
                 state: breaker_state,
@@ -311,5 +322,27 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_build_info_and_the_standard_process_metrics() {
+        let text = Metrics::new().unwrap().render();
+        let build =
+            format!("embedstream_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        assert!(text.contains(&build), "{text}");
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+            "process_threads",
+        ] {
+            assert!(text.lines().any(|line| line.starts_with(name)), "{name} missing");
+        }
     }
 }
