@@ -30,5 +30,14 @@ export EMBEDSTREAM_TEST_REDIS="redis://127.0.0.1:$EMBEDSTREAM_REDIS_PORT/"
 echo "== fault-injection prerequisites (moto for the durable broker)"
 EMBEDSTREAM_KAFKA_STORAGE=s3 EMBEDSTREAM_DEV_INSTALL_ONLY=1 scripts/dev-up.sh
 
+# The alert-rule tests (tests/it/deploy.rs) run promtool, from Debian's prometheus package.
+echo "== promtool (Debian's prometheus package) for the alert-rule tests"
+if ! command -v promtool >/dev/null; then
+  as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+    || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+fi
+
 echo "== cargo test"
 cargo test --profile it --locked --all-targets

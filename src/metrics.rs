@@ -1,6 +1,6 @@
 //! Every Prometheus metric of the process, in one place. Names follow
 //! `embedstream_<subsystem>_<name>_<unit>`; labels come from small fixed sets (reason, route,
-//! operation, partition, status class), never a user or item id.
+//! operation, partition, HTTP status code), never a user or item id.
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -67,7 +67,7 @@ pub struct Metrics {
     pub index_fresh_items: IntGauge,
     /// Snapshot build time, seconds.
     pub index_rebuild_duration: Histogram,
-    /// HTTP request latency, seconds, by route and status class.
+    /// HTTP request latency, seconds, by route and HTTP status code (`200`, `429`, `503`, ...).
     pub http_duration: HistogramVec,
     /// Rate-limit decisions by route class, backend (redis, local) and decision (allowed,
     /// limited).
@@ -158,7 +158,7 @@ impl Metrics {
         let http_duration = HistogramVec::new(
             HistogramOpts::new(
                 "embedstream_http_request_duration_seconds",
-                "HTTP request latency by route and status class",
+                "HTTP request latency by route and HTTP status code",
             )
             .buckets(latency_buckets()),
             &["route", "status"],
@@ -212,6 +212,15 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(flags_refresh_failures.clone()))?;
+        // Series with known label values start at 0, so that rates and alerts see them before
+        // the first increment (an absent series is not a zero in PromQL).
+        for reason in crate::event::RejectReason::ALL {
+            events_rejected.with_label_values(&[reason.as_str()]);
+        }
+        for reason in ["overloaded", "timeout"] {
+            http_shed.with_label_values(&[reason]);
+        }
+        redis_errors.with_label_values(&["flush"]);
         let build_info = IntGaugeVec::new(
             Opts::new("embedstream_build_info", "Always 1; the build's version in a label."),
             &["version"],

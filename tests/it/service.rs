@@ -73,6 +73,10 @@ fn movielens_through_kafka_equals_replay_and_is_served() {
     assert_eq!(status, 200);
     assert_eq!(user["vector"].as_array().unwrap().len(), 64);
 
+    // Every metric the Grafana dashboard and the alert rules query is exported.
+    let mut metrics = ureq::get(service.url("/metrics")).call().unwrap();
+    crate::deploy::check_exported(&metrics.body_mut().read_to_string().unwrap());
+
     service.stop();
     // The durable state is bit-identical to a file replay spread over the same 4 partitions.
     let stored = embedstream::app::load_stored_model(&config).unwrap();
