@@ -39,5 +39,15 @@ if ! command -v promtool >/dev/null; then
     || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
 fi
 
+# The compose-file test validates docker-compose.yml with check-jsonschema (PyPI, pinned), which
+# carries the Compose specification's JSON Schema; installed once into .cache/.
+echo "== check-jsonschema (PyPI) for the compose-file test"
+cjs="$root/.cache/check-jsonschema-0.39.0"
+if [[ ! -x "$cjs/bin/check-jsonschema" ]]; then
+  python3 -m venv "$cjs"
+  "$cjs/bin/pip" install --quiet --disable-pip-version-check check-jsonschema==0.39.0
+fi
+export EMBEDSTREAM_CHECK_JSONSCHEMA="$cjs/bin/check-jsonschema"
+
 echo "== cargo test"
 cargo test --profile it --locked --all-targets

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -133,4 +134,92 @@ fn every_compose_image_is_pinned_to_a_version() {
         assert!(tag.chars().next().is_some_and(|c| c.is_ascii_digit() || c == 'v'), "{image}");
         assert!(tag.contains('.'), "{image}: not a version");
     }
+}
+
+#[test]
+fn the_compose_file_validates_against_the_compose_specification() {
+    // check-jsonschema (PyPI) carries the Compose specification's schema as a builtin;
+    // scripts/test.sh installs a pinned copy and names it in EMBEDSTREAM_CHECK_JSONSCHEMA.
+    let tool = std::env::var("EMBEDSTREAM_CHECK_JSONSCHEMA").unwrap_or("check-jsonschema".into());
+    let check = |path: &Path| {
+        Command::new(&tool)
+            .args(["--builtin-schema", "vendor.compose-spec"])
+            .arg(path)
+            .output()
+            .expect("check-jsonschema runs (scripts/test.sh installs it)")
+    };
+    let compose = deploy("../docker-compose.yml");
+    let output = check(&compose);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    // And the check does reject a file that breaks the specification.
+    let broken = std::env::temp_dir().join(format!("compose-{}.yml", std::process::id()));
+    let text = std::fs::read_to_string(&compose).unwrap();
+    std::fs::write(
+        &broken,
+        text.replace("    restart: \"no\"", "    restart: \"no\"\n    nonsense: 1"),
+    )
+    .unwrap();
+    assert!(!check(&broken).status.success(), "an unknown service key must fail validation");
+    std::fs::remove_file(broken).unwrap();
+}
+
+#[test]
+fn auth_init_gives_the_service_keys_and_a_demo_client_that_gets_tokens() {
+    use crate::common::faults::ServiceProcess;
+    use crate::common::infra::{create_topics, test_config, unique};
+
+    let dir = std::env::temp_dir().join(unique("auth-init"));
+    let init = || {
+        let output = Command::new("sh")
+            .arg(deploy("auth-init.sh"))
+            .env("EMBEDSTREAM_AUTH_DIR", &dir)
+            .env("EMBEDSTREAM_BIN", crate::common::embedstream_bin())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let first = init();
+    assert_eq!(init(), first, "a second run keeps the keys and the client");
+    let secret = std::fs::read_to_string(dir.join("demo-client-secret")).unwrap();
+    let secret = secret.trim();
+    assert!(first.contains(secret) && secret.len() == 48, "{first}");
+    assert!(!std::fs::read_to_string(dir.join("clients.toml")).unwrap().contains(secret));
+
+    let config = test_config(&unique("auth-init"));
+    create_topics(&[(&config.kafka.topic, 1), (&config.kafka.dead_letter_topic, 1)]);
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let (jwks, key, clients) = (path("jwks.json"), path("signing-key.pem"), path("clients.toml"));
+    let env = [
+        ("EMBEDSTREAM_AUTH__JWKS_PATH", jwks.as_str()),
+        ("EMBEDSTREAM_AUTH__SIGNING_KEY_PATH", key.as_str()),
+        ("EMBEDSTREAM_AUTH__SIGNING_KID", "compose-1"),
+        ("EMBEDSTREAM_AUTH__CLIENTS_PATH", clients.as_str()),
+    ];
+    let mut service = ServiceProcess::spawn(&config, &env);
+    service.wait_listening(Duration::from_secs(60));
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let anonymous = agent.get(service.url("/v1/users/1/recommendations")).call().unwrap();
+    assert_eq!(anonymous.status(), 401, "authentication is on");
+    let mut token = agent
+        .post(service.url("/v1/auth/token"))
+        .send_form([
+            ("grant_type", "client_credentials"),
+            ("client_id", "demo"),
+            ("client_secret", secret),
+        ])
+        .unwrap();
+    assert_eq!(token.status(), 200);
+    let token: Value = token.body_mut().read_json().unwrap();
+    assert_eq!(token["scope"], "recs:read events:write");
+    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
+    let answer = agent
+        .get(service.url("/v1/users/1/recommendations"))
+        .header("authorization", &bearer)
+        .call()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    service.kill();
+    std::fs::remove_dir_all(dir).unwrap();
 }
