@@ -49,5 +49,14 @@ if [[ ! -x "$cjs/bin/check-jsonschema" ]]; then
 fi
 export EMBEDSTREAM_CHECK_JSONSCHEMA="$cjs/bin/check-jsonschema"
 
+# The producer-example test runs examples/producer.py with confluent-kafka (PyPI, pinned).
+echo "== confluent-kafka (PyPI) for the Python producer example"
+pyx="$root/.cache/py-examples-confluent-kafka-2.16.1"
+if [[ ! -x "$pyx/bin/python" ]] || ! "$pyx/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
+  python3 -m venv "$pyx"
+  "$pyx/bin/pip" install --quiet --disable-pip-version-check confluent-kafka==2.16.1
+fi
+export EMBEDSTREAM_EXAMPLES_PYTHON="$pyx/bin/python"
+
 echo "== cargo test"
 cargo test --profile it --locked --all-targets

@@ -288,6 +288,13 @@ impl Config {
                 "all must be >= 1",
             ));
         }
+        if !(1..=10_000).contains(&http.max_batch_events) {
+            return Err(invalid(
+                "http.max_batch_events",
+                &http.max_batch_events,
+                "must be in 1..=10000",
+            ));
+        }
         if let Err(rule) = crate::serve::access_log_level(&http.access_log_level) {
             return Err(invalid("http.access_log_level", &http.access_log_level, rule));
         }

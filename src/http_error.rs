@@ -113,9 +113,17 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The inner object of the error body, `{"code": ..., "message": ...}` (per-item errors of
+    /// a batch answer use it as they are).
+    pub fn body(&self) -> serde_json::Value {
+        json!({ "code": self.code.as_str(), "message": self.message })
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code.as_str(), "message": self.message } });
+        let body = json!({ "error": self.body() });
         let challenge = match self.code {
             ErrorCode::Unauthorized => Some(r#"Bearer realm="embedstream", error="invalid_token""#),
             ErrorCode::Forbidden => {

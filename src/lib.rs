@@ -49,4 +49,5 @@ pub mod serve;
 pub mod session;
 pub mod source;
 pub mod store;
+pub mod topics;
 pub mod window;

@@ -30,6 +30,26 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create the events topic (kafka.topic) and the dead-letter topic
+    /// (kafka.dead_letter_topic); existing topics are left as they are. Prints one JSON object
+    /// per topic: topic, outcome (created or exists), requested_partitions, partitions.
+    Create {
+        /// Partitions of the events topic: the most consumer-group members that can share the
+        /// work (default 4).
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Partitions of the dead-letter topic (default 1).
+        #[arg(long, default_value_t = 1)]
+        dead_letter_partitions: i32,
+        /// Replicas of each partition (default 1: a single-broker development cluster; use 3
+        /// in production).
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i32,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -121,6 +141,11 @@ enum Command {
         /// Print as one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Kafka topics of the service, through rdkafka's admin client.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
     },
     /// Write the learned vectors of a Redis namespace to files, for notebooks: ids, vectors,
     /// queries or context vectors, biases, event counts and last event times.
@@ -260,6 +285,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 store.namespace = namespace;
             }
             run_flags(&store, action)
+        }
+        Command::Topics {
+            command:
+                TopicsCommand::Create { partitions, dead_letter_partitions, replication_factor },
+        } => {
+            let topics = [
+                (config.kafka.topic.clone(), partitions),
+                (config.kafka.dead_letter_topic.clone(), dead_letter_partitions),
+            ];
+            let outcomes = runtime()?.block_on(embedstream::topics::create(
+                &config.kafka,
+                &topics,
+                replication_factor,
+            ))?;
+            for outcome in outcomes {
+                println!("{}", serde_json::to_string(&outcome)?);
+            }
+            Ok(())
         }
         Command::Export { namespace, what, format, output } => {
             let mut config = config;

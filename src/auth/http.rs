@@ -80,12 +80,15 @@ pub async fn authenticate(
     next.run(request).await
 }
 
-/// The scope a `/v1` path needs, by route class: `/v1/events*` `events:write`, `/v1/admin*`
+/// The scope a `/v1` path needs, by route class: `/v1/events*` (and `/v1/events:batch`) `events:write`, `/v1/admin*`
 /// `admin`, `/v1/auth/*` none (any valid token), every other `/v1` route `recs:read`.
 /// One table, so that a route added later cannot forget its scope.
 pub fn required_scope(path: &str) -> Option<Scope> {
     let class_of = |prefix: &str| {
-        path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        // `/v1/events:batch` is of `/v1/events`'s class: a custom method (`:verb`, as in
+        // Google's API design guide) belongs to the resource it acts on.
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with(':'))
     };
     if class_of("/v1/auth") {
         None
@@ -172,3 +175,22 @@ pub(super) fn no_store(status: axum::http::StatusCode, body: Value) -> Response 
 }
 
 pub use super::token::token;
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    #[test]
+    fn custom_methods_take_their_resource_scope() {
+        for (path, scope) in [
+            ("/v1/events", Some(Scope::EventsWrite)),
+            ("/v1/events:batch", Some(Scope::EventsWrite)),
+            ("/v1/eventsx", Some(Scope::RecsRead)),
+            ("/v1/admin/flags", Some(Scope::Admin)),
+            ("/v1/auth/token", None),
+            ("/v1/users/1/recommendations", Some(Scope::RecsRead)),
+        ] {
+            assert_eq!(required_scope(path), scope, "{path}");
+        }
+    }
+}

@@ -8,6 +8,7 @@
 
 mod admin;
 mod connections;
+mod events;
 mod handlers;
 mod limits;
 mod middleware;
@@ -85,6 +86,8 @@ pub struct ServeConfig {
     /// Origins allowed to call the API from a browser (CORS): exact origins such as
     /// `https://app.example.com`, or `*` for any. Empty (the default): no CORS headers.
     pub cors_allowed_origins: Vec<String>,
+    /// Most events in one `POST /v1/events:batch` (default 500, 1..=10000).
+    pub max_batch_events: usize,
     /// Compress responses with gzip when the request's `Accept-Encoding` allows it (default
     /// true).
     pub compression: bool,
@@ -107,6 +110,7 @@ impl Default for ServeConfig {
             access_log_level: "debug".to_owned(),
             cors_allowed_origins: Vec::new(),
             compression: true,
+            max_batch_events: 500,
         }
     }
 }
@@ -244,7 +248,7 @@ impl std::fmt::Debug for AppState {
 
 /// Every route as (method, path in OpenAPI form); the router and `schemas/openapi.json` are
 /// both held against this list by the tests.
-pub const ROUTES: [(&str, &str); 16] = [
+pub const ROUTES: [(&str, &str); 17] = [
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -259,6 +263,7 @@ pub const ROUTES: [(&str, &str); 16] = [
     ("get", "/v1/users/{user_id}/sessions/{session_id}"),
     ("delete", "/v1/users/{user_id}/sessions/{session_id}"),
     ("post", "/v1/events"),
+    ("post", "/v1/events:batch"),
     ("get", "/v1/admin/flags"),
     ("put", "/v1/admin/flags"),
 ];
@@ -282,7 +287,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/users/{user_id}/sessions/{session_id}",
             get(sessions::get).delete(sessions::delete),
         )
-        .route("/v1/events", post(sessions::publish))
+        .route("/v1/events", post(events::publish))
+        .route("/v1/events:batch", post(events::publish_batch))
         .route("/v1/admin/flags", get(admin::get_flags).put(admin::put_flags))
         .route("/v1/users/{user_id}", get(handlers::user))
         .route("/v1/items/{item_id}/similar", get(handlers::similar))

@@ -1,22 +1,15 @@
-//! Session routes (`/v1/users/{user_id}/sessions…`) and HTTP event ingestion
-//! (`POST /v1/events`).
+//! Session routes (`/v1/users/{user_id}/sessions…`).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
 use serde_json::json;
 
 use super::handlers::SubjectUser;
 use super::{ApiError, AppState, ErrorCode};
-use crate::auth::{Principal, Scope};
-use crate::event::decode;
 use crate::session::{valid_session_id, Created, Session};
 
 fn now_ms() -> i64 {
@@ -102,63 +95,4 @@ pub(super) async fn delete(
     let session = session_of(&state, &user_id, &params).await?;
     state.sessions.delete(&session).await.map_err(unavailable)?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// `POST /v1/events` (scope `events:write`): one event in the wire format
-/// (`schemas/event.schema.json`), validated by the same decoder as the stream, then published
-/// to the events topic keyed by `user_id` (librdkafka's murmur2 partitioner, the Java
-/// client's) and acknowledged by the broker before the 202. A user token may only publish its
-/// own events. An event with a `session_id` of a live session of its user is also appended to
-/// that session. The produce goes through the `kafka_producer` circuit breaker; the producer
-/// is idempotent, so librdkafka's own retries never duplicate, and we add none.
-pub(super) async fn publish(
-    State(state): State<AppState>,
-    principal: Principal,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    principal.require(Scope::EventsWrite)?;
-    let event = decode(&body, &state.event_types, &state.decode_limits).map_err(|error| {
-        ApiError::new(ErrorCode::InvalidEvent, format!("{}: {error}", error.reason().as_str()))
-    })?;
-    if !principal.may_name(event.user_id.as_str()) {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "a user token may only publish events of its own user",
-        ));
-    }
-    let producer = &state.producer;
-    let permit = producer.breaker.acquire().map_err(unavailable)?;
-    let headers = OwnedHeaders::new().insert(Header { key: "source", value: Some("http") });
-    let record = FutureRecord::to(&producer.topic)
-        .key(event.user_id.as_str())
-        .payload(body.as_ref())
-        // No `.timestamp(event.ts)`: the record keeps the producer's own clock (CreateTime at
-        // send), so the client's `ts` never becomes the record timestamp.
-        .headers(headers);
-    let delivered =
-        producer.producer.send(record, Duration::from_millis(producer.timeout_ms)).await;
-    producer.breaker.record(permit, delivered.is_ok());
-    let delivery = delivered.map_err(|(error, _)| unavailable(format!("produce: {error}")))?;
-    let mut session_recorded = false;
-    if let Some(session_id) = &event.session_id {
-        if let Ok(Some(session)) = state.sessions.get(session_id).await {
-            if session.user_id == event.user_id.as_str() {
-                let weight =
-                    state.event_types.weight(event.event_type) * event.weight.unwrap_or(1.0);
-                session_recorded =
-                    state.sessions.record(&session, event.item_id.as_str(), weight).await.is_ok();
-            }
-        }
-    }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "event_id": event.event_id,
-            "topic": producer.topic,
-            "partition": delivery.partition,
-            "offset": delivery.offset,
-            "session_recorded": session_recorded,
-        })),
-    )
-        .into_response())
 }

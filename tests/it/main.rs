@@ -19,6 +19,7 @@ mod http_layers;
 mod index_recall;
 mod ingest;
 mod openapi;
+mod producers;
 mod ratelimit;
 mod redis_faults;
 mod replay_cli;
