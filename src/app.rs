@@ -44,7 +44,67 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let RunOptions { start, exit_when_caught_up } = options.into();
+    run_with(config, options.into(), Some(listener), shutdown, |_| {}).await.map(|_| ())
+}
+
+/// What a headless rebuild did (`embedstream rebuild`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RebuildSummary {
+    /// The namespace rebuilt.
+    pub namespace: String,
+    /// Digest of the state, as `embedstream digest` and `replay` print it.
+    pub digest: String,
+    /// Events applied in the namespace (over its whole life).
+    pub events_applied: u64,
+    /// Users and items in the namespace.
+    pub users: usize,
+    /// Items in the namespace.
+    pub items: usize,
+    /// Whether the state read back from Redis has the digest of the state in memory.
+    pub verified: bool,
+}
+
+/// Rebuilds a namespace headless: consumes the topic from `start` (where the namespace has no
+/// stored progress) until every partition is consumed, applied and flushed, with no HTTP
+/// server (so no JWKS or keys are needed), calling `progress` with the applied count every
+/// 200 ms; then reads the namespace back from Redis and compares its digest with the state in
+/// memory.
+///
+/// # Errors
+/// As [`run`]; a read-back that fails is an error, a digest that differs is `verified: false`.
+pub async fn rebuild(
+    config: Config,
+    start: StartPosition,
+    progress: impl Fn(u64) + Send + 'static,
+) -> anyhow::Result<RebuildSummary> {
+    let options = RunOptions { start, exit_when_caught_up: true };
+    let model = run_with(config.clone(), options, None, std::future::pending(), progress).await?;
+    let (digest, events_applied, users, items) = {
+        let model = model.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (model.digest(), model.events_applied(), model.user_count(), model.item_count())
+    };
+    let read_config = config.clone();
+    let stored = tokio::task::spawn_blocking(move || load_stored_model(&read_config))
+        .await
+        .context("read-back task")??;
+    Ok(RebuildSummary {
+        namespace: config.store.namespace,
+        verified: stored.digest() == digest,
+        digest,
+        events_applied,
+        users,
+        items,
+    })
+}
+
+async fn run_with(
+    config: Config,
+    options: RunOptions,
+    listener: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    progress: impl Fn(u64) + Send + 'static,
+) -> anyhow::Result<Arc<std::sync::RwLock<Model>>> {
+    let RunOptions { start, exit_when_caught_up } = options;
     let metrics = Metrics::new().context("registering metrics")?;
     let index = Arc::new(Index::new(config.index.clone()));
     let status = Arc::new(Status::default());
@@ -73,26 +133,31 @@ pub async fn run(
     )?;
     let cancel = CancellationToken::new();
     let model = engine.shared_model();
-    let redis = AsyncRedis::new(&config.store, Arc::clone(&redis_breaker), metrics.clone())
-        .context("redis url")?;
-    let mut state = AppState::new(
-        Arc::clone(&model),
-        Arc::clone(&index),
-        Arc::clone(&status),
-        metrics.clone(),
-        redis,
-        &config,
-    )?;
-    // One `kafka_producer` breaker for the dead-letter and the HTTP ingestion produces.
-    state.producer = Arc::new(EventProducer::new(&config, Arc::clone(&producer_breaker))?);
-    let app = router(state);
-    let server_cancel = cancel.clone();
-    let http_config = config.http.clone();
-    let server_metrics = metrics.clone();
-    let server = tokio::spawn(async move {
-        let shutdown = async move { server_cancel.cancelled().await };
-        serve(listener, app, &http_config, server_metrics, shutdown).await
-    });
+    let server = match listener {
+        Some(listener) => {
+            let redis = AsyncRedis::new(&config.store, Arc::clone(&redis_breaker), metrics.clone())
+                .context("redis url")?;
+            let mut state = AppState::new(
+                Arc::clone(&model),
+                Arc::clone(&index),
+                Arc::clone(&status),
+                metrics.clone(),
+                redis,
+                &config,
+            )?;
+            // One `kafka_producer` breaker for the dead-letter and the HTTP ingestion produces.
+            state.producer = Arc::new(EventProducer::new(&config, Arc::clone(&producer_breaker))?);
+            let app = router(state);
+            let server_cancel = cancel.clone();
+            let http_config = config.http.clone();
+            let server_metrics = metrics.clone();
+            Some(tokio::spawn(async move {
+                let shutdown = async move { server_cancel.cancelled().await };
+                serve(listener, app, &http_config, server_metrics, shutdown).await
+            }))
+        }
+        None => None,
+    };
 
     // Restore and first index build off the runtime threads; HTTP answers /readyz 503 meanwhile.
     let restore_cancel = cancel.clone();
@@ -146,8 +211,11 @@ pub async fn run(
 
     let caught_up_status = Arc::clone(&status);
     let caught_up = async move {
-        loop {
+        for tick in 0u64.. {
             tokio::time::sleep(Duration::from_millis(100)).await;
+            if tick % 2 == 1 {
+                progress(caught_up_status.applied.load(std::sync::atomic::Ordering::Relaxed));
+            }
             if exit_when_caught_up
                 && caught_up_status.caught_up.load(std::sync::atomic::Ordering::Relaxed)
             {
@@ -167,8 +235,10 @@ pub async fn run(
         Ok(Ok(result)) => result.context("consumer failed"),
         Ok(Err(_)) | Err(_) => Err(anyhow::anyhow!("ingest thread panicked")),
     };
-    server.await.context("http server task")?.context("http server")?;
-    consumed
+    if let Some(server) = server {
+        server.await.context("http server task")?.context("http server")?;
+    }
+    consumed.map(|()| model)
 }
 
 /// Loads a namespace's whole state from Redis into a model (for digests and inspection).

@@ -111,6 +111,27 @@ enum Command {
         #[arg(long)]
         exit_when_caught_up: bool,
     },
+    /// Rebuild a namespace from the topic, headless: consume to the end (no HTTP server, no
+    /// JWKS needed), flush, read the namespace back from Redis, verify its digest against the
+    /// state in memory and print a JSON summary (namespace, digest, events_applied, users,
+    /// items, verified). Exit status 1 when the read-back differs.
+    Rebuild {
+        /// Where partitions without stored progress in NS start: earliest, timestamp:<ms>,
+        /// offsets:<p>=<o>,...
+        #[arg(long, default_value = "earliest")]
+        from: StartPosition,
+        /// The namespace to build (a new one starts from scratch; one with stored progress
+        /// resumes).
+        #[arg(long)]
+        namespace: String,
+        /// Events topic (overrides kafka.topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Consumer group (default `rebuild-<namespace>`, so a live service's group is never
+        /// joined).
+        #[arg(long)]
+        group: Option<String>,
+    },
     /// Publish a dataset to Kafka in event-time order, keyed by user, event time as the record
     /// timestamp.
     Produce {
@@ -269,6 +290,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             config.validate()?;
             run_service(config, from, exit_when_caught_up)
+        }
+        Command::Rebuild { from, namespace, topic, group } => {
+            let mut config = config;
+            config.kafka.group_id = group.unwrap_or_else(|| format!("rebuild-{namespace}"));
+            config.store.namespace = namespace;
+            if let Some(topic) = topic {
+                config.kafka.topic = topic;
+            }
+            // No HTTP server runs, so nothing verifies or issues tokens: the auth settings (JWKS,
+            // keys) are neither needed nor checked.
+            config.auth.enabled = false;
+            config.validate()?;
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {pos} events applied ({per_sec}) {elapsed}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            let ticker = bar.clone();
+            let summary =
+                runtime()?.block_on(embedstream::app::rebuild(config, from, move |applied| {
+                    ticker.set_position(applied);
+                    ticker.tick();
+                }))?;
+            bar.finish_and_clear();
+            println!("{}", serde_json::to_string(&summary)?);
+            anyhow::ensure!(summary.verified, "the state read back from Redis differs from memory");
+            Ok(())
         }
         Command::Produce { input, format, topic, rate, speedup, json } => {
             let pace = match (rate, speedup) {

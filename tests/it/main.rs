@@ -21,6 +21,7 @@ mod ingest;
 mod openapi;
 mod producers;
 mod ratelimit;
+mod rebuild;
 mod redis_faults;
 mod replay_cli;
 mod service;
