@@ -185,6 +185,11 @@ impl Index {
         if item_count == 0 || self.building.lock().map_or(true, |building| *building) {
             return false;
         }
+        // Below the threshold queries scan the matrix and never read the graph: after the
+        // first snapshot (readiness), rebuilding it would only take a core from the fold.
+        if item_count <= self.config.full_scan_threshold && self.is_built() {
+            return false;
+        }
         let stale = self.stale_len(item_count);
         let rested = self.last_build_started.lock().map_or(true, |last| {
             last.is_none_or(|started| {
@@ -326,6 +331,29 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::{Index, IndexConfig};
+
+    #[test]
+    fn no_rebuild_below_the_full_scan_threshold_once_a_snapshot_exists() {
+        use crate::model::{ItemRow, Model, ModelConfig};
+        let model = std::sync::RwLock::new(Model::new(ModelConfig::default()).unwrap());
+        for n in 0..300 {
+            model.write().unwrap().apply(&format!("e{n}"), "u", &format!("i{n}"), n, 1.0);
+        }
+        for threshold in [1_000, 0] {
+            let config = IndexConfig {
+                full_scan_threshold: threshold,
+                rebuild_interval_ms: 0,
+                rebuild_min_fresh: 1,
+                ..IndexConfig::default()
+            };
+            let index = Index::new(config);
+            assert!(index.needs_rebuild(300), "the first snapshot is always built");
+            index.rebuild(&model).unwrap();
+            index.note_changed((0..300).map(ItemRow));
+            // Every item is fresh: only the graph path (threshold 0) needs a new snapshot.
+            assert_eq!(index.needs_rebuild(300), threshold == 0, "threshold {threshold}");
+        }
+    }
 
     #[test]
     fn no_rebuild_is_asked_for_while_one_is_under_way() {
