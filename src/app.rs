@@ -199,6 +199,13 @@ async fn run_with(
     })
     .await
     .context("index build task")?;
+    let rebuild_metrics = metrics.clone();
+    index
+        .keep_converged(Arc::clone(&model), cancel.clone(), move |index, seconds| {
+            rebuild_metrics.index_rebuild_duration.observe(seconds);
+            rebuild_metrics.index_items.set(index.snapshot_len() as i64);
+        })
+        .context("starting the index rebuild thread")?;
 
     let engine = Arc::new(Mutex::new(engine));
     let consumer_cancel = cancel.clone();

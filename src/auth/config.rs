@@ -90,6 +90,12 @@ pub struct AuthConfig {
     pub client_checks_per_second: f64,
     /// Secret checks one `client_id` may make at once after being idle (default 5, >= 1).
     pub client_checks_burst: u32,
+    /// Period of the full re-read of the revocation list into the in-process view, ms
+    /// (default 2000, >= 100). Revocations arrive over Redis pub/sub within milliseconds; the
+    /// re-read catches a message lost on a broken subscription and entries written by other
+    /// programs. A revoked token is refused by every instance that reaches Redis within at most
+    /// twice this period (see README, "Revocation").
+    pub revocation_resync_ms: u64,
 }
 
 impl Default for AuthConfig {
@@ -114,6 +120,7 @@ impl Default for AuthConfig {
             secret_check_queue_ms: 1000,
             client_checks_per_second: 1.0,
             client_checks_burst: 5,
+            revocation_resync_ms: 2000,
         }
     }
 }
@@ -208,6 +215,13 @@ impl AuthConfig {
                 "auth.client_checks_per_second",
                 &self.client_checks_per_second,
                 "must be finite and > 0",
+            );
+        }
+        if self.revocation_resync_ms < 100 {
+            return invalid(
+                "auth.revocation_resync_ms",
+                &self.revocation_resync_ms,
+                "must be >= 100",
             );
         }
         if self.clients_path.is_some() && self.signing_key_path.is_none() {

@@ -22,6 +22,7 @@ pub mod http;
 pub mod issue;
 pub mod jwks;
 pub mod principal;
+mod revocations;
 pub mod store;
 mod token;
 pub mod verify;
@@ -118,15 +119,23 @@ impl Auth {
         let secret_checks = clients
             .as_ref()
             .map(|clients| guard::SecretChecks::new(config, clients.memory_blocks()));
-        Ok(Self {
+        let auth = Self {
             config: config.clone(),
             verifier,
             signer,
             clients,
             secret_checks,
-            revocations: store::Revocations::new(redis.clone()),
+            revocations: store::Revocations::new(
+                redis.clone(),
+                Duration::from_millis(config.revocation_resync_ms),
+            ),
             refresh: store::RefreshTokens::new(redis, config.refresh_ttl_s),
-        })
+        };
+        // The view of the revocation list matters only when tokens are verified.
+        if auth.verifier.is_some() && tokio::runtime::Handle::try_current().is_ok() {
+            auth.revocations.spawn_follower();
+        }
+        Ok(auth)
     }
 
     /// The configuration.

@@ -1,8 +1,5 @@
-//! The auth state in Redis: the revocation list (with an in-process fallback) and refresh
-//! tokens with rotation and reuse detection. Key names: [`crate::store::Keys`].
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! The auth state in Redis: the revocation list ([`Revocations`], with its in-process view)
+//! and refresh tokens with rotation and reuse detection. Key names: [`crate::store::Keys`].
 
 use sha2::{Digest, Sha256};
 
@@ -10,74 +7,7 @@ use super::issue::random_token;
 use super::principal::Scopes;
 use crate::store::{AsyncRedis, Keys, RedisUnavailable};
 
-/// The revocation list: `{ns}:auth:revoked:{jti}` with a TTL equal to the token's remaining
-/// life, shared by every instance. Tokens revoked through this instance are also kept in
-/// process, so that they stay refused here while Redis is unreachable.
-#[derive(Debug)]
-pub struct Revocations {
-    redis: AsyncRedis,
-    keys: Keys,
-    /// jti to `exp` (s since the epoch), pruned on insert.
-    local: Mutex<HashMap<String, u64>>,
-}
-
-/// Whether a `jti` is revoked, and how sure we are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevocationCheck {
-    /// On the list (in Redis or in process).
-    Revoked,
-    /// Not on the list in Redis.
-    Valid,
-    /// Redis unreachable and not revoked through this instance: accepted, exposure bounded
-    /// by the token's remaining life.
-    ValidLocalOnly,
-}
-
-impl Revocations {
-    /// An empty in-process list over `redis`.
-    pub fn new(redis: AsyncRedis) -> Self {
-        Self { keys: redis.keys().clone(), redis, local: Mutex::new(HashMap::new()) }
-    }
-
-    /// Puts `jti` (expiring at `exp`) on the list until `exp`. A token already expired needs
-    /// no entry.
-    ///
-    /// # Errors
-    /// [`RedisUnavailable`]: the token is then revoked on this instance only.
-    pub async fn revoke(&self, jti: &str, exp: u64, now_s: u64) -> Result<(), RedisUnavailable> {
-        if exp <= now_s {
-            return Ok(());
-        }
-        {
-            let mut local = self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            local.retain(|_, expires| *expires > now_s);
-            local.insert(jti.to_owned(), exp);
-        }
-        let command = redis::cmd("SET")
-            .arg(self.keys.auth_revoked(jti))
-            .arg(1)
-            .arg("EX")
-            .arg(exp - now_s)
-            .to_owned();
-        self.redis.query::<()>("auth_revoke", &command).await
-    }
-
-    /// One `EXISTS` round trip (none when revoked through this instance).
-    pub async fn check(&self, jti: &str) -> RevocationCheck {
-        if self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(jti) {
-            return RevocationCheck::Revoked;
-        }
-        let command = redis::cmd("EXISTS").arg(self.keys.auth_revoked(jti)).to_owned();
-        match self.redis.query::<bool>("auth_revoked", &command).await {
-            Ok(true) => RevocationCheck::Revoked,
-            Ok(false) => RevocationCheck::Valid,
-            Err(error) => {
-                tracing::debug!(error = %error, "revocation list unreachable, local list only");
-                RevocationCheck::ValidLocalOnly
-            }
-        }
-    }
-}
+pub use super::revocations::{RevocationCheck, Revocations};
 
 /// What presenting a refresh token did.
 #[derive(Debug, Clone, PartialEq, Eq)]

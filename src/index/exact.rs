@@ -1,5 +1,9 @@
+//! Exact scoring: a streaming top k over the row-major item matrix, with no allocation per
+//! item and no hashing. Candidates enter a bounded heap only when they beat its worst entry,
+//! so the exclusion list is looked at for a handful of rows, not for every item.
+
 use std::cmp::Ordering;
-use std::collections::HashSet;
+use std::collections::BinaryHeap;
 
 use serde::Serialize;
 
@@ -17,78 +21,238 @@ pub struct ScoredItem {
     pub(crate) row: u32,
 }
 
-fn by_score_then_row(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
-    b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal).then(a.1.cmp(&b.1))
+/// Item rows a ranking must not return (a user's seen items): sorted and deduplicated, looked
+/// up by bisection. A user's list is bounded (`model.seen_items_per_user`, 500 by default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Excluded {
+    rows: Vec<u32>,
 }
 
-fn top(model: &Model, mut scored: Vec<(f32, u32)>, k: usize) -> Vec<ScoredItem> {
-    scored.retain(|(score, _)| score.is_finite());
-    if scored.len() > k && k > 0 {
-        scored.select_nth_unstable_by(k - 1, by_score_then_row);
-        scored.truncate(k);
+impl Excluded {
+    /// Nothing excluded.
+    pub fn none() -> Self {
+        Self::default()
     }
-    scored.sort_by(by_score_then_row);
-    scored.truncate(k);
-    scored
-        .into_iter()
-        .map(|(score, row)| ScoredItem {
-            item_id: model.item_id(ItemRow(row)).to_owned(),
-            score,
-            row,
-        })
-        .collect()
+
+    /// Excludes `rows` (any order, repeats allowed).
+    pub fn from_rows(rows: impl IntoIterator<Item = u32>) -> Self {
+        let mut rows: Vec<u32> = rows.into_iter().collect();
+        rows.sort_unstable();
+        rows.dedup();
+        Self { rows }
+    }
+
+    /// Whether `row` is excluded.
+    #[inline]
+    pub fn contains(&self, row: u32) -> bool {
+        !self.rows.is_empty() && self.rows.binary_search(&row).is_ok()
+    }
+
+    /// Rows excluded.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether nothing is excluded.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
 }
 
-/// Scores `rows` exactly against `user` and returns the top k (ties: lower row first).
-pub(crate) fn rescore(
-    model: &Model,
-    user: &[f32],
-    rows: impl Iterator<Item = u32>,
-    k: usize,
-) -> Vec<ScoredItem> {
-    let scored = rows
-        .filter(|row| (*row as usize) < model.item_count())
-        .map(|row| {
-            let item = ItemRow(row);
-            (dot(user, model.item_vector(item)) + model.item_bias(item), row)
-        })
-        .collect();
-    top(model, scored, k)
+/// A heap entry ordered so that the heap's top is the worst kept candidate: the lowest
+/// score, and among equal scores the higher row (ties go to the lower row, as before).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    score: f32,
+    row: u32,
 }
 
-/// Exact top k over every item: the ground truth of recall tests and the fallback when no
-/// snapshot exists.
-pub fn exact_top_k(
-    model: &Model,
-    user: &[f32],
+impl Entry {
+    fn beats(&self, other: &Entry) -> bool {
+        self.score > other.score || (self.score == other.score && self.row < other.row)
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Greater = worse: lower score, then higher row. Scores are finite here.
+        other.score.total_cmp(&self.score).then(self.row.cmp(&other.row))
+    }
+}
+
+/// The best `k` (score, row) pairs offered so far; non-finite scores are dropped.
+#[derive(Debug)]
+pub(crate) struct TopK {
     k: usize,
-    exclude: &HashSet<u32>,
-) -> Vec<ScoredItem> {
-    let rows = (0..model.item_count() as u32).filter(|row| !exclude.contains(row));
-    rescore(model, user, rows, k)
+    heap: BinaryHeap<Entry>,
+}
+
+impl TopK {
+    pub(crate) fn new(k: usize) -> Self {
+        Self { k, heap: BinaryHeap::with_capacity(k + 1) }
+    }
+
+    /// Whether a candidate would be kept now (checked before the costlier exclusion test).
+    #[inline]
+    fn admits(&self, score: f32, row: u32) -> bool {
+        if self.k == 0 || !score.is_finite() {
+            return false;
+        }
+        self.heap.len() < self.k
+            || self.heap.peek().is_some_and(|worst| Entry { score, row }.beats(worst))
+    }
+
+    /// Offers a candidate not in `excluded`.
+    #[inline]
+    pub(crate) fn offer(&mut self, score: f32, row: u32, excluded: &Excluded) {
+        if !self.admits(score, row) || excluded.contains(row) {
+            return;
+        }
+        if self.heap.len() == self.k {
+            self.heap.pop();
+        }
+        self.heap.push(Entry { score, row });
+    }
+
+    /// Best first, ties by lower row.
+    pub(crate) fn into_items(self, model: &Model) -> Vec<ScoredItem> {
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|entry| ScoredItem {
+                item_id: model.item_id(ItemRow(entry.row)).to_owned(),
+                score: entry.score,
+                row: entry.row,
+            })
+            .collect()
+    }
+}
+
+/// Scores the item rows in `rows` (a range of the matrix) against `query` into `top`.
+pub(crate) fn scan_rows(
+    model: &Model,
+    query: &[f32],
+    rows: std::ops::Range<usize>,
+    excluded: &Excluded,
+    top: &mut TopK,
+) {
+    let dim = model.dim();
+    let end = rows.end.min(model.item_count());
+    let start = rows.start.min(end);
+    if query.len() != dim || dim == 0 {
+        return;
+    }
+    let matrix = &model.item_matrix()[start * dim..end * dim];
+    let biases = &model.item_biases()[start..end];
+    for (offset, (vector, bias)) in matrix.chunks_exact(dim).zip(biases).enumerate() {
+        top.offer(dot(query, vector) + bias, (start + offset) as u32, excluded);
+    }
+}
+
+/// Scores one row against `query` into `top` (rows out of range are skipped).
+#[inline]
+pub(crate) fn score_row(
+    model: &Model,
+    query: &[f32],
+    row: u32,
+    excluded: &Excluded,
+    top: &mut TopK,
+) {
+    if (row as usize) < model.item_count() {
+        let item = ItemRow(row);
+        top.offer(dot(query, model.item_vector(item)) + model.item_bias(item), row, excluded);
+    }
+}
+
+/// Exact top k over every item: the ground truth of recall tests, the ranking below
+/// `index.full_scan_threshold` items, and the fallback when no snapshot exists.
+pub fn exact_top_k(model: &Model, user: &[f32], k: usize, excluded: &Excluded) -> Vec<ScoredItem> {
+    let mut top = TopK::new(k);
+    scan_rows(model, user, 0..model.item_count(), excluded, &mut top);
+    top.into_items(model)
 }
 
 /// Top k by decayed popularity (the cold-start fallback).
-pub fn popular_top_k(model: &Model, k: usize, exclude: &HashSet<u32>) -> Vec<ScoredItem> {
-    let scored = (0..model.item_count() as u32)
-        .filter(|row| !exclude.contains(row))
-        .map(|row| (model.popularity_log(ItemRow(row)) as f32, row))
-        .collect();
-    top(model, scored, k)
+pub fn popular_top_k(model: &Model, k: usize, excluded: &Excluded) -> Vec<ScoredItem> {
+    let mut top = TopK::new(k);
+    for row in 0..model.item_count() as u32 {
+        top.offer(model.popularity_log(ItemRow(row)) as f32, row, excluded);
+    }
+    top.into_items(model)
 }
 
 /// Top k items by cosine similarity of item vectors to `item` (itself excluded).
 pub fn similar_items(model: &Model, item: ItemRow, k: usize) -> Vec<ScoredItem> {
     let target = model.item_vector(item);
     let target_norm = dot(target, target).sqrt();
-    let scored = (0..model.item_count() as u32)
-        .filter(|row| *row != item.0)
-        .map(|row| {
-            let vector = model.item_vector(ItemRow(row));
-            let norm = dot(vector, vector).sqrt() * target_norm;
-            let cosine = if norm > 0.0 { dot(target, vector) / norm } else { f32::NAN };
-            (cosine, row)
-        })
-        .collect();
-    top(model, scored, k)
+    let itself = Excluded::from_rows([item.0]);
+    let mut top = TopK::new(k);
+    let dim = model.dim();
+    for (row, vector) in model.item_matrix().chunks_exact(dim.max(1)).enumerate() {
+        let norm = dot(vector, vector).sqrt() * target_norm;
+        let cosine = if norm > 0.0 { dot(target, vector) / norm } else { f32::NAN };
+        top.offer(cosine, row as u32, &itself);
+    }
+    top.into_items(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reference: sort everything, ties by lower row.
+    fn sorted_top(scores: &[f32], k: usize, excluded: &Excluded) -> Vec<(f32, u32)> {
+        let mut all: Vec<(f32, u32)> = scores
+            .iter()
+            .enumerate()
+            .map(|(row, score)| (*score, row as u32))
+            .filter(|(score, row)| score.is_finite() && !excluded.contains(*row))
+            .collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        all.truncate(k);
+        all
+    }
+
+    #[test]
+    fn streaming_top_k_equals_a_full_sort_with_ties_and_exclusions() {
+        let scores: Vec<f32> = (0..500u32)
+            .map(|n| match n % 37 {
+                0 => f32::NAN,
+                1 => f32::INFINITY,
+                _ => ((n * 7919) % 53) as f32 / 4.0,
+            })
+            .collect();
+        let excluded = Excluded::from_rows([3, 3, 498, 17, 250, 100]);
+        for k in [0, 1, 5, 10, 52, 499, 1000] {
+            let mut top = TopK::new(k);
+            for (row, score) in scores.iter().enumerate() {
+                top.offer(*score, row as u32, &excluded);
+            }
+            let kept: Vec<(f32, u32)> =
+                top.heap.into_sorted_vec().into_iter().map(|e| (e.score, e.row)).collect();
+            assert_eq!(kept, sorted_top(&scores, k, &excluded), "k = {k}");
+        }
+    }
+
+    #[test]
+    fn excluded_rows_are_sorted_and_deduplicated() {
+        let excluded = Excluded::from_rows([9, 1, 9, 4]);
+        assert_eq!(excluded.len(), 3);
+        assert!(excluded.contains(9) && excluded.contains(1) && excluded.contains(4));
+        assert!(!excluded.contains(2) && !Excluded::none().contains(0));
+    }
 }

@@ -23,23 +23,34 @@
 //!   |[q, b]|, so |y - x|^2 = |p|^2 + 1 + M^2 - 2 s.
 
 mod exact;
+mod fresh;
 mod snapshot;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::model::{ItemRow, Model};
 
-pub use exact::{exact_top_k, popular_top_k, similar_items, ScoredItem};
+pub use exact::{exact_top_k, popular_top_k, similar_items, Excluded, ScoredItem};
+use fresh::{Fresh, FreshView};
 use snapshot::Snapshot;
+
+/// How often the maintenance thread ([`Index::keep_converged`]) looks at the fresh tier.
+pub const REBUILD_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Index settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IndexConfig {
+    /// Catalogues of at most this many items are ranked by an exact scan of every item, never
+    /// by the HNSW graph (Qdrant's `full_scan_threshold`): below it a scan of the contiguous
+    /// item matrix is cheaper than a graph search plus the re-scoring of its candidates
+    /// (default 50,000: on the development machine the scan was faster at every measured size
+    /// up to 50,000 items, BENCHMARKS.md, "Ranking"; 0 = always the graph once built).
+    pub full_scan_threshold: usize,
     /// HNSW candidates fetched per requested result (default 4; >= 1).
     pub oversampling: usize,
     /// HNSW links per node and layer (default 16; 2..=255).
@@ -48,7 +59,8 @@ pub struct IndexConfig {
     pub ef_construction: usize,
     /// Minimum candidate list size while searching (default 128).
     pub ef_search: usize,
-    /// Rebuild when the fresh tier holds more than this share of all items (default 0.1).
+    /// Rebuild when the items scored outside the graph (changed since the snapshot's copy, or
+    /// added after it) are more than this share of all items (default 0.1).
     pub rebuild_fresh_share: f64,
     /// ... and at least this many items (default 256).
     pub rebuild_min_fresh: usize,
@@ -60,6 +72,7 @@ pub struct IndexConfig {
 impl Default for IndexConfig {
     fn default() -> Self {
         Self {
+            full_scan_threshold: 50_000,
             oversampling: 4,
             max_connections: 16,
             ef_construction: 200,
@@ -71,22 +84,18 @@ impl Default for IndexConfig {
     }
 }
 
-/// The ANN index. Shared between the ingest thread (notes changes, triggers rebuilds) and the
-/// HTTP handlers (queries).
+/// The ANN index. Shared between the ingest thread (notes changes), the maintenance thread
+/// (rebuilds) and the HTTP handlers (queries).
 #[derive(Debug)]
 pub struct Index {
     config: IndexConfig,
     snapshot: RwLock<Option<Arc<Snapshot>>>,
     /// Fresh rows, each with the note sequence number of its latest interaction.
     fresh: Mutex<Fresh>,
+    /// What queries read of `fresh`, republished on every change.
+    fresh_view: RwLock<Arc<FreshView>>,
     building: Mutex<bool>,
     last_build_started: Mutex<Option<Instant>>,
-}
-
-#[derive(Debug, Default)]
-struct Fresh {
-    rows: HashMap<u32, u64>,
-    sequence: u64,
 }
 
 /// What a query returned and how.
@@ -107,9 +116,15 @@ impl Index {
             config,
             snapshot: RwLock::new(None),
             fresh: Mutex::new(Fresh::default()),
+            fresh_view: RwLock::new(Arc::new(FreshView::default())),
             building: Mutex::new(false),
             last_build_started: Mutex::new(None),
         }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &IndexConfig {
+        &self.config
     }
 
     /// Items in the current snapshot.
@@ -117,9 +132,16 @@ impl Index {
         self.current().map_or(0, |snapshot| snapshot.len())
     }
 
-    /// Items in the fresh tier.
+    /// Items in the fresh tier (changed since the snapshot's copy, or not indexable).
     pub fn fresh_len(&self) -> usize {
-        self.fresh.lock().map_or(0, |fresh| fresh.rows.len())
+        self.view().len()
+    }
+
+    /// Items of a catalogue of `item_count` that queries score outside the graph: the fresh
+    /// rows the snapshot holds stale positions of, and the items added after its copy.
+    pub fn stale_len(&self, item_count: usize) -> usize {
+        let indexed = self.snapshot_len().min(item_count);
+        self.view().below(indexed).len() + (item_count - indexed)
     }
 
     /// Whether a snapshot exists.
@@ -131,6 +153,19 @@ impl Index {
         self.snapshot.read().ok().and_then(|snapshot| snapshot.clone())
     }
 
+    fn view(&self) -> Arc<FreshView> {
+        self.fresh_view.read().map_or_else(|_| Arc::default(), |view| Arc::clone(&view))
+    }
+
+    /// Republishes the view of `fresh` (called with the `fresh` lock held, so views are
+    /// published in the order of the changes).
+    fn publish(&self, fresh: &Fresh) {
+        let view = Arc::new(fresh.view());
+        if let Ok(mut current) = self.fresh_view.write() {
+            *current = view;
+        }
+    }
+
     /// Records items whose vectors or biases changed (called by the ingest thread after each
     /// batch of windows).
     pub fn note_changed(&self, rows: impl IntoIterator<Item = ItemRow>) {
@@ -138,17 +173,24 @@ impl Index {
             fresh.sequence += 1;
             let sequence = fresh.sequence;
             fresh.rows.extend(rows.into_iter().map(|row| (row.0, sequence)));
+            self.publish(&fresh);
         }
     }
 
-    /// Whether the fresh tier is large enough to warrant a rebuild.
+    /// Whether the items scored outside the graph ([`Index::stale_len`]) are enough to
+    /// warrant a rebuild, and no rebuild is under way or started too recently.
     pub fn needs_rebuild(&self, item_count: usize) -> bool {
         // A build under way answers for now: without this, every ingest tick before the first
         // snapshot spawned a rebuild thread that found the build flag set and returned.
         if item_count == 0 || self.building.lock().map_or(true, |building| *building) {
             return false;
         }
-        let fresh = self.fresh_len();
+        // Below the threshold queries scan the matrix and never read the graph: after the
+        // first snapshot (readiness), rebuilding it would only take a core from the fold.
+        if item_count <= self.config.full_scan_threshold && self.is_built() {
+            return false;
+        }
+        let stale = self.stale_len(item_count);
         let rested = self.last_build_started.lock().map_or(true, |last| {
             last.is_none_or(|started| {
                 started.elapsed().as_millis() as u64 >= self.config.rebuild_interval_ms
@@ -156,8 +198,8 @@ impl Index {
         });
         !self.is_built()
             || (rested
-                && fresh >= self.config.rebuild_min_fresh
-                && fresh as f64 > self.config.rebuild_fresh_share * item_count as f64)
+                && stale >= self.config.rebuild_min_fresh
+                && stale as f64 > self.config.rebuild_fresh_share * item_count as f64)
     }
 
     /// Builds a new snapshot from the model's current item vectors and swaps it in. Copies the
@@ -181,14 +223,17 @@ impl Index {
             (snapshot::ItemsCopy::of(&model), sequence)
         };
         let built = Snapshot::build(copy, &self.config);
-        if let (Some(built), Ok(mut current), Ok(mut fresh)) =
-            (built, self.snapshot.write(), self.fresh.lock())
-        {
+        if let (Some(built), Ok(mut fresh)) = (built, self.fresh.lock()) {
             // Interactions noted while building stay fresh; everything else is in the new graph.
             fresh.rows.retain(|_, sequence| *sequence > noted_before_copy);
             let sequence = fresh.sequence;
             fresh.rows.extend(built.unindexed().iter().map(|row| (*row, sequence)));
-            *current = Some(Arc::new(built));
+            // The new graph goes out before its smaller tier, and queries read the tier
+            // first, so no query pairs the old graph with the new graph's tier.
+            if let Ok(mut current) = self.snapshot.write() {
+                *current = Some(Arc::new(built));
+            }
+            self.publish(&fresh);
         }
         if let Ok(mut building) = self.building.lock() {
             *building = false;
@@ -196,36 +241,119 @@ impl Index {
         Some(started.elapsed().as_secs_f64())
     }
 
-    /// Top `k` items for user vector `user` by s = p.q + b, skipping `exclude`.
+    /// Rebuilds whenever [`Index::needs_rebuild`] says so, busy or quiet, on a thread of its
+    /// own, looking every [`REBUILD_CHECK_INTERVAL`] until `cancel`; `on_built` gets each
+    /// build's duration in seconds. A quiet service thus converges to a snapshot covering the
+    /// catalogue without any event arriving.
+    ///
+    /// # Errors
+    /// The thread could not be started.
+    pub fn keep_converged(
+        self: &Arc<Self>,
+        model: Arc<RwLock<Model>>,
+        cancel: CancellationToken,
+        on_built: impl Fn(&Index, f64) + Send + 'static,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let index = Arc::clone(self);
+        std::thread::Builder::new().name("index-rebuild".to_owned()).spawn(move || {
+            while !cancel.is_cancelled() {
+                let item_count =
+                    model.read().unwrap_or_else(std::sync::PoisonError::into_inner).item_count();
+                if index.needs_rebuild(item_count) {
+                    if let Some(seconds) = index.rebuild(&model) {
+                        on_built(&index, seconds);
+                    }
+                }
+                std::thread::sleep(REBUILD_CHECK_INTERVAL);
+            }
+        })
+    }
+
+    /// The graph's candidates for a top `k`: at least `k x oversampling` rows not in
+    /// `excluded` when the graph has them. The first search asks for `k x oversampling` rows
+    /// and each further one for twice as many, only while too few survive the exclusion (a
+    /// user whose seen items crowd the top), up to `k x oversampling + |excluded|`, the fixed
+    /// request every query used to make (a search of ef 540 for a user with 500 seen items).
+    fn graph_candidates(
+        &self,
+        snapshot: &Snapshot,
+        query: &[f32],
+        k: usize,
+        excluded: &Excluded,
+    ) -> Vec<u32> {
+        let target = k.saturating_mul(self.config.oversampling.max(1));
+        let most = target.saturating_add(excluded.len()).min(snapshot.len()).max(target);
+        let mut wanted = target;
+        loop {
+            let mut hits = snapshot.search(query, wanted, self.config.ef_search);
+            let found = hits.len();
+            hits.retain(|row| !excluded.contains(*row));
+            if hits.len() >= target || found < wanted || wanted >= most {
+                return hits;
+            }
+            wanted = wanted.saturating_mul(2).min(most);
+        }
+    }
+
+    /// Top `k` items for query vector `query` by s = query.q + b, skipping `excluded`: an exact
+    /// scan of the item matrix up to `full_scan_threshold` items or without a snapshot; above
+    /// it, HNSW candidates ([`Index::graph_candidates`]) plus every item scored outside the
+    /// graph, re-scored exactly.
     pub fn top_k(
         &self,
         model: &Model,
-        user: &[f32],
+        query: &[f32],
         k: usize,
-        exclude: &HashSet<u32>,
+        excluded: &Excluded,
     ) -> QueryResult {
-        let Some(snapshot) = self.current() else {
-            let items = exact_top_k(model, user, k, exclude);
-            return QueryResult { candidates: model.item_count(), items, used_ann: false };
+        let item_count = model.item_count();
+        let fresh = self.view();
+        let snapshot = self.current().filter(|_| item_count > self.config.full_scan_threshold);
+        let Some(snapshot) = snapshot else {
+            let items = exact_top_k(model, query, k, excluded);
+            return QueryResult { candidates: item_count, items, used_ann: false };
         };
-        let wanted = k.saturating_mul(self.config.oversampling.max(1)) + exclude.len();
-        let mut candidates: HashSet<u32> =
-            snapshot.search(user, wanted, self.config.ef_search).into_iter().collect();
-        if let Ok(fresh) = self.fresh.lock() {
-            candidates.extend(fresh.rows.keys().copied());
+        let indexed = snapshot.len().min(item_count);
+        let mut hits = self.graph_candidates(&snapshot, query, k, excluded);
+        // Fresh rows are scored below with the rest of the tier, once.
+        hits.retain(|row| !fresh.contains(*row));
+        let stale = fresh.below(indexed);
+        let mut top = exact::TopK::new(k);
+        for row in hits.iter().chain(stale) {
+            exact::score_row(model, query, *row, excluded, &mut top);
         }
-        // Items added after the snapshot copy are fresh by construction.
-        candidates.extend(snapshot.len() as u32..model.item_count() as u32);
-        let scored = candidates.len();
-        let rows = candidates.into_iter().filter(|row| !exclude.contains(row));
-        let items = exact::rescore(model, user, rows, k);
-        QueryResult { items, used_ann: true, candidates: scored }
+        exact::scan_rows(model, query, indexed..item_count, excluded, &mut top);
+        let candidates = hits.len() + stale.len() + (item_count - indexed);
+        QueryResult { items: top.into_items(model), used_ann: true, candidates }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::{Index, IndexConfig};
+
+    #[test]
+    fn no_rebuild_below_the_full_scan_threshold_once_a_snapshot_exists() {
+        use crate::model::{ItemRow, Model, ModelConfig};
+        let model = std::sync::RwLock::new(Model::new(ModelConfig::default()).unwrap());
+        for n in 0..300 {
+            model.write().unwrap().apply(&format!("e{n}"), "u", &format!("i{n}"), n, 1.0);
+        }
+        for threshold in [1_000, 0] {
+            let config = IndexConfig {
+                full_scan_threshold: threshold,
+                rebuild_interval_ms: 0,
+                rebuild_min_fresh: 1,
+                ..IndexConfig::default()
+            };
+            let index = Index::new(config);
+            assert!(index.needs_rebuild(300), "the first snapshot is always built");
+            index.rebuild(&model).unwrap();
+            index.note_changed((0..300).map(ItemRow));
+            // Every item is fresh: only the graph path (threshold 0) needs a new snapshot.
+            assert_eq!(index.needs_rebuild(300), threshold == 0, "threshold {threshold}");
+        }
+    }
 
     #[test]
     fn no_rebuild_is_asked_for_while_one_is_under_way() {

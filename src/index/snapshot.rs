@@ -100,6 +100,11 @@ impl Snapshot {
     }
 
     /// Rows of the `wanted` nearest augmented points to user vector `user`.
+    ///
+    /// Unfiltered on purpose: hnsw_rs 0.3.5's `search_filter` gives up the early stop of the
+    /// greedy search whenever a filter is given and walks the whole reachable graph (measured:
+    /// 1.1 ms on 1,682 items, 6.7 ms on 50,000, against 0.03 and 0.76 ms for an exact scan).
+    /// Callers filter the result and widen the search when too few rows survive.
     pub(super) fn search(&self, user: &[f32], wanted: usize, ef_search: usize) -> Vec<u32> {
         if user.iter().any(|x| !x.is_finite()) || wanted == 0 {
             return Vec::new();

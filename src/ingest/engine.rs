@@ -277,17 +277,8 @@ impl Engine {
         }
         let clean = self.pending_users.is_empty() && self.pending_items.is_empty();
         self.status.caught_up.store(settled && clean, Ordering::Relaxed);
-        if self.index.needs_rebuild(self.fold.model().item_count()) {
-            let index = Arc::clone(&self.index);
-            let model = self.fold.shared_model();
-            let metrics = self.metrics.clone();
-            std::thread::spawn(move || {
-                if let Some(seconds) = index.rebuild(&model) {
-                    metrics.index_rebuild_duration.observe(seconds);
-                    metrics.index_items.set(index.snapshot_len() as i64);
-                }
-            });
-        }
+        // Rebuilds are the index's own thread's business (`Index::keep_converged`, started by
+        // `app`): busy or quiet alike.
         self.metrics.index_fresh_items.set(self.index.fresh_len() as i64);
         commit
     }

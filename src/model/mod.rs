@@ -178,6 +178,11 @@ impl Model {
         &self.items.vectors
     }
 
+    /// All item biases b_i, by row (length `item_count()`).
+    pub fn item_biases(&self) -> &[f32] {
+        &self.item_bias
+    }
+
     /// Item bias b_i.
     pub fn item_bias(&self, row: ItemRow) -> f32 {
         self.item_bias[row.0 as usize]

@@ -30,7 +30,7 @@ use crate::store::AsyncRedis;
 /// The route classes with their own budgets. Health, readiness and metrics have none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RouteClass {
-    /// `/v1/users/*`, `/v1/items/*`: recommendations, scores, vectors.
+    /// `/v1/users/*`, `/v1/items/*`, `/v1/whoami`: recommendations, scores, vectors.
     Recs,
     /// The same routes called by a service client (a token whose `sub` is `client:<id>`): a
     /// recommendation service is typically one client asking for many users, so it has a
@@ -54,7 +54,7 @@ impl RouteClass {
         let rest = path.strip_prefix("/v1/")?;
         let segment = rest.split('/').next().unwrap_or("");
         match segment {
-            "users" | "items" => Some(Self::Recs),
+            "users" | "items" | "whoami" => Some(Self::Recs),
             "events" => Some(Self::Events),
             "auth" => Some(Self::Auth),
             "admin" => Some(Self::Admin),
@@ -250,6 +250,7 @@ mod tests {
             ("/v1/users/u1/recommendations", Some(RouteClass::Recs)),
             ("/v1/users/u1", Some(RouteClass::Recs)),
             ("/v1/items/i1/similar", Some(RouteClass::Recs)),
+            ("/v1/whoami", Some(RouteClass::Recs)),
             ("/v1/events", Some(RouteClass::Events)),
             ("/v1/auth/token", Some(RouteClass::Auth)),
             ("/v1/admin/flags", Some(RouteClass::Admin)),

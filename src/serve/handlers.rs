@@ -80,6 +80,18 @@ pub(super) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// `GET /v1/whoami`: the verified token's subject, scopes and kind. It passes the same layers
+/// as the ranking routes (token check, revocation, scope `recs:read`, the `recs` or
+/// `service_recs` rate limit) and does no work of its own: the authenticated no-op that the
+/// ranking benchmarks compare against (BENCHMARKS.md, "Ranking").
+pub(super) async fn whoami(principal: crate::auth::Principal) -> Json<Value> {
+    Json(json!({
+        "sub": principal.sub,
+        "scopes": principal.scopes.to_claim(),
+        "service": principal.service,
+    }))
+}
+
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let status = state.status.snapshot();
     let index_built = state.index.is_built() || read(&state).item_count() == 0;

@@ -248,12 +248,13 @@ impl std::fmt::Debug for AppState {
 
 /// Every route as (method, path in OpenAPI form); the router and `schemas/openapi.json` are
 /// both held against this list by the tests.
-pub const ROUTES: [(&str, &str); 17] = [
+pub const ROUTES: [(&str, &str); 18] = [
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
     ("post", "/v1/auth/token"),
     ("post", "/v1/auth/revoke"),
+    ("get", "/v1/whoami"),
     ("get", "/v1/users/{user_id}/recommendations"),
     ("post", "/v1/users/{user_id}/scores"),
     ("get", "/v1/users/{user_id}"),
@@ -295,6 +296,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/items/{item_id}", get(handlers::item))
         .route("/v1/auth/token", post(crate::auth::http::token))
         .route("/v1/auth/revoke", post(crate::auth::http::revoke))
+        .route("/v1/whoami", get(handlers::whoami))
         .route_layer(axum::middleware::from_fn_with_state(
             state.rate_limiter.clone(),
             ratelimit::enforce,

@@ -14,7 +14,7 @@
 //! the served state may be ahead of or behind the durable copy; also sent as the
 //! `X-Embedstream-Stale: true` header), the A/B `variant` and the `fallbacks` taken.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
@@ -27,8 +27,8 @@ use serde_json::{json, Value};
 use super::handlers::{check_k, query, read, SubjectUser, MAX_ID_CHARS};
 use super::{ApiError, AppState, ErrorCode};
 use crate::flags::Decisions;
-use crate::index::{exact_top_k, popular_top_k};
-use crate::model::{Model, UserState};
+use crate::index::{exact_top_k, popular_top_k, Excluded};
+use crate::model::{ItemRow, Model, UserState};
 use crate::resilience::BreakerState;
 use crate::session::{blend, session_vector, Session};
 
@@ -82,6 +82,52 @@ pub(super) async fn lookup_user(
     crate::store::user_from_fields(&key, user_id, &fields, dim)
         .map(|user| Lookup { user: Some(user), stale })
         .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))
+}
+
+/// What ranking needs of a known user: its query ([`Model::query_from_parts`]), the item rows
+/// it has seen (oldest first) and its event count.
+pub(super) struct Profile {
+    pub events: u64,
+    pub query: Vec<f32>,
+    pub seen: Vec<u32>,
+}
+
+/// A user's ranking profile, and whether it may be stale.
+pub(super) struct ProfileLookup {
+    pub profile: Option<Profile>,
+    pub stale: bool,
+}
+
+/// The ranking profile of `user_id`: from memory under one read of the model (no copy of
+/// the user's state, no id strings), else from Redis as [`lookup_user`] reads it.
+pub(super) async fn lookup_profile(
+    state: &AppState,
+    user_id: &str,
+    redis_reads: bool,
+) -> Result<ProfileLookup, ApiError> {
+    {
+        let model = read(state);
+        if let Some(row) = model.user_row(user_id) {
+            let seen: Vec<ItemRow> = model.user_seen(row).collect();
+            let profile = Profile {
+                events: model.user_events(row),
+                query: model.query_from_parts(model.user_vector(row), &seen),
+                seen: seen.into_iter().map(|item| item.0).collect(),
+            };
+            let stale = redis_degraded(state) || !redis_reads;
+            return Ok(ProfileLookup { profile: Some(profile), stale });
+        }
+    }
+    let lookup = lookup_user(state, user_id, redis_reads).await?;
+    let profile = lookup.user.map(|user| {
+        let model = read(state);
+        Profile {
+            events: user.events,
+            query: model.query_from_state(&user),
+            seen: user.seen.iter().filter_map(|item| model.item_row(item)).map(|r| r.0).collect(),
+        }
+    });
+    Ok(ProfileLookup { profile, stale: lookup.stale })
 }
 
 /// The session named by the request, when blending applies. A session of another user, or one
@@ -172,7 +218,7 @@ pub(super) async fn recommendations(
     check_k(params.k, &state)?;
     let decisions = state.flags.decide(&user_id);
     let mut fallbacks = Vec::new();
-    let lookup = lookup_user(&state, &user_id, decisions.redis_reads).await?;
+    let lookup = lookup_profile(&state, &user_id, decisions.redis_reads).await?;
     let (session, session_stale) =
         load_session(&state, &user_id, params.session_id.as_deref(), &decisions, &mut fallbacks)
             .await?;
@@ -180,39 +226,37 @@ pub(super) async fn recommendations(
     if lookup.stale {
         fallbacks.push("redis_unavailable");
     }
-    let model = read(&state);
-    let exclude: HashSet<u32> = match (&lookup.user, params.exclude_seen) {
-        (Some(user), true) => {
-            user.seen.iter().filter_map(|item| model.item_row(item)).map(|r| r.0).collect()
-        }
-        _ => HashSet::new(),
+    let excluded = match (&lookup.profile, params.exclude_seen) {
+        (Some(profile), true) => Excluded::from_rows(profile.seen.iter().copied()),
+        _ => Excluded::none(),
     };
-    let warm = lookup.user.as_ref().filter(|user| user.events > 0);
+    let model = read(&state);
+    let warm = lookup.profile.as_ref().filter(|profile| profile.events > 0);
     let mut session_events = 0;
     let (source, items, ann, candidates) = match warm {
-        Some(user) if decisions.personalization => {
-            let user_query = model.query_from_state(user);
-            let blended = blended_query(&state, &model, &user_query, session.as_ref(), &decisions);
+        Some(profile) if decisions.personalization => {
+            let blended =
+                blended_query(&state, &model, &profile.query, session.as_ref(), &decisions);
             if let Some((_, used)) = &blended {
                 session_events = *used;
             }
-            let query_vector = blended.as_ref().map_or(user_query.as_slice(), |(q, _)| q);
+            let query_vector = blended.as_ref().map_or(profile.query.as_slice(), |(q, _)| q);
             if decisions.ann && state.index.is_built() {
-                let result = state.index.top_k(&model, query_vector, params.k, &exclude);
+                let result = state.index.top_k(&model, query_vector, params.k, &excluded);
                 ("model", result.items, result.used_ann, result.candidates)
             } else {
                 fallbacks.push("exact_scoring");
-                let items = exact_top_k(&model, query_vector, params.k, &exclude);
+                let items = exact_top_k(&model, query_vector, params.k, &excluded);
                 ("model", items, false, model.item_count())
             }
         }
         Some(_) => {
             fallbacks.push("personalization_off");
-            ("popularity", popular_top_k(&model, params.k, &exclude), false, model.item_count())
+            ("popularity", popular_top_k(&model, params.k, &excluded), false, model.item_count())
         }
         None => {
             fallbacks.push("cold_user");
-            ("popularity", popular_top_k(&model, params.k, &exclude), false, model.item_count())
+            ("popularity", popular_top_k(&model, params.k, &excluded), false, model.item_count())
         }
     };
     drop(model);
@@ -272,7 +316,7 @@ pub(super) async fn scores(
     check_item_ids(&request.item_ids)?;
     let decisions = state.flags.decide(&user_id);
     let mut fallbacks = Vec::new();
-    let lookup = lookup_user(&state, &user_id, decisions.redis_reads).await?;
+    let lookup = lookup_profile(&state, &user_id, decisions.redis_reads).await?;
     let (session, session_stale) =
         load_session(&state, &user_id, request.session_id.as_deref(), &decisions, &mut fallbacks)
             .await?;
@@ -281,15 +325,14 @@ pub(super) async fn scores(
         fallbacks.push("redis_unavailable");
     }
     let model = read(&state);
-    let warm = lookup.user.as_ref().filter(|user| user.events > 0);
+    let warm = lookup.profile.filter(|profile| profile.events > 0);
     let personal: Option<Vec<f32>> = match warm {
-        Some(user) if decisions.personalization => {
-            let user_query = model.query_from_state(user);
-            Some(match blended_query(&state, &model, &user_query, session.as_ref(), &decisions) {
+        Some(profile) if decisions.personalization => Some(
+            match blended_query(&state, &model, &profile.query, session.as_ref(), &decisions) {
                 Some((query, _)) => query,
-                None => user_query,
-            })
-        }
+                None => profile.query,
+            },
+        ),
         Some(_) => {
             fallbacks.push("personalization_off");
             None

@@ -92,6 +92,10 @@ impl Keys {
     pub fn flags(&self) -> String {
         format!("{}:flags", self.namespace)
     }
+    /// `{ns}:auth:revocations`: the pub/sub channel announcing each revoked `jti`.
+    pub fn auth_revocations_channel(&self) -> String {
+        format!("{}:auth:revocations", self.namespace)
+    }
     /// `{ns}:auth:revoked:{jti}`: a revoked access token.
     pub fn auth_revoked(&self, jti: &str) -> String {
         format!("{}:auth:revoked:{jti}", self.namespace)

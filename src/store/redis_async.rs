@@ -128,6 +128,21 @@ impl AsyncRedis {
         self.inner.last_failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// A new pub/sub connection (outside the breaker and the shared connection: a
+    /// subscription holds its connection for itself), within the connect timeout.
+    ///
+    /// # Errors
+    /// [`RedisUnavailable`] (`op` = `pubsub_connect`).
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, RedisUnavailable> {
+        let op = "pubsub_connect";
+        let timeout = self.inner.connect_timeout;
+        match tokio::time::timeout(timeout, self.inner.client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => Ok(pubsub),
+            Ok(Err(source)) => Err(RedisUnavailable::Failed { op, source }),
+            Err(_) => Err(RedisUnavailable::Timeout { op, ms: timeout.as_millis() as u64 }),
+        }
+    }
+
     /// The breaker guarding every call.
     pub fn breaker(&self) -> &Arc<CircuitBreaker> {
         &self.inner.breaker

@@ -93,6 +93,7 @@ async fn real_responses_match_the_documented_schemas() {
     let cases: Vec<(Method, &str, &str, Option<&str>, u16)> = vec![
         (Method::GET, "/healthz", "/healthz", None, 200),
         (Method::GET, "/readyz", "/readyz", None, 200),
+        (Method::GET, "/v1/whoami", "/v1/whoami", None, 200),
         (
             Method::GET,
             "/v1/users/{user_id}/recommendations",

@@ -98,7 +98,9 @@ pub fn app_state(config: &Config) -> embedstream::serve::AppState {
     )
     .unwrap();
     let model = fold.shared_model();
-    let index = Arc::new(Index::new(IndexConfig::default()));
+    // The graph path even on 23 items (the default threshold would scan them exactly).
+    let index =
+        Arc::new(Index::new(IndexConfig { full_scan_threshold: 0, ..IndexConfig::default() }));
     index.rebuild(&model).unwrap();
     let status = Arc::new(embedstream::ingest::Status::default());
     status.restored.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -1,0 +1,85 @@
+//! Where the exact scan stops being cheaper than the HNSW index (BENCHMARKS.md, "Ranking"):
+//! for catalogues of several sizes (synthetic clustered item vectors, dim 64, the default
+//! index settings), the mean time of one top-10 query by `exact_top_k` (every item) and by
+//! `Index::top_k` on a fresh snapshot (`full_scan_threshold = 0`), 50 seen items excluded.
+//!
+//! Usage: `ranking_crossover [sizes...]` (default 1682 5000 10000 20000 50000 100000).
+
+use std::sync::RwLock;
+use std::time::Instant;
+
+use embedstream::index::{exact_top_k, Excluded, Index, IndexConfig};
+use embedstream::model::{ItemState, Model, ModelConfig};
+
+fn noise(seed: u64) -> f32 {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x2545_F491_4F6C_DD1D);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    ((x >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+}
+
+fn clustered(dim: usize, id: u64, spread: f32) -> Vec<f32> {
+    let cluster = id % 1_000;
+    (0..dim as u64)
+        .map(|d| noise(cluster * 1_000 + d) * 0.5 + spread * noise(id * 7_919 + d + 1_000_000))
+        .collect()
+}
+
+fn main() {
+    let sizes: Vec<u64> = std::env::args().skip(1).filter_map(|arg| arg.parse().ok()).collect();
+    let sizes =
+        if sizes.is_empty() { vec![1_682, 5_000, 10_000, 20_000, 50_000, 100_000] } else { sizes };
+    let dim = 64;
+    let queries = 2_000u64;
+    println!("items,build_s,exact_us,index_us,index_candidates");
+    for items in sizes {
+        let mut model = Model::new(ModelConfig { dim, ..ModelConfig::default() }).expect("model");
+        for item in 0..items {
+            model
+                .restore_item(ItemState {
+                    id: format!("i{item}"),
+                    row: item as u32,
+                    vector: clustered(dim, item, 0.25),
+                    context: vec![0.0; dim],
+                    adagrad: 0.0,
+                    context_adagrad: 0.0,
+                    bias: 0.1 * noise(item + 77),
+                    events: 1,
+                    last_ts: 0,
+                    popularity_log: 0.0,
+                })
+                .expect("restore");
+        }
+        let model = RwLock::new(model);
+        let index = Index::new(IndexConfig { full_scan_threshold: 0, ..IndexConfig::default() });
+        let build = index.rebuild(&model).unwrap_or(0.0);
+        let model = model.read().expect("model lock");
+        let users: Vec<Vec<f32>> =
+            (0..queries).map(|user| clustered(dim, user * 13 + 5, 0.3)).collect();
+        let excluded: Vec<Excluded> = (0..queries)
+            .map(|user| {
+                Excluded::from_rows((0..50).map(|n| ((user * 7_919 + n * 104_729) % items) as u32))
+            })
+            .collect();
+        let started = Instant::now();
+        let mut sink = 0usize;
+        for (user, excluded) in users.iter().zip(&excluded) {
+            sink += exact_top_k(&model, user, 10, excluded).len();
+        }
+        let exact_us = started.elapsed().as_secs_f64() * 1e6 / queries as f64;
+        let started = Instant::now();
+        let mut candidates = 0usize;
+        for (user, excluded) in users.iter().zip(&excluded) {
+            let result = index.top_k(&model, user, 10, excluded);
+            sink += result.items.len();
+            candidates += result.candidates;
+        }
+        let index_us = started.elapsed().as_secs_f64() * 1e6 / queries as f64;
+        println!(
+            "{items},{build:.1},{exact_us:.1},{index_us:.1},{}",
+            candidates / queries as usize
+        );
+        assert!(sink > 0);
+    }
+}

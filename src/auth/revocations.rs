@@ -1,0 +1,271 @@
+//! The revocation list: `{ns}:auth:revoked:{jti}` in Redis with a TTL equal to the token's
+//! remaining life, shared by every instance, and an in-process view of it, so that checking a
+//! token costs no Redis round trip.
+//!
+//! - Revoking writes the key and publishes the `jti` on `{ns}:auth:revocations` in one
+//!   transaction; the revoking instance also keeps it in process (refused there at once, even
+//!   while Redis is unreachable).
+//! - A follower task per instance subscribes to the channel first, then reads the whole list
+//!   (`SCAN`), then applies each published `jti` as it arrives, and re-reads the whole list
+//!   every `auth.revocation_resync_ms` (catching a message lost on a subscription that broke
+//!   silently, and keys written by other programs). After a lost subscription it reconnects,
+//!   subscribes and re-reads before the view is trusted again.
+//! - The view is trusted while the subscription is up and the last full read is at most two
+//!   periods old; otherwise each check asks Redis (`EXISTS`), as before the view existed.
+//!
+//! So a revoked `jti` is refused by an instance that reaches Redis within the pub/sub delivery
+//! time (milliseconds) while its subscription is up, and in any case within two periods of
+//! the revoke (default 2 x 2,000 ms).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use crate::store::{AsyncRedis, Keys, RedisUnavailable};
+
+/// Keys read per `SCAN` call of a full read.
+const SCAN_COUNT: usize = 1_000;
+/// Longest wait between two subscription attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The revocation list and this instance's view of it.
+#[derive(Debug)]
+pub struct Revocations {
+    redis: AsyncRedis,
+    keys: Keys,
+    /// Revoked through this instance: jti to `exp` (s since the epoch), pruned on insert.
+    local: Mutex<HashMap<String, u64>>,
+    view: Arc<View>,
+    resync: Duration,
+}
+
+/// The follower's copy of the list in Redis.
+#[derive(Debug, Default)]
+struct View {
+    jtis: RwLock<HashSet<String>>,
+    /// Until when the view may answer alone: set by each full read under a live subscription,
+    /// cleared when the subscription is lost.
+    trusted_until: Mutex<Option<Instant>>,
+}
+
+impl View {
+    fn trusted(&self) -> bool {
+        let until = *self.trusted_until.lock().unwrap_or_else(PoisonError::into_inner);
+        until.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn distrust(&self) {
+        *self.trusted_until.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    fn contains(&self, jti: &str) -> bool {
+        self.jtis.read().unwrap_or_else(PoisonError::into_inner).contains(jti)
+    }
+
+    fn insert(&self, jti: String) {
+        self.jtis.write().unwrap_or_else(PoisonError::into_inner).insert(jti);
+    }
+}
+
+/// Whether a `jti` is revoked, and how sure we are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationCheck {
+    /// On the list (in the view, in Redis, or revoked through this instance).
+    Revoked,
+    /// Not on the list (by the trusted view, or by Redis).
+    Valid,
+    /// The view is not trusted, Redis is unreachable and the token was not revoked through
+    /// this instance: accepted, exposure bounded by the token's remaining life.
+    ValidLocalOnly,
+}
+
+impl Revocations {
+    /// The list over `redis`, re-read in full every `resync`. The follower starts with
+    /// [`Revocations::spawn_follower`]; until its first full read every check asks Redis.
+    pub fn new(redis: AsyncRedis, resync: Duration) -> Self {
+        Self {
+            keys: redis.keys().clone(),
+            redis,
+            local: Mutex::new(HashMap::new()),
+            view: Arc::new(View::default()),
+            resync,
+        }
+    }
+
+    /// Starts the follower on the current tokio runtime (it ends with the runtime).
+    pub fn spawn_follower(&self) {
+        let follower = Follower {
+            redis: self.redis.with_timeout(self.redis.timeout().max(Duration::from_secs(1))),
+            keys: self.keys.clone(),
+            view: Arc::clone(&self.view),
+            resync: self.resync,
+        };
+        tokio::spawn(follower.run());
+    }
+
+    /// Whether checks are answered by the in-process view alone right now.
+    pub fn view_is_trusted(&self) -> bool {
+        self.view.trusted()
+    }
+
+    /// Puts `jti` (expiring at `exp`) on the list until `exp` and announces it to every
+    /// instance. A token already expired needs no entry.
+    ///
+    /// # Errors
+    /// [`RedisUnavailable`]: the token is then revoked on this instance only.
+    pub async fn revoke(&self, jti: &str, exp: u64, now_s: u64) -> Result<(), RedisUnavailable> {
+        if exp <= now_s {
+            return Ok(());
+        }
+        {
+            let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+            local.retain(|_, expires| *expires > now_s);
+            local.insert(jti.to_owned(), exp);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(self.keys.auth_revoked(jti))
+            .arg(1)
+            .arg("EX")
+            .arg(exp - now_s)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(self.keys.auth_revocations_channel())
+            .arg(jti)
+            .ignore();
+        self.redis.pipeline::<()>("auth_revoke", &pipe).await
+    }
+
+    /// No Redis call while the view is trusted; one `EXISTS` otherwise.
+    pub async fn check(&self, jti: &str) -> RevocationCheck {
+        if self.local.lock().unwrap_or_else(PoisonError::into_inner).contains_key(jti) {
+            return RevocationCheck::Revoked;
+        }
+        if self.view.trusted() {
+            return if self.view.contains(jti) {
+                RevocationCheck::Revoked
+            } else {
+                RevocationCheck::Valid
+            };
+        }
+        let command = redis::cmd("EXISTS").arg(self.keys.auth_revoked(jti)).to_owned();
+        match self.redis.query::<bool>("auth_revoked", &command).await {
+            Ok(true) => RevocationCheck::Revoked,
+            Ok(false) => RevocationCheck::Valid,
+            Err(error) => {
+                tracing::debug!(error = %error, "revocation list unreachable, local list only");
+                RevocationCheck::ValidLocalOnly
+            }
+        }
+    }
+}
+
+struct Follower {
+    redis: AsyncRedis,
+    keys: Keys,
+    view: Arc<View>,
+    resync: Duration,
+}
+
+impl Follower {
+    async fn run(self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            let ended = self.follow().await;
+            self.view.distrust();
+            tracing::debug!(error = %ended, "revocation subscription lost; checks ask redis");
+            if started.elapsed() > MAX_BACKOFF {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Subscribes, reads the whole list, then applies messages and periodic full reads until
+    /// something fails; returns why.
+    async fn follow(&self) -> String {
+        let mut pubsub = match self.redis.pubsub().await {
+            Ok(pubsub) => pubsub,
+            Err(error) => return error.to_string(),
+        };
+        if let Err(error) = pubsub.subscribe(self.keys.auth_revocations_channel()).await {
+            return error.to_string();
+        }
+        let mut messages = pubsub.into_on_message();
+        let mut resync = tokio::time::interval(self.resync);
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else { return "subscription closed".to_owned() };
+                    if let Ok(jti) = message.get_payload::<String>() {
+                        self.view.insert(jti);
+                    }
+                }
+                _ = resync.tick() => {
+                    if let Err(error) = self.read_all().await {
+                        return error.to_string();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replaces the view with the list in Redis (expired entries drop out), then trusts it for
+    /// two periods.
+    async fn read_all(&self) -> Result<(), RedisUnavailable> {
+        let prefix = self.keys.auth_revoked("");
+        let pattern = format!("{}*", escape_glob(&prefix));
+        let mut jtis = HashSet::new();
+        let mut cursor = 0u64;
+        loop {
+            let command = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .to_owned();
+            let (next, keys): (u64, Vec<String>) =
+                self.redis.query("auth_revocations_read", &command).await?;
+            jtis.extend(keys.iter().filter_map(|key| key.strip_prefix(&prefix)).map(str::to_owned));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // Messages that arrived during the scan were for keys already written (SET comes
+        // before PUBLISH in one transaction), so the scan holds them too.
+        *self.view.jtis.write().unwrap_or_else(PoisonError::into_inner) = jtis;
+        *self.view.trusted_until.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Instant::now() + 2 * self.resync);
+        Ok(())
+    }
+}
+
+/// `text` with Redis glob metacharacters escaped, for a `MATCH` pattern.
+fn escape_glob(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        if matches!(character, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(character);
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_glob;
+
+    #[test]
+    fn glob_metacharacters_are_escaped() {
+        assert_eq!(escape_glob("es:auth:revoked:"), "es:auth:revoked:");
+        assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+}
