@@ -30,15 +30,18 @@ pub mod codec;
 pub mod epoch;
 mod redis_async;
 mod redis_sync;
+pub mod write;
 
 pub use redis_async::{is_outage, AsyncRedis, RedisUnavailable};
 
 pub use redis_sync::{
-    item_from_fields, user_from_fields, FlushBatch, StoreConfig, StoredMeta, SyncStore,
+    item_from_fields, user_from_fields, user_with_seen, StoreConfig, StoredMeta, SyncStore,
 };
+pub use write::{FlushBatch, PoolWrite, UserWrite};
 
-/// Schema version written to `{ns}:meta`.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Schema version written to `{ns}:meta`: 2 since seen lists and the negative pool have keys
+/// of their own (1 kept them in the user hash and the meta hash; both still load).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Key names of one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +70,22 @@ impl Keys {
     /// (kept for inspection) before the user starts over.
     pub fn quarantined_user(&self, id: &str) -> String {
         format!("{}:quarantine:user:{id}", self.namespace)
+    }
+    /// `{ns}:seen:{id}`: the user's seen list, oldest first.
+    pub fn seen(&self, id: &str) -> String {
+        format!("{}:seen:{id}", self.namespace)
+    }
+    /// `{ns}:negative_pool`: the negative-sampling pool, u32 LE item rows.
+    pub fn negative_pool(&self) -> String {
+        format!("{}:negative_pool", self.namespace)
+    }
+    /// `{ns}:staging:{token}`: the names of the keys a flush of process `token` staged.
+    pub fn staging(&self, token: &str) -> String {
+        format!("{}:staging:{token}", self.namespace)
+    }
+    /// `{ns}:staging:{token}:`: the prefix of a staged key's name.
+    pub fn staging_prefix(&self, token: &str) -> String {
+        format!("{}:staging:{token}:", self.namespace)
     }
     /// `{ns}:users`.
     pub fn users(&self) -> String {

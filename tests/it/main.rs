@@ -12,6 +12,7 @@ mod eval_movielens;
 mod event_contract;
 mod faults;
 mod flags;
+mod flush;
 mod hardening;
 mod index_recall;
 mod ingest;
