@@ -10,7 +10,7 @@ use crate::common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::faults::{stored_applied, OwnRedis, ServiceProcess};
+use common::faults::{stored_applied, wait_for_ghost_to_leave, OwnRedis, ServiceProcess};
 use common::infra;
 use embedstream::ingest::StoredProgress;
 use embedstream::model::{ModelConfig, SeenWrite, UserState};
@@ -81,6 +81,43 @@ fn bounded_flush_transactions_with_evicted_users_give_the_replay_digest() {
     let row = stored.user_row("196").unwrap();
     let in_model: Vec<&str> = stored.user_seen(row).map(|item| stored.item_id(item)).collect();
     assert_eq!(user.seen, in_model);
+}
+
+/// SIGKILL while flushes are chains of transactions (at most 5 users and items each, a flush
+/// at every poll): the kills land between the transactions of a flush, and the restarted
+/// service still ends with the uninterrupted digest. Writing the earlier transactions' state in
+/// place (progress only in the last) fails this: a restart re-applies, on top of that state,
+/// the events its progress does not cover.
+#[test]
+fn kill_minus_nine_between_the_transactions_of_a_flush_gives_the_uninterrupted_digest() {
+    let name = infra::unique("flush-kill");
+    let config = infra::test_config(&name);
+    infra::create_topics(&[(&config.kafka.topic, 4), (&config.kafka.dead_letter_topic, 1)]);
+    let records = infra::movielens_records();
+    infra::produce(&config, &records);
+    let settings = [
+        ("EMBEDSTREAM_INGEST__FLUSH_MAX_ENTITIES", "5"),
+        ("EMBEDSTREAM_INGEST__FLUSH_INTERVAL_MS", "1"),
+        ("EMBEDSTREAM_INGEST__MAX_POLL_RECORDS", "200"),
+    ];
+    for (threshold, pause_ms) in [(5_000u64, 150u64), (25_000, 400), (45_000, 700)] {
+        let mut service = ServiceProcess::spawn(&config, &settings);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while stored_applied(&config) < threshold {
+            assert!(std::time::Instant::now() < deadline, "never reached {threshold} applied");
+            service.assert_running();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        service.kill();
+        wait_for_ghost_to_leave(&config);
+    }
+    assert!(stored_applied(&config) < records.len() as u64, "the last kill was mid-ingest");
+    let mut service = ServiceProcess::spawn(&config, &settings);
+    service.wait_caught_up(records.len() as u64, Duration::from_secs(180));
+    service.kill();
+    let stored = embedstream::app::load_stored_model(&config).unwrap();
+    assert_eq!(stored.digest(), infra::replay_digest(&config, &records, 4), "digest differs");
 }
 
 fn store_config(redis: &OwnRedis, namespace: &str) -> StoreConfig {
