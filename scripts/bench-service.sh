@@ -9,7 +9,11 @@
 #      quiet stream and with 500 events/s of other traffic.
 # Usage: scripts/bench-service.sh [copies of ml-100k for the ingest topic, default 5]
 # Environment: EMBEDSTREAM_BENCH_PROFILE=release (default) or it (the test profile: release
-# optimisation without LTO, sharing the test build's dependencies); EMBEDSTREAM_BENCH_REDIS_PORT / _KAFKA_PORT / _HTTP_PORT (default 46379, 49092, 48080).
+# optimisation without LTO, sharing the test build's dependencies); EMBEDSTREAM_BENCH_REDIS_PORT / _KAFKA_PORT / _HTTP_PORT (default 46379, 49092, 48080);
+# EMBEDSTREAM_BENCH_SECTIONS: which sections to run, space-separated (default
+# "ingest http freshness"; e.g. "ingest" for the ingest ratio alone);
+# EMBEDSTREAM_BENCH_BIN and EMBEDSTREAM_BENCH_RAW_CONSUME: binaries to use instead of building
+# (both or neither; e.g. private copies, when other builds share the target directory).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -24,22 +28,28 @@ bin="$out/embedstream"
 run_id="bench-$(date +%s)"
 work="$EMBEDSTREAM_DEV_DIR/$run_id"
 
+sections=" ${EMBEDSTREAM_BENCH_SECTIONS:-ingest http freshness} "
+wants() { [[ $sections == *" $1 "* ]]; }
+
 scripts/fetch-movielens.sh >/dev/null
-if [[ $profile == release ]]; then
+raw_consume="$out/examples/raw_consume"
+if [[ -n ${EMBEDSTREAM_BENCH_BIN:-} ]]; then
+  bin=$EMBEDSTREAM_BENCH_BIN
+  raw_consume=${EMBEDSTREAM_BENCH_RAW_CONSUME:?EMBEDSTREAM_BENCH_RAW_CONSUME goes with EMBEDSTREAM_BENCH_BIN}
+elif [[ $profile == release ]]; then
   cargo build --release --locked --quiet --bins --examples
 else
   # Examples bring the dev-dependencies in, so the features (and the dependency artifacts) are
   # those of the test build.
   cargo build --profile "$profile" --locked --quiet --bins --examples
 fi
-raw_consume="$out/examples/raw_consume"
 # Private copies: a build in the same target directory during the run cannot swap them.
 mkdir -p "$EMBEDSTREAM_DEV_DIR/bin"
 cp "$bin" "$EMBEDSTREAM_DEV_DIR/bin/embedstream"
 cp "$raw_consume" "$EMBEDSTREAM_DEV_DIR/bin/raw_consume"
 bin="$EMBEDSTREAM_DEV_DIR/bin/embedstream"
 raw_consume="$EMBEDSTREAM_DEV_DIR/bin/raw_consume"
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+wants http && ! command -v wrk >/dev/null && { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 service_pid=""
 cleanup() {
   [[ -n "$service_pid" ]] && kill "$service_pid" 2>/dev/null && wait "$service_pid" 2>/dev/null
@@ -62,6 +72,7 @@ export EMBEDSTREAM_AUTH__SIGNING_KEY_PATH="$work/auth/signing-key.pem"
 export EMBEDSTREAM_AUTH__SIGNING_KID=bench
 token=$("$bin" auth token --sub client:bench --scope recs:read --ttl-s 7200)
 
+if wants ingest; then
 echo "== 1. ingest: $copies x MovieLens-100k, bare consumer vs embedstream"
 python3 - "$copies" "$work/ingest.jsonl" <<'PY'
 import json, sys
@@ -91,11 +102,12 @@ import json, sys
 raw = json.loads(sys.argv[1]); seconds = float(sys.argv[3]) - float(sys.argv[2]); records = int(sys.argv[4])
 print(f"bare consumer {raw['records']} records in {raw['seconds']:.2f} s = {raw['records_per_second']:,.0f}/s | "
       f"embedstream run {records} events in {seconds:.2f} s = {records / seconds:,.0f}/s "
-      f"(ratio {raw['records_per_second'] / (records / seconds):.2f}x; both include joining the group)")
+      f"(embedstream / bare {(records / seconds) / raw['records_per_second']:.2f}x; both include joining the group)")
 PY
 done
+fi
 
-echo "== 2. HTTP latency (wrk, 2 threads, 8 connections, 15 s per point; server and wrk share 2 cores)"
+if wants http || wants freshness; then
 "$bin" produce --input data/ml-100k/u.data --format movielens --topic "$run_id-serve" >/dev/null
 EMBEDSTREAM_RATE_LIMIT__ENABLED=false \
   "$bin" run --topic "$run_id-serve" --group "$run_id-serve" --namespace "$run_id-serve" \
@@ -105,6 +117,10 @@ for _ in $(seq 300); do
   curl -s "127.0.0.1:$http_port/readyz" | grep -q '"caught_up":true' && break
   sleep 0.5
 done
+fi
+
+if wants http; then
+echo "== 2. HTTP latency (wrk, 2 threads, 8 connections, 15 s per point; server and wrk share 2 cores)"
 cat >"$work/wrk.lua" <<'LUA'
 -- rate (requests/s over all connections) and path come from the environment
 local rate = tonumber(os.getenv("RATE") or "0")
@@ -136,7 +152,9 @@ for target in /healthz recs; do
     echo "$( [[ $target == recs ]] && echo recommendations || echo "no-op /healthz") @ $label: ${line#RESULT }"
   done
 done
+fi
 
+if wants freshness; then
 echo "== 3. freshness: produce one event for a new user, poll until its vector is served"
 probe() { # $1 = label
   for probe in 1 2 3 4 5; do
@@ -169,3 +187,4 @@ probe busy
 kill "$live_pid" 2>/dev/null || true
 wait "$live_pid" 2>/dev/null || true
 echo "(busy: about 500 events/s of other traffic; windows close by the watermark)"
+fi

@@ -193,6 +193,9 @@ impl Config {
         if self.ingest.flush_interval_ms == 0 {
             return Err(invalid("ingest.flush_interval_ms", &0, "must be >= 1"));
         }
+        if self.ingest.flush_max_entities == 0 {
+            return Err(invalid("ingest.flush_max_entities", &0, "must be >= 1"));
+        }
         if self.ingest.user_cache_capacity == 0 {
             return Err(invalid("ingest.user_cache_capacity", &0, "must be >= 1"));
         }

@@ -11,7 +11,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::{Config, ConfigError};
 use crate::event::{decode, DecodeLimits, Event, EventTime, EventTypes, RejectReason};
-use crate::model::{Model, UserState};
+use crate::model::{Model, SeenWrite, UserState};
 use crate::window::{Admission, ClosedWindow, Position, Windows};
 
 /// A record the fold refused, with its stable reason and a human-readable message.
@@ -79,12 +79,13 @@ impl DedupHorizon {
 /// Redis). `Ok(None)` means a new user.
 pub trait UserSource {
     /// Loads the durable state of users not in memory (one round trip where the store allows):
-    /// one answer per id, in order, `None` for a user with no stored state (a new user).
+    /// one answer per id, in order, `None` for a user with no stored state (a new user), else
+    /// the state and what the next flush must write of its seen list.
     ///
     /// # Errors
     /// A message when the store cannot answer; the fold then stops applying (the window stays
     /// buffered) and the caller retries later.
-    fn load(&mut self, user_ids: &[&str]) -> Result<Vec<Option<UserState>>, String>;
+    fn load(&mut self, user_ids: &[&str]) -> Result<Vec<Option<(UserState, SeenWrite)>>, String>;
 }
 
 /// A source with no users: everything not in memory is new (file replay, tests).
@@ -92,7 +93,7 @@ pub trait UserSource {
 pub struct NoStoredUsers;
 
 impl UserSource for NoStoredUsers {
-    fn load(&mut self, user_ids: &[&str]) -> Result<Vec<Option<UserState>>, String> {
+    fn load(&mut self, user_ids: &[&str]) -> Result<Vec<Option<(UserState, SeenWrite)>>, String> {
         Ok(vec![None; user_ids.len()])
     }
 }
@@ -286,8 +287,8 @@ impl Fold {
         }
         let loaded = users.load(&missing)?;
         let mut model = self.model_mut();
-        for state in loaded.into_iter().flatten() {
-            model.restore_user(state).map_err(|error| error.to_string())?;
+        for (state, seen_write) in loaded.into_iter().flatten() {
+            model.restore_user_with(state, seen_write).map_err(|error| error.to_string())?;
         }
         Ok(())
     }

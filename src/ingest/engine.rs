@@ -72,6 +72,12 @@ pub struct Engine {
     /// evicted user, instead of sorting every user after every flush).
     recent_users: LruCache<String, ()>,
     pending_items: BTreeSet<u32>,
+    /// The model configuration is in Redis in the current layout (written once, not per flush).
+    config_stored: bool,
+    /// Items whose catalogue entry (`ZADD {ns}:items`) is in Redis: rows below this.
+    catalogue_stored: u32,
+    /// Events applied when the negative pool was last written (`None`: write it whole).
+    pool_stored_at: Option<u64>,
     arrivals: HashMap<Position, Instant>,
     last_flush: Instant,
     flushes: u64,
@@ -116,7 +122,9 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         Ok(Self {
             fold: Fold::new(config)?,
-            store: SyncStore::new(&config.store)?.with_breaker(Arc::clone(&redis_breaker)),
+            store: SyncStore::new(&config.store)?
+                .with_breaker(Arc::clone(&redis_breaker))
+                .with_flush_limits(config.model.seen_items_per_user, ingest.flush_max_entities),
             topic: config.kafka.topic.clone(),
             config: ingest,
             start,
@@ -126,6 +134,9 @@ impl Engine {
             pending_users: BTreeSet::new(),
             recent_users: LruCache::unbounded(),
             pending_items: BTreeSet::new(),
+            config_stored: false,
+            catalogue_stored: 0,
+            pool_stored_at: None,
             arrivals: HashMap::new(),
             last_flush: Instant::now(),
             flushes: 0,

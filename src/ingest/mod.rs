@@ -78,6 +78,10 @@ impl KafkaConfig {
 pub struct IngestConfig {
     /// Longest time applied state waits before it is written to Redis, ms (default 1000).
     pub flush_interval_ms: u64,
+    /// Most users and items one flush transaction holds; a larger flush (after a Redis
+    /// outage) is written as several transactions, the earlier ones to staging keys, the last
+    /// one making all of it visible with the progress (default 10000; at least 1).
+    pub flush_max_entities: usize,
     /// Longest poll wait, ms (default 100).
     pub poll_timeout_ms: u64,
     /// Records taken per poll round (default 2000).
@@ -117,6 +121,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             flush_interval_ms: 1000,
+            flush_max_entities: 10_000,
             poll_timeout_ms: 100,
             max_poll_records: 2000,
             user_cache_capacity: 1_000_000,

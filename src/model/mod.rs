@@ -28,7 +28,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 pub use config::{Loss, ModelConfig, ModelConfigError, Optimizer};
-pub use state::{ItemState, RestoreError, UserState};
+pub use state::{ItemState, RestoreError, SeenWrite, UserState};
 pub use vector::{dot, log_add_exp, sigmoid};
 
 use table::Table;
@@ -81,6 +81,10 @@ pub struct Model {
     negatives: Vec<u32>,
     /// Items each user interacted with, most recent last, at most `seen_items_per_user`.
     user_seen: Vec<std::collections::VecDeque<u32>>,
+    /// Per user: how many of the newest `user_seen` entries changed since the list was last
+    /// marked stored ([`Model::mark_seen_stored`]); `u32::MAX` when the whole list must be
+    /// written (a user restored from the older whole-JSON layout).
+    seen_unstored: Vec<u32>,
     dirty_users: state::DirtySet,
     dirty_items: state::DirtySet,
 }
@@ -112,6 +116,7 @@ impl Model {
             scratch_item: vec![0.0; dim],
             negatives: Vec::new(),
             user_seen: Vec::new(),
+            seen_unstored: Vec::new(),
             dirty_users: state::DirtySet::default(),
             dirty_items: state::DirtySet::default(),
             config,
@@ -219,6 +224,7 @@ impl Model {
         let (user, user_created) = self.users.row_or_insert(user_id, seed, scale);
         if user_created {
             self.user_seen.push(std::collections::VecDeque::new());
+            self.seen_unstored.push(0);
         }
         let (item, created) = self.items.row_or_insert(item_id, seed.rotate_left(1), scale);
         if created {

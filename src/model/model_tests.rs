@@ -220,3 +220,36 @@ fn evicted_users_restore_bit_identically() {
     }
     assert_eq!(model.digest(), before);
 }
+
+#[test]
+fn a_flush_needs_only_the_seen_entries_changed_since_the_last_store() {
+    let mut model = small(8);
+    let mut step = 0;
+    let mut touch = |model: &mut Model, item: &str| {
+        step += 1;
+        model.apply(&format!("e{step}"), "u", item, step, 2.0);
+    };
+    for item in ["a", "b", "c", "d"] {
+        touch(&mut model, item);
+    }
+    let user = model.user_row("u").unwrap();
+    assert_eq!(model.seen_write(user), SeenWrite::Whole, "a new user's list is all new");
+    model.mark_seen_stored(user);
+    assert_eq!(model.seen_write(user), SeenWrite::Newest(0));
+    touch(&mut model, "b"); // moves to the end: [a, c, d, b]
+    assert_eq!(model.seen_write(user), SeenWrite::Newest(1));
+    touch(&mut model, "b"); // already the newest changed entry
+    touch(&mut model, "e"); // [a, c, d, b, e]
+    touch(&mut model, "b"); // [a, c, d, e, b]: b and e are still the changed tail
+    assert_eq!(model.seen_write(user), SeenWrite::Newest(2));
+    let seen: Vec<&str> = model.user_seen(user).map(|row| model.item_id(row)).collect();
+    assert_eq!(seen, ["a", "c", "d", "e", "b"]);
+    // Restored from the older layout: the next flush writes the list whole.
+    let state = model.user_state(user);
+    let _ = model.take_dirty();
+    assert!(model.evict_user("u"));
+    let row = model.restore_user_with(state, SeenWrite::Whole).unwrap();
+    assert_eq!(model.seen_write(row), SeenWrite::Whole);
+    model.mark_seen_stored(row);
+    assert_eq!(model.seen_write(row), SeenWrite::Newest(0));
+}

@@ -35,6 +35,17 @@ impl DirtySet {
     }
 }
 
+/// What a flush writes of a user's seen list (`{ns}:seen:{user_id}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeenWrite {
+    /// The whole list (replacing what is stored).
+    Whole,
+    /// Only the newest `n` entries changed since the list was stored: each is removed from the
+    /// stored list and appended at its end, then the list is trimmed to its bound. Applying it
+    /// twice gives the same list.
+    Newest(usize),
+}
+
 /// Everything stored about one user.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserState {
@@ -97,12 +108,26 @@ impl Model {
     pub(crate) fn record_changes(&mut self, user: u32, item: u32) {
         let limit = self.config.seen_items_per_user;
         let seen = &mut self.user_seen[user as usize];
+        let unstored = &mut self.seen_unstored[user as usize];
         if limit > 0 {
             // Most recent last: an item seen again moves to the back (the query's recency).
-            if let Some(position) = seen.iter().position(|row| *row == item) {
-                seen.remove(position);
-            } else if seen.len() >= limit {
-                seen.pop_front();
+            // The entries changed since the last store are always the newest ones, so a flush
+            // writes that tail only (see `SeenWrite`).
+            let already_in_tail = match seen.iter().position(|row| *row == item) {
+                Some(position) => {
+                    let in_tail = seen.len() - position <= *unstored as usize;
+                    seen.remove(position);
+                    in_tail
+                }
+                None => {
+                    if seen.len() >= limit {
+                        seen.pop_front();
+                    }
+                    false
+                }
+            };
+            if !already_in_tail {
+                *unstored = unstored.saturating_add(1);
             }
             seen.push_back(item);
         }
@@ -118,6 +143,23 @@ impl Model {
         let users = self.dirty_users.take().into_iter().map(UserRow).collect();
         let items = self.dirty_items.take().into_iter().map(ItemRow).collect();
         (users, items)
+    }
+
+    /// What a flush must write of the user's seen list: the newest entries changed since
+    /// [`Model::mark_seen_stored`], or all of it.
+    pub fn seen_write(&self, row: UserRow) -> SeenWrite {
+        let index = row.0 as usize;
+        let changed = self.seen_unstored[index] as usize;
+        if changed >= self.user_seen[index].len() {
+            SeenWrite::Whole
+        } else {
+            SeenWrite::Newest(changed)
+        }
+    }
+
+    /// Records that the user's seen list as it is now is stored (after a committed flush).
+    pub fn mark_seen_stored(&mut self, row: UserRow) {
+        self.seen_unstored[row.0 as usize] = 0;
     }
 
     /// Item rows the user interacted with, oldest first (bounded by `seen_items_per_user`).
@@ -202,25 +244,47 @@ impl Model {
     }
 
     /// Restores one user (items must be restored first, so that `seen` resolves; unknown seen
-    /// items are skipped). Replaces the user when already present.
+    /// items are skipped). Replaces the user when already present. `seen` says whether the
+    /// stored seen list is in the current layout (later flushes append to it) or must be
+    /// written whole by the next flush.
     ///
     /// # Errors
     /// [`RestoreError::DimensionMismatch`] for a wrong dimension.
     pub fn restore_user(&mut self, user: UserState) -> Result<UserRow, RestoreError> {
+        self.restore_user_with(user, SeenWrite::Newest(0))
+    }
+
+    /// [`Model::restore_user`], saying what the next flush must write of the seen list.
+    ///
+    /// # Errors
+    /// [`RestoreError::DimensionMismatch`] for a wrong dimension.
+    pub fn restore_user_with(
+        &mut self,
+        user: UserState,
+        seen_write: SeenWrite,
+    ) -> Result<UserRow, RestoreError> {
         self.check_dim("user", &user.id, &user.vector)?;
         let seen: VecDeque<u32> =
             user.seen.iter().filter_map(|item| self.items.row(item)).collect();
+        let unstored = match seen_write {
+            SeenWrite::Whole => u32::MAX,
+            // Ids that no longer resolve were dropped: the stored list differs, write it whole.
+            SeenWrite::Newest(_) if seen.len() != user.seen.len() => u32::MAX,
+            SeenWrite::Newest(changed) => changed as u32,
+        };
         if let Some(row) = self.users.row(&user.id) {
             self.users.vector_mut(row).copy_from_slice(&user.vector);
             self.users.events[row as usize] = user.events;
             self.users.last_ts[row as usize] = user.last_ts;
             self.users.adagrad[row as usize] = user.adagrad;
             self.user_seen[row as usize] = seen;
+            self.seen_unstored[row as usize] = unstored;
             return Ok(UserRow(row));
         }
         let row =
             self.users.insert(&user.id, &user.vector, user.events, user.last_ts, user.adagrad);
         self.user_seen.push(seen);
+        self.seen_unstored.push(unstored);
         Ok(UserRow(row))
     }
 
@@ -233,6 +297,7 @@ impl Model {
         }
         let moved = self.users.swap_remove(row);
         self.user_seen.swap_remove(row as usize);
+        self.seen_unstored.swap_remove(row as usize);
         if let Some(moved_from) = moved {
             // The row that moved into `row` keeps its dirty flag.
             let was_dirty =

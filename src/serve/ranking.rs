@@ -67,9 +67,12 @@ pub(super) async fn lookup_user(
         return Ok(Lookup { user: None, stale: true });
     }
     let key = state.keys.user(user_id);
-    let fields: HashMap<String, Vec<u8>> =
-        match state.redis.query("load_user", redis::cmd("HGETALL").arg(&key)).await {
-            Ok(fields) => fields,
+    let mut pipe = redis::pipe();
+    pipe.cmd("HGETALL").arg(&key);
+    pipe.cmd("LRANGE").arg(state.keys.seen(user_id)).arg(0).arg(-1);
+    let (fields, seen): (HashMap<String, Vec<u8>>, Vec<String>) =
+        match state.redis.pipeline("load_user", &pipe).await {
+            Ok(found) => found,
             Err(error) => {
                 tracing::debug!(%error, "user lookup degraded to in-process state");
                 return Ok(Lookup { user: None, stale: true });
@@ -79,8 +82,8 @@ pub(super) async fn lookup_user(
         return Ok(Lookup { user: None, stale });
     }
     let dim = read(state).dim();
-    crate::store::user_from_fields(&key, user_id, &fields, dim)
-        .map(|user| Lookup { user: Some(user), stale })
+    crate::store::user_with_seen(&key, user_id, &fields, seen, dim)
+        .map(|(user, _)| Lookup { user: Some(user), stale })
         .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))
 }
 

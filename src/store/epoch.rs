@@ -8,8 +8,12 @@
 //! ```text
 //! WATCH {ns}:epoch; GET {ns}:epoch          -- one round trip
 //! (value != the epoch this instance knows: UNWATCH, report the namespace lost)
-//! MULTI; SET {ns}:epoch <epoch> XX; <users, items, meta, progress>; EXEC
+//! MULTI; <users, items, meta, progress>; SET {ns}:epoch <epoch> XX; EXEC
 //! ```
+//!
+//! A flush larger than `ingest.flush_max_entities` users and items is several such
+//! transactions: the earlier ones write staging keys only and no epoch, the last one makes
+//! everything visible with the progress and the epoch (see [`super::write`]).
 //!
 //! so a flush never writes into a namespace that lost its data, even when the loss happens
 //! between the check and `EXEC` (a restart drops the connection and with it the transaction;
@@ -26,8 +30,8 @@ use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
 
-use super::codec::encode_vector;
-use super::{FlushBatch, Keys, StoreError, SyncStore, SCHEMA_VERSION};
+use super::write::transactions;
+use super::{FlushBatch, StoreError, SyncStore};
 
 /// What the epoch-checked transaction found.
 enum Outcome {
@@ -40,6 +44,7 @@ enum Outcome {
 }
 
 /// Which epoch a transaction expects.
+#[derive(Clone)]
 enum Expect {
     /// The stored epoch must equal this one.
     Same(String),
@@ -138,22 +143,44 @@ impl SyncStore {
         StoreError::FlushAborted { namespace: self.keys.namespace().to_owned() }
     }
 
+    /// Runs the flush's transactions in order (more than one when it holds more than
+    /// `max_entities` users and items; see [`super::write`]), each checked against the epoch
+    /// and under its own deadline; only the last writes the epoch (and, with it, the state
+    /// where readers see it, meta and progress).
     fn transact(&mut self, batch: &FlushBatch, expect: Expect) -> Result<Outcome, StoreError> {
         let key = self.keys.epoch();
-        let mut body = redis::pipe();
-        body.atomic();
-        flush_commands(&mut body, &self.keys, batch);
-        self.with("flush", |connection| transaction(connection, body, expect, key))
+        let mut bodies =
+            transactions(&self.keys, batch, self.seen_bound, self.max_entities, &self.stage_token);
+        let last = bodies.pop().expect("transactions() always returns the final transaction");
+        for body in bodies {
+            let staged = self.with("flush", |connection| {
+                transaction(connection, body, expect.clone(), key.clone(), Role::Staging)
+            })?;
+            if !matches!(staged, Outcome::Written(_)) {
+                return Ok(staged);
+            }
+        }
+        self.with("flush", |connection| transaction(connection, last, expect, key, Role::Final))
     }
 }
 
-/// The check, then the transaction with the epoch write last, on one connection within one
-/// deadline.
+/// Whether a transaction is the one that makes a flush visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Writes staging keys only: checked against the epoch, writes no epoch.
+    Staging,
+    /// Writes the epoch, last.
+    Final,
+}
+
+/// The check, then the transaction with the epoch write last (final transactions only), on one
+/// connection within one deadline.
 async fn transaction(
     mut connection: MultiplexedConnection,
     mut body: redis::Pipeline,
     expect: Expect,
     key: String,
+    role: Role,
 ) -> redis::RedisResult<Outcome> {
     let mut check = redis::pipe();
     check.cmd("WATCH").arg(&key).ignore();
@@ -161,8 +188,10 @@ async fn transaction(
     let (found,): (Option<String>,) = check.query_async(&mut connection).await?;
     let epoch = match expect {
         Expect::Same(epoch) if found.as_deref() == Some(epoch.as_str()) => {
-            // XX: never recreate a key that vanished after the check.
-            body.cmd("SET").arg(&key).arg(&epoch).arg("XX").ignore();
+            if role == Role::Final {
+                // XX: never recreate a key that vanished after the check.
+                body.cmd("SET").arg(&key).arg(&epoch).arg("XX").ignore();
+            }
             epoch
         }
         Expect::Same(_) => {
@@ -171,7 +200,9 @@ async fn transaction(
         }
         Expect::Adopt(fresh) => {
             let epoch = found.unwrap_or(fresh);
-            body.cmd("SET").arg(&key).arg(&epoch).ignore();
+            if role == Role::Final {
+                body.cmd("SET").arg(&key).arg(&epoch).ignore();
+            }
             epoch
         }
     };
@@ -182,82 +213,4 @@ async fn transaction(
 /// 32 random hex digits.
 fn new_epoch() -> String {
     format!("{:032x}", rand::random::<u128>())
-}
-
-/// The state-writing commands of one flush: users, items, meta, progress.
-fn flush_commands(pipe: &mut redis::Pipeline, keys: &Keys, batch: &FlushBatch) {
-    for user in &batch.users {
-        pipe.cmd("HSET")
-            .arg(keys.user(&user.id))
-            .arg("vector")
-            .arg(encode_vector(&user.vector))
-            .arg("events")
-            .arg(user.events)
-            .arg("last_ts")
-            .arg(user.last_ts)
-            .arg("seen")
-            .arg(serde_json::to_string(&user.seen).unwrap_or_else(|_| "[]".to_owned()))
-            .arg("adagrad")
-            .arg(user.adagrad.to_string())
-            .ignore();
-    }
-    if !batch.users.is_empty() {
-        pipe.cmd("SADD")
-            .arg(keys.users())
-            .arg(batch.users.iter().map(|u| &u.id).collect::<Vec<_>>())
-            .ignore();
-    }
-    for item in &batch.items {
-        pipe.cmd("HSET")
-            .arg(keys.item(&item.id))
-            .arg("vector")
-            .arg(encode_vector(&item.vector))
-            .arg("context")
-            .arg(encode_vector(&item.context))
-            .arg("bias")
-            .arg(item.bias.to_string())
-            .arg("row")
-            .arg(item.row)
-            .arg("events")
-            .arg(item.events)
-            .arg("last_ts")
-            .arg(item.last_ts)
-            .arg("popularity_log")
-            .arg(item.popularity_log.to_string())
-            .arg("adagrad")
-            .arg(item.adagrad.to_string())
-            .arg("context_adagrad")
-            .arg(item.context_adagrad.to_string())
-            .ignore();
-        pipe.cmd("ZADD").arg(keys.items()).arg(item.row).arg(&item.id).ignore();
-    }
-    let meta = &batch.meta;
-    let pool: Vec<u8> = meta.negative_pool.0.iter().flat_map(|row| row.to_le_bytes()).collect();
-    pipe.cmd("HSET")
-        .arg(keys.meta())
-        .arg("schema_version")
-        .arg(SCHEMA_VERSION)
-        .arg("dim")
-        .arg(meta.dim)
-        .arg("seed")
-        .arg(meta.model_config.seed)
-        .arg("model_config")
-        .arg(serde_json::to_string(&meta.model_config).unwrap_or_default())
-        .arg("events_applied")
-        .arg(meta.events_applied)
-        .arg("closed_until")
-        .arg(meta.closed_until)
-        .arg("negative_pool")
-        .arg(pool)
-        .arg("negative_pool_next")
-        .arg(meta.negative_pool.1)
-        .ignore();
-    if !batch.progress.is_empty() {
-        let mut progress = redis::cmd("HSET");
-        progress.arg(keys.progress(&batch.topic));
-        for (partition, stored) in &batch.progress {
-            progress.arg(partition).arg(serde_json::to_string(stored).unwrap_or_default());
-        }
-        pipe.add_command(progress).ignore();
-    }
 }

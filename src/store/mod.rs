@@ -5,8 +5,11 @@
 //!
 //! | key | type | content |
 //! | --- | --- | --- |
-//! | `{ns}:meta` | hash | `schema_version` (1), `dim`, `seed`, `model_config` (JSON), `events_applied`, `closed_until` (ms, window state), `negative_pool` (u32 LE item rows), `negative_pool_next` |
-//! | `{ns}:user:{user_id}` | hash | `vector` (ESV1 value, see [`codec`]), `events`, `last_ts` (ms), `seen` (JSON array of item ids, oldest first, at most `seen_items_per_user`; an item seen again moves to the end; the last `context_items` form the query's context) |
+//! | `{ns}:meta` | hash | `schema_version` (2), `dim`, `seed`, `model_config` (JSON), `events_applied`, `closed_until` (ms, window state), `negative_pool_next` |
+//! | `{ns}:negative_pool` | string | the negative-sampling pool, u32 LE item rows (a ring; flushes write the changed slots) |
+//! | `{ns}:user:{user_id}` | hash | `vector` (ESV1 value, see [`codec`]), `events`, `last_ts` (ms), `adagrad` |
+//! | `{ns}:seen:{user_id}` | list | seen item ids, oldest first, at most `seen_items_per_user`; an item seen again moves to the end; the last `context_items` form the query's context (schema 1 kept them as JSON in the user hash's `seen` field, which still loads) |
+//! | `{ns}:staging:{token}[:{key}]` | set, copies | a flush larger than `ingest.flush_max_entities` in flight (see [`write`]) |
 //! | `{ns}:users` | set | every user id |
 //! | `{ns}:item:{item_id}` | hash | `vector` (ESV1), `context` (ESV1, the context vector c_i of the query; absent in namespaces written before it, read as zero), `bias` (decimal f32), `row` (first-appearance order), `events`, `last_ts` (ms), `popularity_log` (decimal f64) |
 //! | `{ns}:items` | sorted set | item id scored by `row` |
@@ -18,7 +21,8 @@
 //! | `{ns}:auth:family:{id}` | string | `active` or `revoked`; TTL `auth.refresh_ttl_s`, renewed on each rotation |
 //!
 //! One flush is one `MULTI`/`EXEC` transaction holding the changed users and items, the meta
-//! fields and the progress of every assigned partition: state and offsets move together. It
+//! fields and the progress of every assigned partition: state and offsets move together (a
+//! flush beyond `ingest.flush_max_entities` stages its excess first; see [`write`]). It
 //! is committed only while `{ns}:epoch` holds the epoch the writer attached to, so a namespace
 //! that Redis lost (restarted empty, flushed) is noticed, never silently refilled in part.
 //! Every ingest-side call has a deadline that holds against a server that never answers
@@ -30,15 +34,18 @@ pub mod codec;
 pub mod epoch;
 mod redis_async;
 mod redis_sync;
+pub mod write;
 
 pub use redis_async::{is_outage, AsyncRedis, RedisUnavailable};
 
 pub use redis_sync::{
-    item_from_fields, user_from_fields, FlushBatch, StoreConfig, StoredMeta, SyncStore,
+    item_from_fields, user_from_fields, user_with_seen, StoreConfig, StoredMeta, SyncStore,
 };
+pub use write::{FlushBatch, PoolWrite, UserWrite};
 
-/// Schema version written to `{ns}:meta`.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Schema version written to `{ns}:meta`: 2 since seen lists and the negative pool have keys
+/// of their own (1 kept them in the user hash and the meta hash; both still load).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Key names of one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +74,22 @@ impl Keys {
     /// (kept for inspection) before the user starts over.
     pub fn quarantined_user(&self, id: &str) -> String {
         format!("{}:quarantine:user:{id}", self.namespace)
+    }
+    /// `{ns}:seen:{id}`: the user's seen list, oldest first.
+    pub fn seen(&self, id: &str) -> String {
+        format!("{}:seen:{id}", self.namespace)
+    }
+    /// `{ns}:negative_pool`: the negative-sampling pool, u32 LE item rows.
+    pub fn negative_pool(&self) -> String {
+        format!("{}:negative_pool", self.namespace)
+    }
+    /// `{ns}:staging:{token}`: the names of the keys a flush of process `token` staged.
+    pub fn staging(&self, token: &str) -> String {
+        format!("{}:staging:{token}", self.namespace)
+    }
+    /// `{ns}:staging:{token}:`: the prefix of a staged key's name.
+    pub fn staging_prefix(&self, token: &str) -> String {
+        format!("{}:staging:{token}:", self.namespace)
     }
     /// `{ns}:users`.
     pub fn users(&self) -> String {

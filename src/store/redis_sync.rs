@@ -10,7 +10,7 @@ use super::blocking::BlockingConnection;
 use super::codec::decode_vector;
 use super::{Keys, StoreError};
 use crate::ingest::StoredProgress;
-use crate::model::{ItemState, ModelConfig, UserState};
+use crate::model::{ItemState, ModelConfig, SeenWrite, UserState};
 use crate::resilience::{CircuitBreaker, Guarded};
 
 /// Where and how to reach Redis.
@@ -55,21 +55,9 @@ pub struct StoredMeta {
     pub closed_until: i64,
     /// Negative-sampling pool (item rows) and next write position.
     pub negative_pool: (Vec<u32>, usize),
-}
-
-/// One flush: everything changed since the previous one, written atomically.
-#[derive(Debug, Clone)]
-pub struct FlushBatch {
-    /// Changed users.
-    pub users: Vec<UserState>,
-    /// Changed items.
-    pub items: Vec<ItemState>,
-    /// Model-wide fields.
-    pub meta: StoredMeta,
-    /// Topic the progress belongs to.
-    pub topic: String,
-    /// Progress of every assigned partition.
-    pub progress: Vec<(i32, StoredProgress)>,
+    /// The layout version the namespace was written with (as read; a flush that writes the
+    /// configuration writes [`super::SCHEMA_VERSION`]).
+    pub schema_version: u32,
 }
 
 /// A blocking Redis store for the ingest thread: every call under a deadline (see
@@ -88,6 +76,12 @@ pub struct SyncStore {
     /// When the epoch was last checked (an attempt, whatever its outcome) or confirmed by a
     /// committed flush.
     pub(super) epoch_checked: Option<Instant>,
+    /// Names this process's staging keys apart from other writers' (see [`super::write`]).
+    pub(super) stage_token: String,
+    /// The bound of a seen list (`model.seen_items_per_user`).
+    pub(super) seen_bound: usize,
+    /// At most this many users and items per flush transaction (`ingest.flush_max_entities`).
+    pub(super) max_entities: usize,
 }
 
 impl std::fmt::Debug for SyncStore {
@@ -108,7 +102,19 @@ impl SyncStore {
             breaker: None,
             epoch: None,
             epoch_checked: None,
+            stage_token: format!("{:016x}", rand::random::<u64>()),
+            seen_bound: ModelConfig::default().seen_items_per_user,
+            max_entities: 10_000,
         })
+    }
+
+    /// Sets the bound of a seen list (`model.seen_items_per_user`) and the most users and
+    /// items one flush transaction holds (`ingest.flush_max_entities`; see [`super::write`]).
+    #[must_use]
+    pub fn with_flush_limits(mut self, seen_bound: usize, max_entities: usize) -> Self {
+        self.seen_bound = seen_bound;
+        self.max_entities = max_entities.max(1);
+        self
     }
 
     /// Guards every call with `breaker`: refused at once while it is open, outages (IO
@@ -167,10 +173,12 @@ impl SyncStore {
     /// [`StoreError`] for Redis failures or malformed fields.
     pub fn load_meta(&mut self) -> Result<Option<StoredMeta>, StoreError> {
         let key = self.keys.meta();
-        let command = redis::cmd("HGETALL").arg(&key).to_owned();
-        let fields: HashMap<String, Vec<u8>> = self
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL").arg(&key);
+        pipe.cmd("GET").arg(self.keys.negative_pool());
+        let (fields, pool_key): (HashMap<String, Vec<u8>>, Option<Vec<u8>>) = self
             .with("load_meta", |mut connection| async move {
-                command.query_async(&mut connection).await
+                pipe.query_async(&mut connection).await
             })?;
         if fields.is_empty() {
             return Ok(None);
@@ -189,7 +197,13 @@ impl SyncStore {
         };
         let model_config: ModelConfig = serde_json::from_str(&text("model_config")?)
             .map_err(|error| corrupt(&key, "model_config", error))?;
-        let pool_bytes = fields.get("negative_pool").cloned().unwrap_or_default();
+        // Schema 1 kept the pool in the meta hash.
+        let pool_bytes =
+            pool_key.or_else(|| fields.get("negative_pool").cloned()).unwrap_or_default();
+        let schema_version = match fields.get("schema_version") {
+            Some(_) => parse(&key, "schema_version", &text("schema_version")?)?,
+            None => 1,
+        };
         let pool = pool_bytes
             .chunks_exact(4)
             .map(|chunk| u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
@@ -200,6 +214,7 @@ impl SyncStore {
             events_applied: parse(&key, "events_applied", &text("events_applied")?)?,
             closed_until: parse(&key, "closed_until", &text("closed_until")?)?,
             negative_pool: (pool, parse(&key, "negative_pool_next", &text("negative_pool_next")?)?),
+            schema_version,
         }))
     }
 
@@ -238,16 +253,8 @@ impl SyncStore {
     /// # Errors
     /// [`StoreError`] for Redis failures or malformed values.
     pub fn load_user(&mut self, id: &str, dim: usize) -> Result<Option<UserState>, StoreError> {
-        let key = self.keys.user(id);
-        let command = redis::cmd("HGETALL").arg(&key).to_owned();
-        let fields: HashMap<String, Vec<u8>> = self
-            .with("load_user", |mut connection| async move {
-                command.query_async(&mut connection).await
-            })?;
-        if fields.is_empty() {
-            return Ok(None);
-        }
-        user_from_fields(&key, id, &fields, dim).map(Some)
+        let mut loaded = self.load_users(&[id], dim)?;
+        loaded.pop().unwrap_or(Ok(None)).map(|user| user.map(|(state, _)| state))
     }
 
     /// `HGETALL` of every key, pipelined 512 keys per round trip, in order (an empty map for a
@@ -272,30 +279,39 @@ impl SyncStore {
         Ok(rows)
     }
 
-    /// Several users in one pipelined round trip per 512 ids: for each id, `Ok(None)` when not
-    /// stored (a new user), `Err(Corrupt)` when its record cannot be decoded.
+    /// Several users in one pipelined round trip per 256 ids (`HGETALL` of the hash and
+    /// `LRANGE` of the seen list): for each id, `Ok(None)` when not stored (a new user),
+    /// `Err(Corrupt)` when its record cannot be decoded, else the state and what the next flush
+    /// must write of its seen list (all of it when it was stored in the older layout).
     ///
     /// # Errors
     /// [`StoreError::Redis`] when Redis does not answer (the outer error: retrying can help).
+    #[allow(clippy::type_complexity)]
     pub fn load_users(
         &mut self,
         ids: &[&str],
         dim: usize,
-    ) -> Result<Vec<Result<Option<UserState>, StoreError>>, StoreError> {
-        let keys: Vec<String> = ids.iter().map(|id| self.keys.user(id)).collect();
-        let rows = self.hashes("load_users", &keys)?;
-        Ok(ids
-            .iter()
-            .zip(&keys)
-            .zip(rows)
-            .map(|((id, key), fields)| {
-                if fields.is_empty() {
+    ) -> Result<Vec<Result<Option<(UserState, SeenWrite)>, StoreError>>, StoreError> {
+        let mut users = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(256) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("HGETALL").arg(self.keys.user(id));
+                pipe.cmd("LRANGE").arg(self.keys.seen(id)).arg(0).arg(-1);
+            }
+            let rows: Vec<(HashMap<String, Vec<u8>>, Vec<String>)> = self
+                .with("load_users", |mut connection| async move {
+                    pipe.query_async(&mut connection).await
+                })?;
+            for (id, (fields, seen)) in chunk.iter().zip(rows) {
+                users.push(if fields.is_empty() {
                     Ok(None)
                 } else {
-                    user_from_fields(key, id, &fields, dim).map(Some)
-                }
-            })
-            .collect())
+                    user_with_seen(&self.keys.user(id), id, &fields, seen, dim).map(Some)
+                });
+            }
+        }
+        Ok(users)
     }
 
     /// Moves a user record that cannot be decoded to `{ns}:quarantine:user:{id}` (kept for
@@ -408,7 +424,25 @@ fn context_field(
     }
 }
 
-/// Parses a user hash.
+/// Parses a user hash and its seen list (`{ns}:seen:{id}`, oldest first); a user stored in
+/// the older layout has no list but a `seen` field (JSON), which the next flush rewrites.
+pub fn user_with_seen(
+    key: &str,
+    id: &str,
+    fields: &HashMap<String, Vec<u8>>,
+    seen: Vec<String>,
+    dim: usize,
+) -> Result<(UserState, SeenWrite), StoreError> {
+    let mut user = user_from_fields(key, id, fields, dim)?;
+    if seen.is_empty() && !user.seen.is_empty() {
+        return Ok((user, SeenWrite::Whole));
+    }
+    user.seen = seen;
+    Ok((user, SeenWrite::Newest(0)))
+}
+
+/// Parses a user hash (its `seen` field, JSON, is the older layout's seen list; see
+/// [`user_with_seen`]).
 pub fn user_from_fields(
     key: &str,
     id: &str,

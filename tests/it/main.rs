@@ -14,6 +14,7 @@ mod event_contract;
 mod export;
 mod faults;
 mod flags;
+mod flush;
 mod hardening;
 mod http_layers;
 mod index_recall;

@@ -185,8 +185,10 @@ mod store {
     use std::time::Duration;
 
     use embedstream::ingest::StoredProgress;
-    use embedstream::model::{ModelConfig, UserState};
-    use embedstream::store::{FlushBatch, StoreConfig, StoreError, StoredMeta, SyncStore};
+    use embedstream::model::{ModelConfig, SeenWrite, UserState};
+    use embedstream::store::{
+        FlushBatch, PoolWrite, StoreConfig, StoreError, StoredMeta, SyncStore, UserWrite,
+    };
 
     use super::{infra, OwnRedis};
 
@@ -195,23 +197,30 @@ mod store {
         let dim = model_config.dim;
         FlushBatch {
             users: (0..users)
-                .map(|user| UserState {
-                    id: format!("u{user}"),
-                    vector: vec![0.25; dim],
-                    events: applied,
-                    last_ts: 1_700_000_000_000,
-                    seen: Vec::new(),
-                    adagrad: 0.0,
+                .map(|user| UserWrite {
+                    state: UserState {
+                        id: format!("u{user}"),
+                        vector: vec![0.25; dim],
+                        events: applied,
+                        last_ts: 1_700_000_000_000,
+                        seen: Vec::new(),
+                        adagrad: 0.0,
+                    },
+                    seen: SeenWrite::Whole,
                 })
                 .collect(),
             items: Vec::new(),
+            new_items_from: 0,
             meta: StoredMeta {
                 dim,
                 model_config,
                 events_applied: applied,
                 closed_until: 0,
                 negative_pool: (Vec::new(), 0),
+                schema_version: embedstream::store::SCHEMA_VERSION,
             },
+            write_config: true,
+            pool: PoolWrite::Whole,
             topic: "events".to_owned(),
             progress: vec![(0, StoredProgress { resume: applied as i64, done: Vec::new() })],
         }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::Engine;
 use crate::model::ItemRow;
-use crate::store::{FlushBatch, StoreError, StoredMeta};
+use crate::store::{FlushBatch, PoolWrite, StoreError, StoredMeta, UserWrite, SCHEMA_VERSION};
 
 impl Engine {
     /// Writes pending users, items, meta and progress in one transaction. Returns the offsets
@@ -14,36 +14,7 @@ impl Engine {
     /// # Errors
     /// [`StoreError`]; pending state is kept for the next attempt.
     pub fn flush(&mut self) -> Result<Vec<(i32, i64)>, StoreError> {
-        let batch = {
-            let model = self.fold.model();
-            let (pool, next) = model.negative_pool();
-            FlushBatch {
-                users: self
-                    .pending_users
-                    .iter()
-                    .filter_map(|id| model.user_row(id))
-                    .map(|row| model.user_state(row))
-                    .collect(),
-                items: self
-                    .pending_items
-                    .iter()
-                    .map(|row| model.item_state(ItemRow(*row)))
-                    .collect(),
-                meta: StoredMeta {
-                    dim: model.dim(),
-                    model_config: model.config().clone(),
-                    events_applied: model.events_applied(),
-                    closed_until: self.fold.windows().closed_until(),
-                    negative_pool: (pool.to_vec(), next),
-                },
-                topic: self.topic.clone(),
-                progress: self
-                    .progress
-                    .iter()
-                    .map(|(p, progress)| (*p, progress.stored()))
-                    .collect(),
-            }
-        };
+        let batch = self.changed_batch();
         let started = Instant::now();
         let result = self.write_checked(&batch);
         self.metrics
@@ -57,6 +28,7 @@ impl Engine {
             return Err(error);
         }
         self.flushed_applied = batch.meta.events_applied;
+        self.mark_stored(&batch);
         self.status.unflushed.store(0, Ordering::Relaxed);
         self.pending_users.clear();
         self.pending_items.clear();
@@ -76,5 +48,56 @@ impl Engine {
         }
         self.evict_users();
         Ok(batch.progress.iter().map(|(partition, stored)| (*partition, stored.resume)).collect())
+    }
+
+    /// What changed since the last committed flush: the pending users (with the changed tail
+    /// of their seen lists) and items, the catalogue entries of new items, the model
+    /// configuration only while Redis does not hold it, the negative pool's changed slots,
+    /// meta counters and progress.
+    fn changed_batch(&self) -> FlushBatch {
+        let model = self.fold.model();
+        let (pool, next) = model.negative_pool();
+        let events_applied = model.events_applied();
+        FlushBatch {
+            users: self
+                .pending_users
+                .iter()
+                .filter_map(|id| model.user_row(id))
+                .map(|row| UserWrite { state: model.user_state(row), seen: model.seen_write(row) })
+                .collect(),
+            items: self.pending_items.iter().map(|row| model.item_state(ItemRow(*row))).collect(),
+            new_items_from: self.catalogue_stored,
+            meta: StoredMeta {
+                dim: model.dim(),
+                model_config: model.config().clone(),
+                events_applied,
+                closed_until: self.fold.windows().closed_until(),
+                negative_pool: (pool.to_vec(), next),
+                schema_version: SCHEMA_VERSION,
+            },
+            write_config: !self.config_stored,
+            pool: match self.pool_stored_at {
+                Some(stored_at) => {
+                    PoolWrite::Newest(events_applied.saturating_sub(stored_at) as usize)
+                }
+                None => PoolWrite::Whole,
+            },
+            topic: self.topic.clone(),
+            progress: self.progress.iter().map(|(p, progress)| (*p, progress.stored())).collect(),
+        }
+    }
+
+    /// After a committed flush: what Redis now holds needs no writing again.
+    fn mark_stored(&mut self, batch: &FlushBatch) {
+        let mut model = self.fold.model_mut();
+        for user in &batch.users {
+            if let Some(row) = model.user_row(&user.state.id) {
+                model.mark_seen_stored(row);
+            }
+        }
+        self.config_stored = true;
+        self.pool_stored_at = Some(batch.meta.events_applied);
+        let newest_row = batch.items.iter().map(|item| item.row + 1).max().unwrap_or(0);
+        self.catalogue_stored = self.catalogue_stored.max(newest_row);
     }
 }

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::Engine;
-use crate::model::{ItemRow, UserRow};
-use crate::store::{FlushBatch, StoreError};
+use crate::model::{ItemRow, SeenWrite, UserRow};
+use crate::store::{FlushBatch, PoolWrite, StoreError, UserWrite};
 
 /// Exit status of `embedstream run` when Redis lost the namespace and the in-memory state is
 /// not the whole state (a restart rebuilds it from the topic, from `--from`).
@@ -101,12 +101,18 @@ impl Engine {
             }
             FlushBatch {
                 users: (0..model.user_count() as u32)
-                    .map(|row| model.user_state(UserRow(row)))
+                    .map(|row| UserWrite {
+                        state: model.user_state(UserRow(row)),
+                        seen: SeenWrite::Whole,
+                    })
                     .collect(),
                 items: (0..model.item_count() as u32)
                     .map(|row| model.item_state(ItemRow(row)))
                     .collect(),
+                new_items_from: 0,
                 meta: batch.meta.clone(),
+                write_config: true,
+                pool: PoolWrite::Whole,
                 topic: batch.topic.clone(),
                 progress: batch.progress.clone(),
             }

@@ -61,6 +61,9 @@ impl Engine {
         }
         self.status.applied.store(meta.events_applied, Ordering::Relaxed);
         self.flushed_applied = meta.events_applied;
+        // An older layout gets the configuration (and its schema version) once more.
+        self.config_stored = meta.schema_version == crate::store::SCHEMA_VERSION;
+        self.catalogue_stored = self.fold.model().item_count() as u32;
         self.status.redis_ok.store(true, Ordering::Relaxed);
         self.status.restored.store(true, Ordering::Relaxed);
         tracing::info!(

@@ -5,7 +5,7 @@
 use super::Engine;
 use crate::fold::UserSource;
 use crate::metrics::Metrics;
-use crate::model::{ItemRow, UserRow, UserState};
+use crate::model::{ItemRow, SeenWrite, UserRow, UserState};
 use crate::store::{StoreError, SyncStore};
 
 pub(super) struct StoredUsers<'a> {
@@ -20,7 +20,7 @@ impl UserSource for StoredUsers<'_> {
     /// A miss on the user's hash is a new user. A stored record that cannot be decoded is
     /// quarantined (moved aside, counted, logged with its key) and the user starts over, so one
     /// corrupt record never blocks the windows behind it.
-    fn load(&mut self, user_ids: &[&str]) -> Result<Vec<Option<UserState>>, String> {
+    fn load(&mut self, user_ids: &[&str]) -> Result<Vec<Option<(UserState, SeenWrite)>>, String> {
         if self.all_in_memory {
             return Ok(vec![None; user_ids.len()]);
         }

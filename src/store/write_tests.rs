@@ -1,0 +1,219 @@
+use super::*;
+use crate::ingest::StoredProgress;
+use crate::model::ModelConfig;
+
+const DIM: usize = 4;
+
+fn user(id: usize, seen: usize, write: SeenWrite) -> UserWrite {
+    UserWrite {
+        state: UserState {
+            id: format!("u{id}"),
+            vector: vec![0.5; DIM],
+            events: 3,
+            last_ts: 1_700_000_000_000,
+            seen: (0..seen).map(|item| format!("i{item}")).collect(),
+            adagrad: 0.25,
+        },
+        seen: write,
+    }
+}
+
+fn item(row: u32) -> ItemState {
+    ItemState {
+        id: format!("i{row}"),
+        row,
+        vector: vec![0.25; DIM],
+        context: vec![0.0; DIM],
+        adagrad: 0.0,
+        context_adagrad: 0.0,
+        bias: 0.0,
+        events: 1,
+        last_ts: 1_700_000_000_000,
+        popularity_log: 1.0,
+    }
+}
+
+fn batch(users: Vec<UserWrite>, items: Vec<ItemState>) -> FlushBatch {
+    FlushBatch {
+        users,
+        items,
+        new_items_from: 0,
+        meta: StoredMeta {
+            dim: DIM,
+            model_config: ModelConfig { dim: DIM, ..ModelConfig::default() },
+            events_applied: 10,
+            closed_until: 0,
+            negative_pool: ((0..4096).map(|slot| slot % 7).collect(), 100),
+            schema_version: SCHEMA_VERSION,
+        },
+        write_config: false,
+        pool: PoolWrite::Newest(10),
+        topic: "events".to_owned(),
+        progress: vec![(0, StoredProgress { resume: 42, done: Vec::new() })],
+    }
+}
+
+/// Each command of a pipeline as its arguments, lossily as text.
+fn commands(pipe: &Pipeline) -> Vec<Vec<String>> {
+    pipe.cmd_iter()
+        .map(|cmd| {
+            cmd.args_iter()
+                .map(|arg| match arg {
+                    redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                    _ => "<cursor>".to_owned(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn names(pipe: &Pipeline) -> Vec<String> {
+    commands(pipe).into_iter().map(|args| args[0].clone()).collect()
+}
+
+fn build(batch: &FlushBatch, max_entities: usize) -> Vec<Pipeline> {
+    transactions(&Keys::new("ns"), batch, 500, max_entities, "t0")
+}
+
+#[test]
+fn a_flush_writes_only_the_new_seen_entries_not_the_whole_list() {
+    let one = batch(vec![user(1, 400, SeenWrite::Newest(2))], Vec::new());
+    let pipelines = build(&one, 100);
+    assert_eq!(pipelines.len(), 1);
+    let all = commands(&pipelines[0]);
+    let append: Vec<&Vec<String>> = all.iter().filter(|args| args[0] == "EVAL").collect();
+    assert_eq!(append.len(), 1, "{all:?}");
+    // script, 1 key, the list, the bound, then the two newest ids only.
+    assert_eq!(append[0][2..], ["1", "ns:seen:u1", "500", "i398", "i399"]);
+    let hset = all.iter().find(|args| args[0] == "HSET" && args[1] == "ns:user:u1").unwrap();
+    assert!(!hset.contains(&"seen".to_owned()), "the hash no longer carries the list: {hset:?}");
+    // Against the whole list as JSON before: 400 ids.
+    assert!(pipelines[0].get_packed_pipeline().len() < 2_000);
+}
+
+#[test]
+fn an_unchanged_seen_list_writes_nothing_and_a_legacy_one_is_written_whole() {
+    let unchanged = build(&batch(vec![user(1, 50, SeenWrite::Newest(0))], Vec::new()), 100);
+    assert!(!names(&unchanged[0]).iter().any(|name| name == "EVAL" || name == "RPUSH"));
+    let legacy = build(&batch(vec![user(1, 50, SeenWrite::Whole)], Vec::new()), 100);
+    let all = commands(&legacy[0]);
+    let rpush = all.iter().find(|args| args[0] == "RPUSH").unwrap();
+    assert_eq!(rpush.len(), 2 + 50);
+    assert!(all.iter().any(|args| args[..] == ["DEL", "ns:seen:u1"]));
+    assert!(all.iter().any(|args| args[..] == ["HDEL", "ns:user:u1", "seen"]));
+}
+
+#[test]
+fn configuration_and_pool_are_written_only_when_needed() {
+    let mut plain = batch(Vec::new(), Vec::new());
+    let all = commands(&build(&plain, 100)[0]);
+    let meta = all.iter().find(|args| args[0] == "HSET" && args[1] == "ns:meta").unwrap();
+    assert!(!meta.contains(&"model_config".to_owned()), "{meta:?}");
+    assert!(!meta.contains(&"negative_pool".to_owned()), "{meta:?}");
+    // Ten pool slots changed, just before position 100: 40 bytes at byte 360.
+    let setrange: Vec<&Vec<String>> = all.iter().filter(|args| args[0] == "SETRANGE").collect();
+    assert_eq!(setrange.len(), 1);
+    assert_eq!(setrange[0][1..3], ["ns:negative_pool", "360"]);
+    assert_eq!(setrange[0][3].len(), 40);
+    assert!(!all.iter().any(|args| args[0] == "SET"));
+    let bytes_plain = build(&plain, 100)[0].get_packed_pipeline().len();
+    assert!(bytes_plain < 1_000, "meta, pool slots and progress in {bytes_plain} bytes");
+
+    plain.write_config = true;
+    plain.pool = PoolWrite::Whole;
+    let all = commands(&build(&plain, 100)[0]);
+    let meta = all.iter().find(|args| args[0] == "HSET" && args[1] == "ns:meta").unwrap();
+    assert!(
+        meta.contains(&"model_config".to_owned()) && meta.contains(&"schema_version".to_owned())
+    );
+    let set = all.iter().find(|args| args[0] == "SET").unwrap();
+    assert_eq!(set[1], "ns:negative_pool");
+    assert_eq!(set[2].len(), 4096 * 4);
+}
+
+#[test]
+fn pool_ranges_follow_the_ring() {
+    assert_eq!(pool_ranges(8, 5, PoolWrite::Newest(3)), Some(vec![(2, 5)]));
+    assert_eq!(pool_ranges(8, 2, PoolWrite::Newest(3)), Some(vec![(0, 2), (7, 8)]));
+    assert_eq!(pool_ranges(8, 0, PoolWrite::Newest(3)), Some(vec![(5, 8)]));
+    // Not yet full: next == len.
+    assert_eq!(pool_ranges(5, 5, PoolWrite::Newest(2)), Some(vec![(3, 5)]));
+    assert_eq!(pool_ranges(8, 5, PoolWrite::Newest(0)), Some(Vec::new()));
+    assert_eq!(pool_ranges(8, 5, PoolWrite::Newest(8)), None);
+    assert_eq!(pool_ranges(8, 5, PoolWrite::Whole), None);
+}
+
+#[test]
+fn only_items_new_to_the_catalogue_are_added_to_the_sorted_set() {
+    let mut items = batch(Vec::new(), (0..20).map(item).collect());
+    items.new_items_from = 18;
+    let all = commands(&build(&items, 100)[0]);
+    let zadd: Vec<&Vec<String>> = all.iter().filter(|args| args[0] == "ZADD").collect();
+    assert_eq!(zadd.len(), 1, "one ZADD for all new items");
+    assert_eq!(zadd[0][1..], ["ns:items", "18", "i18", "19", "i19"]);
+    // One HSET per item, with every field: no other per-item command.
+    let per_item = all.iter().filter(|args| args[1].starts_with("ns:item:")).count();
+    assert_eq!(per_item, 20);
+    items.new_items_from = 20;
+    assert!(!names(&build(&items, 100)[0]).contains(&"ZADD".to_owned()));
+}
+
+#[test]
+fn a_large_flush_is_cut_into_bounded_transactions_with_progress_only_in_the_last() {
+    let users = (0..25).map(|id| user(id, 3, SeenWrite::Newest(1))).collect();
+    let items = (0..30).map(item).collect();
+    let large = batch(users, items);
+    let pipelines = build(&large, 10);
+    assert_eq!(pipelines.len(), 6, "55 users and items at most 10 per transaction");
+    let keys = Keys::new("ns");
+    for (index, pipe) in pipelines.iter().enumerate() {
+        let all = commands(pipe);
+        let last = index == pipelines.len() - 1;
+        let touches =
+            |prefix: &str| all.iter().any(|args| args.len() > 1 && args[1].starts_with(prefix));
+        assert_eq!(touches("ns:progress:"), last, "progress only in the last: {index}");
+        assert_eq!(touches("ns:meta"), last, "meta only in the last: {index}");
+        assert_eq!(touches("ns:items"), last, "catalogue only in the last: {index}");
+        if !last {
+            // Staging transactions write nothing a reader sees.
+            for args in &all {
+                assert!(args[1].starts_with("ns:staging:t0"), "{index}: {args:?}");
+            }
+            let hashes = all.iter().filter(|args| args[0] == "HSET").count();
+            assert_eq!(hashes, 10, "{index}: at most 10 users and items");
+        } else {
+            let in_place = all
+                .iter()
+                .filter(|args| {
+                    args[0] == "HSET"
+                        && (args[1].starts_with("ns:user:") || args[1].starts_with("ns:item:"))
+                })
+                .count();
+            assert_eq!(in_place, 5);
+            let promote = all.iter().find(|args| args[0] == "EVAL" && args[1] == PROMOTE_STAGED);
+            let promote = promote.expect("the last transaction promotes the staged keys");
+            assert_eq!(promote[2..], ["1", &keys.staging("t0"), &keys.staging_prefix("t0")]);
+        }
+    }
+    // Every staged user and item, and every user's seen list, is named for promotion.
+    let staged: usize = pipelines[..5]
+        .iter()
+        .flat_map(commands)
+        .filter(|args| args[0] == "SADD")
+        .map(|args| args.len() - 2)
+        .sum();
+    assert_eq!(staged, 25 * 2 + 25);
+}
+
+#[test]
+fn a_flush_within_the_bound_is_one_transaction_without_staging() {
+    let small = batch(
+        (0..5).map(|id| user(id, 3, SeenWrite::Newest(1))).collect(),
+        (0..5).map(item).collect(),
+    );
+    let pipelines = build(&small, 10);
+    assert_eq!(pipelines.len(), 1);
+    assert!(!commands(&pipelines[0])
+        .iter()
+        .any(|args| args.len() > 1 && args[1].contains("staging")));
+}
