@@ -143,7 +143,8 @@ if [[ ! -x "$tansu" || "$(sha_of "$tansu")" != "$tansu_sha256" ]]; then
   log "tansu installed: $tansu ($("$tansu" --version))"
 fi
 
-if [[ "$storage" == s3 && ! -x "$moto_server" ]]; then
+# A venv copied from elsewhere keeps the old path in its scripts' shebangs: check it runs.
+if [[ "$storage" == s3 ]] && { [[ ! -x "$moto_server" ]] || ! "$moto_server" --help >/dev/null 2>&1; }; then
   log "installing moto[server]==$moto_version into $moto_venv (S3 storage for the durable broker)"
   rm -rf "$moto_venv"
   python3 -m venv "$moto_venv" >&2

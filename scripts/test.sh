@@ -43,7 +43,7 @@ fi
 # carries the Compose specification's JSON Schema; installed once into .cache/.
 echo "== check-jsonschema (PyPI) for the compose-file test"
 cjs="$root/.cache/check-jsonschema-0.39.0"
-if [[ ! -x "$cjs/bin/check-jsonschema" ]]; then
+if [[ ! -x "$cjs/bin/check-jsonschema" ]] || ! "$cjs/bin/check-jsonschema" --version >/dev/null 2>&1; then
   python3 -m venv "$cjs"
   "$cjs/bin/pip" install --quiet --disable-pip-version-check check-jsonschema==0.39.0
 fi
