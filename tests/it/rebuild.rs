@@ -2,8 +2,6 @@
 //! namespace headless (no HTTP server, no JWKS configured), verifies the read-back and prints
 //! the digest of a file replay of the same records.
 
-use std::process::Command;
-
 use serde_json::Value;
 
 use crate::common;
@@ -20,18 +18,25 @@ fn rebuild_consumes_to_the_end_headless_and_prints_the_replay_digest() {
 
     // No EMBEDSTREAM_AUTH__* at all: the default configuration has auth on and no JWKS, which
     // `run` refuses; a rebuild serves nothing and needs none.
-    let output = Command::new(common::embedstream_bin())
-        .args(["rebuild", "--from", "earliest", "--namespace", &config.store.namespace])
-        .args(["--topic", &config.kafka.topic])
-        .env("EMBEDSTREAM_KAFKA__BROKERS", &config.kafka.brokers)
-        .env("EMBEDSTREAM_KAFKA__DEAD_LETTER_TOPIC", &config.kafka.dead_letter_topic)
-        .env("EMBEDSTREAM_KAFKA__SESSION_TIMEOUT_MS", config.kafka.session_timeout_ms.to_string())
-        .env("EMBEDSTREAM_STORE__URL", &config.store.url)
-        .env("EMBEDSTREAM_INGEST__FLUSH_INTERVAL_MS", "100")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let session_timeout = config.kafka.session_timeout_ms.to_string();
+    let summary: Value = common::run_json(
+        &[
+            "rebuild",
+            "--from",
+            "earliest",
+            "--namespace",
+            &config.store.namespace,
+            "--topic",
+            &config.kafka.topic,
+        ],
+        &[
+            ("EMBEDSTREAM_KAFKA__BROKERS", &config.kafka.brokers),
+            ("EMBEDSTREAM_KAFKA__DEAD_LETTER_TOPIC", &config.kafka.dead_letter_topic),
+            ("EMBEDSTREAM_KAFKA__SESSION_TIMEOUT_MS", &session_timeout),
+            ("EMBEDSTREAM_STORE__URL", &config.store.url),
+            ("EMBEDSTREAM_INGEST__FLUSH_INTERVAL_MS", "100"),
+        ],
+    );
     assert_eq!(summary["namespace"], config.store.namespace.as_str());
     assert_eq!(summary["verified"], true);
     assert_eq!(summary["events_applied"], 100_000);
