@@ -149,6 +149,14 @@ impl Index {
         self.current().is_some()
     }
 
+    /// Whether [`Index::top_k`] answers a catalogue of `item_count` items as designed: by the
+    /// exact scan up to `full_scan_threshold` items (no snapshot needed), above it by a
+    /// snapshot. `false` means the graph is needed and not built yet: queries fall back to an
+    /// exact scan of a large catalogue (`exact_scoring`) and the instance is not ready.
+    pub fn serves(&self, item_count: usize) -> bool {
+        item_count <= self.config.full_scan_threshold || self.is_built()
+    }
+
     fn current(&self) -> Option<Arc<Snapshot>> {
         self.snapshot.read().ok().and_then(|snapshot| snapshot.clone())
     }

@@ -94,8 +94,10 @@ pub(super) async fn whoami(principal: crate::auth::Principal) -> Json<Value> {
 
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let status = state.status.snapshot();
-    let index_built = state.index.is_built() || read(&state).item_count() == 0;
-    let ready = status.restored && index_built;
+    let item_count = read(&state).item_count();
+    let index_built = state.index.is_built();
+    let index_serves = state.index.serves(item_count);
+    let ready = status.restored && index_serves;
     let redis_breaker = state.redis.breaker().state();
     let producer_breaker = state.producer.breaker.state();
     // Ready means "can answer": a degraded instance (Redis down, serving stale in-process
@@ -119,7 +121,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     if status.redis_namespace_lost {
         degraded.push("redis_namespace_lost");
     }
-    if !state.index.is_built() {
+    if !index_serves {
         degraded.push("exact_scoring");
     }
     let body = json!({

@@ -244,7 +244,7 @@ pub(super) async fn recommendations(
                 session_events = *used;
             }
             let query_vector = blended.as_ref().map_or(profile.query.as_slice(), |(q, _)| q);
-            if decisions.ann && state.index.is_built() {
+            if decisions.ann && state.index.serves(model.item_count()) {
                 let result = state.index.top_k(&model, query_vector, params.k, &excluded);
                 ("model", result.items, result.used_ann, result.candidates)
             } else {

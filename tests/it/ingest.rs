@@ -94,6 +94,48 @@ fn year_5000_event_over_kafka_is_dead_lettered_and_learning_goes_on() {
     service.stop();
 }
 
+/// Regression: an in-process index build runs on rayon's global pool; when that pool was busy
+/// (another test's 100,000-item build in CI), `/readyz` said `exact_scoring` although below
+/// `index.full_scan_threshold` queries scan the item matrix exactly and never read the graph.
+#[test]
+fn below_the_full_scan_threshold_readiness_and_rankings_do_not_wait_for_the_graph() {
+    let name = infra::unique("no-graph");
+    let config = one_partition_config(&name);
+    // Every thread of the global pool waits until the end: no snapshot can be built.
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));
+    for _ in 0..rayon::current_num_threads() {
+        let wait = std::sync::Arc::clone(&wait);
+        rayon::spawn(move || {
+            let _ = wait.lock().map(|wait| wait.recv());
+        });
+    }
+    let service = Service::start(config.clone(), StartPosition::Earliest);
+    let start = now_ms() - 60_000;
+    let events: Vec<Record> = (0..40)
+        .map(|n| {
+            let (user, item) = (format!("u{}", n % 4), format!("i{}", n % 9));
+            record(&event(&user, &item, start + n * 1_000, &format!("e{n}")))
+        })
+        .collect();
+    infra::produce(&config, &events);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while applied(&service) < 40 {
+        assert!(Instant::now() < deadline, "not applied: {}", readyz(&service));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ready = readyz(&service);
+    assert_eq!(ready["index_built"], json!(false), "the pool is held: {ready}");
+    assert_eq!(ready["ready"], json!(true), "{ready}");
+    assert_eq!(ready["degraded"], json!([]), "{ready}");
+    let (status, ranking) = get_json(&service.url("/v1/users/u1/recommendations?k=3"));
+    assert_eq!(status, 200, "{ranking}");
+    assert_eq!(ranking["source"], json!("model"), "{ranking}");
+    assert_eq!(ranking["fallbacks"], json!([]), "{ranking}");
+    drop(release);
+    service.stop();
+}
+
 #[test]
 fn year_5000_event_over_http_is_dead_lettered_and_learning_goes_on() {
     let name = infra::unique("future-http");
