@@ -12,10 +12,10 @@ use crate::config::Config;
 use crate::index::Index;
 use crate::ingest::{run_consumer, DeadLetters, Engine, StartPosition, Status};
 use crate::metrics::Metrics;
-use crate::model::Model;
+use crate::model::{Model, ModelConfig};
 use crate::resilience::CircuitBreaker;
-use crate::serve::{router, serve, AppState, EventProducer};
-use crate::store::{AsyncRedis, SyncStore};
+use crate::serve::{router, serve, AppState, EventProducer, Served};
+use crate::store::{AsyncRedis, Keys, SyncStore};
 
 /// How `run` starts and when it stops by itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +97,230 @@ pub async fn rebuild(
     })
 }
 
+/// What every generation of the service shares: the configuration (its `store.namespace` is
+/// the home namespace), metrics and the process's breakers.
+struct Shared {
+    config: Config,
+    start: StartPosition,
+    metrics: Metrics,
+    redis_breaker: Arc<CircuitBreaker>,
+    producer_breaker: Arc<CircuitBreaker>,
+}
+
+/// One namespace ingested and served: the state requests read, the engine until its consumer
+/// starts, then the consumer thread; `cancel` (a child of the process's token) stops its
+/// consumer and index rebuild thread.
+struct Generation {
+    served: Arc<Served>,
+    cancel: CancellationToken,
+    engine: Option<Engine>,
+    consumer: Option<std::thread::JoinHandle<Result<(), crate::ingest::ConsumerError>>>,
+}
+
+impl Shared {
+    /// The configuration of `namespace`'s engine: the learned state and progress in
+    /// `namespace`, with the model configuration `model` when given (the one stored in the
+    /// namespace a switch moves to: a rebuild may have chosen another), everything else as
+    /// configured.
+    fn config_of(&self, namespace: &str, model: Option<ModelConfig>) -> Config {
+        let mut config = self.config.clone();
+        config.store.namespace = namespace.to_owned();
+        if let Some(model) = model {
+            config.model = model;
+        }
+        config
+    }
+
+    /// An engine for `namespace` and the state requests will read of it (empty until
+    /// restored).
+    fn prepare(
+        &self,
+        namespace: &str,
+        model: Option<ModelConfig>,
+        parent: &CancellationToken,
+    ) -> anyhow::Result<Generation> {
+        let config = self.config_of(namespace, model);
+        let index = Arc::new(Index::new(config.index.clone()));
+        let status = Arc::new(Status::default());
+        let dead_letters = DeadLetters::new(&config.kafka, tokio::runtime::Handle::current())
+            .context("creating the dead-letter producer")?
+            .with_breaker(Arc::clone(&self.producer_breaker));
+        let engine = Engine::new(
+            &config,
+            config.ingest.clone(),
+            self.start.clone(),
+            dead_letters,
+            self.metrics.clone(),
+            Arc::clone(&index),
+            Arc::clone(&status),
+            Arc::clone(&self.redis_breaker),
+        )?;
+        let served = Arc::new(Served {
+            namespace: namespace.to_owned(),
+            model: engine.shared_model(),
+            index,
+            status,
+            keys: Keys::new(namespace),
+        });
+        Ok(Generation {
+            served,
+            cancel: parent.child_token(),
+            engine: Some(engine),
+            consumer: None,
+        })
+    }
+
+    /// Restores the generation's state from Redis (retrying transient failures with `retry`
+    /// until the generation is cancelled), builds its first index snapshot and starts its
+    /// index rebuild thread.
+    async fn restore(
+        &self,
+        generation: &mut Generation,
+        retry: crate::resilience::RetryConfig,
+    ) -> anyhow::Result<()> {
+        let mut engine = generation.engine.take().context("the engine is already running")?;
+        let restore_cancel = generation.cancel.clone();
+        let (engine, restored) = tokio::task::spawn_blocking(move || {
+            // Transient failures (Redis away or loading) are retried; anything else (an
+            // incompatible or corrupt namespace) fails at once with the reason.
+            let restored = crate::resilience::retry_blocking(
+                &retry,
+                "restore",
+                |error: &crate::ingest::EngineError| {
+                    error.is_transient() && !restore_cancel.is_cancelled()
+                },
+                || engine.restore(),
+            );
+            (engine, restored)
+        })
+        .await
+        .context("restore task")?;
+        generation.engine = Some(engine);
+        restored.map_err(|error| {
+            tracing::error!(%error, namespace = %generation.served.namespace, "state could not be restored from redis");
+            anyhow::Error::new(error).context(format!(
+                "state of namespace {} could not be restored from redis",
+                generation.served.namespace
+            ))
+        })?;
+        let served = Arc::clone(&generation.served);
+        let build_metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(seconds) = served.index.rebuild(&served.model) {
+                build_metrics.index_rebuild_duration.observe(seconds);
+                build_metrics.index_items.set(served.index.snapshot_len() as i64);
+            }
+        })
+        .await
+        .context("index build task")?;
+        let rebuild_metrics = self.metrics.clone();
+        generation
+            .served
+            .index
+            .keep_converged(
+                Arc::clone(&generation.served.model),
+                generation.cancel.clone(),
+                move |index, seconds| {
+                    rebuild_metrics.index_rebuild_duration.observe(seconds);
+                    rebuild_metrics.index_items.set(index.snapshot_len() as i64);
+                },
+            )
+            .context("starting the index rebuild thread")?;
+        Ok(())
+    }
+
+    /// Starts the generation's consumer thread.
+    fn start_consumer(&self, generation: &mut Generation) -> anyhow::Result<()> {
+        let engine = generation.engine.take().context("the engine is already running")?;
+        let engine = Arc::new(Mutex::new(engine));
+        let consumer_cancel = generation.cancel.clone();
+        let kafka = self.config.kafka.clone();
+        let ingest = self.config.ingest.clone();
+        generation.consumer = Some(
+            std::thread::Builder::new()
+                .name("ingest".to_owned())
+                .spawn(move || run_consumer(engine, &kafka, &ingest, consumer_cancel))
+                .context("starting the ingest thread")?,
+        );
+        Ok(())
+    }
+}
+
+impl Generation {
+    /// Stops the consumer (after its final flush) and the index rebuild thread.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        let Some(consumer) = self.consumer.take() else { return Ok(()) };
+        match tokio::task::spawn_blocking(move || consumer.join()).await {
+            Ok(Ok(result)) => result.context("consumer failed"),
+            Ok(Err(_)) | Err(_) => Err(anyhow::anyhow!("ingest thread panicked")),
+        }
+    }
+}
+
+/// Retries until Redis answers or the service is stopped (the restore at start).
+const UNTIL_STOPPED: crate::resilience::RetryConfig = crate::resilience::RetryConfig {
+    base_ms: 200,
+    cap_ms: 10_000,
+    max_attempts: u32::MAX,
+    max_elapsed_ms: u64::MAX,
+};
+
+/// A switch whose target cannot be restored within this long is given up (the instance goes
+/// on serving the namespace it has) and tried again after [`SWITCH_RETRY_AFTER`].
+const SWITCH_RESTORE: crate::resilience::RetryConfig = crate::resilience::RetryConfig {
+    base_ms: 200,
+    cap_ms: 5_000,
+    max_attempts: u32::MAX,
+    max_elapsed_ms: 30_000,
+};
+
+/// How long a failed switch waits before the same target is tried again.
+const SWITCH_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The namespace `alias` points at, created pointing at `home` when absent; transient Redis
+/// failures are retried until `cancel`.
+async fn resolve_alias(
+    store: &crate::store::StoreConfig,
+    alias: &str,
+    cancel: &CancellationToken,
+) -> anyhow::Result<String> {
+    let (store, name, cancel) = (store.clone(), alias.to_owned(), cancel.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut redis = SyncStore::new(&store)?;
+        crate::resilience::retry_blocking(
+            &UNTIL_STOPPED,
+            "resolve_alias",
+            |error: &crate::store::StoreError| error.is_transient() && !cancel.is_cancelled(),
+            || redis.ensure_alias(&name, &store.namespace),
+        )
+        .map_err(anyhow::Error::from)
+    })
+    .await
+    .context("alias task")?
+    .with_context(|| format!("resolving alias {alias}"))
+}
+
+/// Where `alias` points now, and the model configuration stored in that namespace (`None`:
+/// it holds no model); `None` when Redis cannot say (the next poll asks again).
+async fn read_alias(
+    store: &crate::store::StoreConfig,
+    alias: &str,
+) -> Option<(String, Option<ModelConfig>)> {
+    let (store, alias) = (store.clone(), alias.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let mut redis = SyncStore::new(&store).ok()?;
+        let target = redis.alias_target(&alias).ok()??;
+        let mut target_store =
+            SyncStore::new(&crate::store::StoreConfig { namespace: target.clone(), ..store })
+                .ok()?;
+        let model = target_store.load_meta().ok()?.map(|meta| meta.model_config);
+        Some((target, model))
+    })
+    .await
+    .ok()?
+}
+
 async fn run_with(
     config: Config,
     options: RunOptions,
@@ -106,8 +330,6 @@ async fn run_with(
 ) -> anyhow::Result<Arc<std::sync::RwLock<Model>>> {
     let RunOptions { start, exit_when_caught_up } = options;
     let metrics = Metrics::new().context("registering metrics")?;
-    let index = Arc::new(Index::new(config.index.clone()));
-    let status = Arc::new(Status::default());
     let redis_breaker = Arc::new(CircuitBreaker::new(
         "redis",
         config.store.breaker.clone(),
@@ -118,33 +340,38 @@ async fn run_with(
         config.kafka.producer_breaker.clone(),
         Some(metrics.breakers.clone()),
     ));
-    let dead_letters = DeadLetters::new(&config.kafka, tokio::runtime::Handle::current())
-        .context("creating the dead-letter producer")?
-        .with_breaker(Arc::clone(&producer_breaker));
-    let mut engine = Engine::new(
-        &config,
-        config.ingest.clone(),
-        start,
-        dead_letters,
-        metrics.clone(),
-        Arc::clone(&index),
-        Arc::clone(&status),
-        Arc::clone(&redis_breaker),
-    )?;
     let cancel = CancellationToken::new();
-    let model = engine.shared_model();
+    let alias = (!config.store.alias.is_empty()).then(|| config.store.alias.clone());
+    let namespace = match &alias {
+        Some(alias) => {
+            let namespace = resolve_alias(&config.store, alias, &cancel).await?;
+            tracing::info!(%alias, %namespace, "serving the namespace of the alias");
+            namespace
+        }
+        None => config.store.namespace.clone(),
+    };
+    let shared = Shared {
+        config: config.clone(),
+        start,
+        metrics: metrics.clone(),
+        redis_breaker: Arc::clone(&redis_breaker),
+        producer_breaker: Arc::clone(&producer_breaker),
+    };
+    let mut current = shared.prepare(&namespace, None, &cancel)?;
+    let served = Arc::new(arc_swap::ArcSwap::new(Arc::clone(&current.served)));
     let server = match listener {
         Some(listener) => {
             let redis = AsyncRedis::new(&config.store, Arc::clone(&redis_breaker), metrics.clone())
                 .context("redis url")?;
             let mut state = AppState::new(
-                Arc::clone(&model),
-                Arc::clone(&index),
-                Arc::clone(&status),
+                Arc::clone(&current.served.model),
+                Arc::clone(&current.served.index),
+                Arc::clone(&current.served.status),
                 metrics.clone(),
                 redis,
                 &config,
             )?;
+            state.served = Arc::clone(&served);
             // One `kafka_producer` breaker for the dead-letter and the HTTP ingestion produces.
             state.producer = Arc::new(EventProducer::new(&config, Arc::clone(&producer_breaker))?);
             let app = router(state);
@@ -160,88 +387,81 @@ async fn run_with(
     };
 
     // Restore and first index build off the runtime threads; HTTP answers /readyz 503 meanwhile.
-    let restore_cancel = cancel.clone();
-    let (engine, restored) = tokio::task::spawn_blocking(move || {
-        // Transient failures (Redis away or loading) are retried until Redis answers or the
-        // service is stopped; anything else (an incompatible or corrupt namespace) stops the
-        // service at once with the reason.
-        let until_stopped = crate::resilience::RetryConfig {
-            base_ms: 200,
-            cap_ms: 10_000,
-            max_attempts: u32::MAX,
-            max_elapsed_ms: u64::MAX,
-        };
-        let restored = crate::resilience::retry_blocking(
-            &until_stopped,
-            "restore",
-            |error: &crate::ingest::EngineError| {
-                error.is_transient() && !restore_cancel.is_cancelled()
-            },
-            || engine.restore(),
-        );
-        (engine, restored)
-    })
-    .await
-    .context("restore task")?;
-    let restored = restored.map_err(|error| {
-        tracing::error!(%error, "state could not be restored from redis");
-        anyhow::Error::new(error).context("state could not be restored from redis")
-    });
-    restored?;
-    let build_index = Arc::clone(&index);
-    let build_model = Arc::clone(&model);
-    let build_metrics = metrics.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Some(seconds) = build_index.rebuild(&build_model) {
-            build_metrics.index_rebuild_duration.observe(seconds);
-            build_metrics.index_items.set(build_index.snapshot_len() as i64);
-        }
-    })
-    .await
-    .context("index build task")?;
-    let rebuild_metrics = metrics.clone();
-    index
-        .keep_converged(Arc::clone(&model), cancel.clone(), move |index, seconds| {
-            rebuild_metrics.index_rebuild_duration.observe(seconds);
-            rebuild_metrics.index_items.set(index.snapshot_len() as i64);
-        })
-        .context("starting the index rebuild thread")?;
+    shared.restore(&mut current, UNTIL_STOPPED).await?;
+    shared.start_consumer(&mut current)?;
 
-    let engine = Arc::new(Mutex::new(engine));
-    let consumer_cancel = cancel.clone();
-    let kafka = config.kafka.clone();
-    let ingest = config.ingest.clone();
-    let consumer = std::thread::Builder::new()
-        .name("ingest".to_owned())
-        .spawn(move || run_consumer(engine, &kafka, &ingest, consumer_cancel))
-        .context("starting the ingest thread")?;
-
-    let caught_up_status = Arc::clone(&status);
+    let caught_up_served = Arc::clone(&served);
     let caught_up = async move {
         for tick in 0u64.. {
             tokio::time::sleep(Duration::from_millis(100)).await;
+            let status = Arc::clone(&caught_up_served.load().status);
             if tick % 2 == 1 {
-                progress(caught_up_status.applied.load(std::sync::atomic::Ordering::Relaxed));
+                progress(status.applied.load(std::sync::atomic::Ordering::Relaxed));
             }
-            if exit_when_caught_up
-                && caught_up_status.caught_up.load(std::sync::atomic::Ordering::Relaxed)
-            {
+            if exit_when_caught_up && status.caught_up.load(std::sync::atomic::Ordering::Relaxed) {
                 return;
             }
         }
     };
-    let consumer_stopped = cancel.clone();
-    tokio::select! {
-        () = shutdown => tracing::info!("shutdown requested"),
-        () = caught_up => tracing::info!("caught up: stopping"),
-        () = consumer_stopped.cancelled() => tracing::warn!("the consumer stopped by itself"),
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut caught_up = std::pin::pin!(caught_up);
+    let poll = Duration::from_millis(config.store.alias_poll_ms.max(1));
+    let mut failed: Option<(String, std::time::Instant)> = None;
+    loop {
+        let alias_moved = async {
+            let Some(alias) = &alias else { return std::future::pending().await };
+            tokio::time::sleep(poll).await;
+            read_alias(&config.store, alias).await
+        };
+        let current_cancel = current.cancel.clone();
+        tokio::select! {
+            () = &mut shutdown => { tracing::info!("shutdown requested"); break }
+            () = &mut caught_up => { tracing::info!("caught up: stopping"); break }
+            () = current_cancel.cancelled() => {
+                tracing::warn!("the consumer stopped by itself");
+                break
+            }
+            moved = alias_moved => {
+                let Some((target, model)) = moved else { continue };
+                if target == current.served.namespace
+                    || failed.as_ref().is_some_and(|(namespace, at)| {
+                        *namespace == target && at.elapsed() < SWITCH_RETRY_AFTER
+                    })
+                {
+                    continue;
+                }
+                let from = current.served.namespace.clone();
+                let Some(model) = model else {
+                    tracing::error!(%from, to = %target, "alias points at a namespace without a model: not switching");
+                    metrics.namespace_switches.with_label_values(&["failed"]).inc();
+                    failed = Some((target, std::time::Instant::now()));
+                    continue;
+                };
+                tracing::info!(%from, to = %target, "alias switched: restoring the new namespace");
+                let mut next = shared.prepare(&target, Some(model), &cancel)?;
+                if let Err(error) = shared.restore(&mut next, SWITCH_RESTORE).await {
+                    tracing::error!(error = %format!("{error:#}"), %from, to = %target, "switch failed: serving the old namespace");
+                    metrics.namespace_switches.with_label_values(&["failed"]).inc();
+                    next.cancel.cancel();
+                    failed = Some((target, std::time::Instant::now()));
+                    continue;
+                }
+                // One store: every request from here on reads the new namespace whole.
+                served.store(Arc::clone(&next.served));
+                let old = std::mem::replace(&mut current, next);
+                if let Err(error) = old.stop().await {
+                    tracing::error!(error = %format!("{error:#}"), namespace = %from, "the old namespace's consumer failed while stopping");
+                }
+                shared.start_consumer(&mut current)?;
+                metrics.namespace_switches.with_label_values(&["switched"]).inc();
+                failed = None;
+                tracing::info!(%from, to = %target, "now serving and ingesting the new namespace");
+            }
+        }
     }
     cancel.cancel();
-    let joined = tokio::task::spawn_blocking(move || consumer.join()).await;
-    let consumed = match joined {
-        Ok(Ok(result)) => result.context("consumer failed"),
-        Ok(Err(_)) | Err(_) => Err(anyhow::anyhow!("ingest thread panicked")),
-    };
+    let model = Arc::clone(&current.served.model);
+    let consumed = current.stop().await;
     if let Some(server) = server {
         server.await.context("http server task")?.context("http server")?;
     }

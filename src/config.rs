@@ -181,9 +181,13 @@ impl Config {
                 "must be non-empty without spaces",
             ));
         }
+        if self.store.alias.contains(char::is_whitespace) {
+            return Err(invalid("store.alias", &self.store.alias, "must have no spaces"));
+        }
         for (field, value) in [
             ("store.connect_timeout_ms", self.store.connect_timeout_ms),
             ("store.command_timeout_ms", self.store.command_timeout_ms),
+            ("store.alias_poll_ms", self.store.alias_poll_ms),
         ] {
             if value == 0 {
                 // A zero deadline would fail every Redis call.

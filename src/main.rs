@@ -50,6 +50,33 @@ enum TopicsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum NamespaceCommand {
+    /// Every namespace holding a model, with the aliases pointing at each, and every alias.
+    List,
+    /// What a namespace holds: layout version, dimension, events applied, users, items, stored
+    /// progress per topic and partition, aliases. Exit status 1 when it holds no model.
+    Inspect {
+        /// The namespace.
+        namespace: String,
+    },
+    /// Point ALIAS at NAMESPACE in one Redis command (creating the alias). Refused when
+    /// NAMESPACE holds no model. Running instances with store.alias = ALIAS restore NAMESPACE,
+    /// then swap what they serve and ingest, whole, without a restart.
+    Switch {
+        /// The alias.
+        alias: String,
+        /// The namespace it will point at.
+        namespace: String,
+    },
+    /// Delete every key of NAMESPACE (UNLINK, in batches). Refused while an alias points at
+    /// it. Prints the keys deleted.
+    Drop {
+        /// The namespace.
+        namespace: String,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -97,6 +124,10 @@ enum Command {
         /// Redis namespace (overrides store.namespace): a new one rebuilds state from scratch.
         #[arg(long)]
         namespace: Option<String>,
+        /// Serve and ingest the namespace this alias points at and follow its switches
+        /// (overrides store.alias; created pointing at the namespace when absent).
+        #[arg(long)]
+        alias: Option<String>,
         /// Events topic (overrides kafka.topic).
         #[arg(long)]
         topic: Option<String>,
@@ -162,6 +193,13 @@ enum Command {
         /// Print as one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Namespaces and their aliases (like Qdrant's collection aliases): list, inspect, point
+    /// an alias at a namespace (running instances with store.alias follow within
+    /// store.alias_poll_ms), drop a namespace. Prints JSON.
+    Namespace {
+        #[command(subcommand)]
+        command: NamespaceCommand,
     },
     /// Kafka topics of the service, through rdkafka's admin client.
     Topics {
@@ -274,10 +312,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             run_replay(&config, &input, format, partitions, json)
         }
         Command::Eval(args) => eval_cli::run_eval(&config, args),
-        Command::Run { from, namespace, topic, group, listen, exit_when_caught_up } => {
+        Command::Run { from, namespace, alias, topic, group, listen, exit_when_caught_up } => {
             let mut config = config;
             if let Some(namespace) = namespace {
                 config.store.namespace = namespace;
+            }
+            if let Some(alias) = alias {
+                config.store.alias = alias;
             }
             if let Some(topic) = topic {
                 config.kafka.topic = topic;
@@ -295,6 +336,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = config;
             config.kafka.group_id = group.unwrap_or_else(|| format!("rebuild-{namespace}"));
             config.store.namespace = namespace;
+            // A rebuild fills the namespace it names, whatever alias serving follows.
+            config.store.alias = String::new();
             if let Some(topic) = topic {
                 config.kafka.topic = topic;
             }
@@ -336,6 +379,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             run_flags(&store, action)
         }
+        Command::Namespace { command } => run_namespace(&config.store, command),
         Command::Topics {
             command:
                 TopicsCommand::Create { partitions, dead_letter_partitions, replication_factor },
@@ -408,6 +452,62 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn run_namespace(
+    store: &embedstream::store::StoreConfig,
+    command: NamespaceCommand,
+) -> anyhow::Result<()> {
+    use embedstream::store::SyncStore;
+    let of = |namespace: &str| embedstream::store::StoreConfig {
+        namespace: namespace.to_owned(),
+        ..store.clone()
+    };
+    let mut redis = SyncStore::new(store)?;
+    let output = match command {
+        NamespaceCommand::List => {
+            let aliases = redis.aliases()?;
+            let namespaces: Vec<serde_json::Value> = redis
+                .namespaces()?
+                .into_iter()
+                .map(|namespace| {
+                    let pointing: Vec<&String> = aliases
+                        .iter()
+                        .filter(|(_, target)| **target == namespace)
+                        .map(|(alias, _)| alias)
+                        .collect();
+                    serde_json::json!({ "namespace": namespace, "aliases": pointing })
+                })
+                .collect();
+            serde_json::json!({ "namespaces": namespaces, "aliases": aliases })
+        }
+        NamespaceCommand::Inspect { namespace } => {
+            let info = SyncStore::new(&of(&namespace))?.inspect()?;
+            let info = info.with_context(|| format!("namespace {namespace} holds no model"))?;
+            serde_json::to_value(info)?
+        }
+        NamespaceCommand::Switch { alias, namespace } => {
+            anyhow::ensure!(
+                !alias.is_empty() && !alias.contains(char::is_whitespace),
+                "an alias must be non-empty without spaces"
+            );
+            let holds_model = SyncStore::new(&of(&namespace))?.load_meta()?.is_some();
+            anyhow::ensure!(holds_model, "namespace {namespace} holds no model: not switching");
+            let previous = redis.switch_alias(&alias, &namespace)?;
+            serde_json::json!({ "alias": alias, "namespace": namespace, "previous": previous })
+        }
+        NamespaceCommand::Drop { namespace } => {
+            let mut target = SyncStore::new(&of(&namespace))?;
+            anyhow::ensure!(
+                target.load_meta()?.is_some(),
+                "namespace {namespace} holds no model: nothing to drop"
+            );
+            let deleted = target.drop_namespace()?;
+            serde_json::json!({ "namespace": namespace, "deleted_keys": deleted })
+        }
+    };
+    println!("{output}");
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

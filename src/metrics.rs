@@ -83,6 +83,9 @@ pub struct Metrics {
     /// Ranking responses by route, source of the ranking and experiment variant
     /// (`embedstream_rankings_total{route,source,variant}`).
     pub rankings_total: IntCounterVec,
+    /// Alias switches of this instance by outcome (`switched`, `failed`)
+    /// (`embedstream_namespace_switches_total{outcome}`).
+    pub namespace_switches: IntCounterVec,
     /// Failed refreshes of the flags cache, by reason (unavailable, invalid).
     pub flags_refresh_failures: IntCounterVec,
 }
@@ -204,6 +207,17 @@ impl Metrics {
             &["route", "source", "variant"],
         )?;
         registry.register(Box::new(rankings_total.clone()))?;
+        let namespace_switches = IntCounterVec::new(
+            Opts::new(
+                "embedstream_namespace_switches_total",
+                "Switches of the served namespace after its alias moved, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(namespace_switches.clone()))?;
+        for outcome in ["switched", "failed"] {
+            namespace_switches.with_label_values(&[outcome]);
+        }
         let flags_refresh_failures = IntCounterVec::new(
             Opts::new(
                 "embedstream_flags_refresh_failures_total",
@@ -318,6 +332,7 @@ impl Metrics {
                 "Connections closed at accept because http.max_connections were open",
             )?,
             rankings_total,
+            namespace_switches,
             flags_refresh_failures,
             registry,
         })

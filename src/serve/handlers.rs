@@ -1,5 +1,4 @@
 use std::collections::HashMap;
-use std::sync::RwLockReadGuard;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -56,10 +55,6 @@ fn valid_id(field: &str, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub(super) fn read(state: &AppState) -> RwLockReadGuard<'_, Model> {
-    state.model.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 pub(super) fn query<T>(parsed: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     parsed
         .map(|Query(value)| value)
@@ -93,17 +88,18 @@ pub(super) async fn whoami(principal: crate::auth::Principal) -> Json<Value> {
 }
 
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    let status = state.status.snapshot();
-    let item_count = read(&state).item_count();
-    let index_built = state.index.is_built();
-    let index_serves = state.index.serves(item_count);
+    let served = state.served();
+    let status = served.status.snapshot();
+    let item_count = served.read().item_count();
+    let index_built = served.index.is_built();
+    let index_serves = served.index.serves(item_count);
     let ready = status.restored && index_serves;
     let redis_breaker = state.redis.breaker().state();
     let producer_breaker = state.producer.breaker.state();
     // Ready means "can answer": a degraded instance (Redis down, serving stale in-process
     // state) stays ready and says why in `degraded`.
     let mut degraded = Vec::new();
-    if super::ranking::redis_degraded(&state) {
+    if super::ranking::redis_degraded(&state, &served) {
         degraded.push("redis_unavailable");
     }
     if producer_breaker != crate::resilience::BreakerState::Closed {
@@ -128,8 +124,9 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
         "ready": ready,
         "degraded": degraded,
         "index_built": index_built,
-        "index_items": state.index.snapshot_len(),
-        "fresh_items": state.index.fresh_len(),
+        "index_items": served.index.snapshot_len(),
+        "fresh_items": served.index.fresh_len(),
+        "namespace": served.namespace,
         "breakers": {
             "redis": redis_breaker,
             "kafka_producer": producer_breaker,
@@ -158,7 +155,7 @@ pub(super) async fn user(
     State(state): State<AppState>,
     SubjectUser(user_id): SubjectUser,
 ) -> ApiResult {
-    let lookup = super::ranking::lookup_user(&state, &user_id, true).await?;
+    let lookup = super::ranking::lookup_user(&state, &state.served(), &user_id, true).await?;
     let Some(user) = lookup.user else {
         if lookup.stale {
             return Err(ApiError::new(
@@ -205,7 +202,8 @@ pub(super) async fn similar(
 ) -> ApiResult {
     let params = query(params)?;
     check_k(params.k, &state)?;
-    let model = read(&state);
+    let served = state.served();
+    let model = served.read();
     let (item_id, row) = item_row(&model, path)?;
     Ok(Json(
         json!({ "item_id": item_id, "k": params.k, "items": similar_items(&model, row, params.k) }),
@@ -213,7 +211,8 @@ pub(super) async fn similar(
 }
 
 pub(super) async fn item(State(state): State<AppState>, path: ItemPath) -> ApiResult {
-    let model = read(&state);
+    let served = state.served();
+    let model = served.read();
     let (item_id, row) = item_row(&model, path)?;
     let item = model.item_state(row);
     Ok(Json(json!({

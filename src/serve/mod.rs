@@ -115,22 +115,48 @@ impl Default for ServeConfig {
     }
 }
 
-/// Everything the handlers read.
-#[derive(Clone)]
-pub struct AppState {
+/// The learned state of one namespace as requests read it: its model, index, ingest status
+/// and key layout. It is replaced as a whole when the serving alias moves to another
+/// namespace (`store.alias`), and a request loads it once ([`AppState::served`]), so no
+/// request reads two namespaces.
+pub struct Served {
+    /// The namespace the state belongs to.
+    pub namespace: String,
     /// The live model.
     pub model: Arc<RwLock<Model>>,
     /// The ANN index.
     pub index: Arc<Index>,
     /// Ingest status.
     pub status: Arc<Status>,
+    /// Key layout of the namespace (users evicted from memory are read under it).
+    pub keys: Keys,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served").field("namespace", &self.namespace).finish_non_exhaustive()
+    }
+}
+
+impl Served {
+    /// The model, read-locked (a poisoned lock is read as is: the model is never left
+    /// half-written by a panic of the fold, which runs to completion or not at all).
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Model> {
+        self.model.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Everything the handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    /// The served namespace's state, swapped atomically on an alias switch.
+    pub served: Arc<arc_swap::ArcSwap<Served>>,
     /// Metrics.
     pub metrics: Metrics,
     /// Redis (guarded by the `redis` circuit breaker): users evicted from memory, and every
-    /// other piece of shared state of the HTTP side.
+    /// other piece of shared state of the HTTP side. Its key layout is the home namespace
+    /// (`store.namespace`: sessions, flags, auth, rate limits), which an alias never moves.
     pub redis: AsyncRedis,
-    /// Key layout.
-    pub keys: Keys,
     /// Limits.
     pub config: ServeConfig,
     /// Per-subject rate limits of the `/v1` routes (shared through Redis).
@@ -215,12 +241,16 @@ impl AppState {
             // Stops by itself once the last clone of this state is dropped.
             flags.spawn_refresh();
         }
-        Ok(Self {
+        let served = Served {
+            namespace: redis.keys().namespace().to_owned(),
             model,
             index,
             status,
-            metrics,
             keys: redis.keys().clone(),
+        };
+        Ok(Self {
+            served: Arc::new(arc_swap::ArcSwap::from_pointee(served)),
+            metrics,
             rate_limiter,
             auth,
             sessions,
@@ -231,6 +261,13 @@ impl AppState {
             redis,
             config: config.http.clone(),
         })
+    }
+}
+
+impl AppState {
+    /// The served state, loaded once per request.
+    pub fn served(&self) -> Arc<Served> {
+        self.served.load_full()
     }
 }
 

@@ -24,8 +24,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::handlers::{check_k, query, read, SubjectUser, MAX_ID_CHARS};
-use super::{ApiError, AppState, ErrorCode};
+use super::handlers::{check_k, query, SubjectUser, MAX_ID_CHARS};
+use super::{ApiError, AppState, ErrorCode, Served};
 use crate::flags::Decisions;
 use crate::index::{exact_top_k, popular_top_k, Excluded};
 use crate::model::{ItemRow, Model, UserState};
@@ -35,6 +35,10 @@ use crate::session::{blend, session_vector, Session};
 /// The response header of a stale answer.
 pub const STALE_HEADER: HeaderName = HeaderName::from_static("x-embedstream-stale");
 
+/// The response header naming the namespace a ranking or scoring answer was computed from
+/// (the target of `store.alias` when one is set).
+pub const NAMESPACE_HEADER: HeaderName = HeaderName::from_static("x-embedstream-namespace");
+
 /// A user's state, and whether it may be stale.
 pub(super) struct Lookup {
     pub user: Option<UserState>,
@@ -43,22 +47,23 @@ pub(super) struct Lookup {
 
 /// True when the durable copy is not reachable or behind: the `redis` breaker is not closed,
 /// the last Redis call of the HTTP side failed, or the last flush failed.
-pub(super) fn redis_degraded(state: &AppState) -> bool {
+pub(super) fn redis_degraded(state: &AppState, served: &Served) -> bool {
     state.redis.breaker().state() != BreakerState::Closed
         || state.redis.last_call_failed()
-        || state.status.flush_failing.load(std::sync::atomic::Ordering::Relaxed)
+        || served.status.flush_failing.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A user's vector and seen items from memory, or from Redis when evicted. Redis unavailable
 /// (or `redis_reads` off) is not an error: the user reads as unknown and the lookup as stale.
 pub(super) async fn lookup_user(
     state: &AppState,
+    served: &Served,
     user_id: &str,
     redis_reads: bool,
 ) -> Result<Lookup, ApiError> {
-    let stale = redis_degraded(state) || !redis_reads;
+    let stale = redis_degraded(state, served) || !redis_reads;
     {
-        let model = read(state);
+        let model = served.read();
         if let Some(row) = model.user_row(user_id) {
             return Ok(Lookup { user: Some(model.user_state(row)), stale });
         }
@@ -66,10 +71,10 @@ pub(super) async fn lookup_user(
     if !redis_reads {
         return Ok(Lookup { user: None, stale: true });
     }
-    let key = state.keys.user(user_id);
+    let key = served.keys.user(user_id);
     let mut pipe = redis::pipe();
     pipe.cmd("HGETALL").arg(&key);
-    pipe.cmd("LRANGE").arg(state.keys.seen(user_id)).arg(0).arg(-1);
+    pipe.cmd("LRANGE").arg(served.keys.seen(user_id)).arg(0).arg(-1);
     let (fields, seen): (HashMap<String, Vec<u8>>, Vec<String>) =
         match state.redis.pipeline("load_user", &pipe).await {
             Ok(found) => found,
@@ -81,7 +86,7 @@ pub(super) async fn lookup_user(
     if fields.is_empty() {
         return Ok(Lookup { user: None, stale });
     }
-    let dim = read(state).dim();
+    let dim = served.read().dim();
     crate::store::user_with_seen(&key, user_id, &fields, seen, dim)
         .map(|(user, _)| Lookup { user: Some(user), stale })
         .map_err(|error| ApiError::new(ErrorCode::Internal, error.to_string()))
@@ -105,11 +110,12 @@ pub(super) struct ProfileLookup {
 /// the user's state, no id strings), else from Redis as [`lookup_user`] reads it.
 pub(super) async fn lookup_profile(
     state: &AppState,
+    served: &Served,
     user_id: &str,
     redis_reads: bool,
 ) -> Result<ProfileLookup, ApiError> {
     {
-        let model = read(state);
+        let model = served.read();
         if let Some(row) = model.user_row(user_id) {
             let seen: Vec<ItemRow> = model.user_seen(row).collect();
             let profile = Profile {
@@ -117,13 +123,13 @@ pub(super) async fn lookup_profile(
                 query: model.query_from_parts(model.user_vector(row), &seen),
                 seen: seen.into_iter().map(|item| item.0).collect(),
             };
-            let stale = redis_degraded(state) || !redis_reads;
+            let stale = redis_degraded(state, served) || !redis_reads;
             return Ok(ProfileLookup { profile: Some(profile), stale });
         }
     }
-    let lookup = lookup_user(state, user_id, redis_reads).await?;
+    let lookup = lookup_user(state, served, user_id, redis_reads).await?;
     let profile = lookup.user.map(|user| {
-        let model = read(state);
+        let model = served.read();
         Profile {
             events: user.events,
             query: model.query_from_state(&user),
@@ -182,8 +188,11 @@ fn blended_query(
     Some((blend(user, &s, lambda), session.events.len()))
 }
 
-fn respond(body: Value, stale: bool) -> Response {
+fn respond(body: Value, stale: bool, namespace: &str) -> Response {
     let mut response = Json(body).into_response();
+    if let Ok(namespace) = HeaderValue::from_str(namespace) {
+        response.headers_mut().insert(NAMESPACE_HEADER, namespace);
+    }
     if stale {
         response.headers_mut().insert(STALE_HEADER, HeaderValue::from_static("true"));
     }
@@ -219,9 +228,10 @@ pub(super) async fn recommendations(
 ) -> Result<Response, ApiError> {
     let params = query(params)?;
     check_k(params.k, &state)?;
+    let served = state.served();
     let decisions = state.flags.decide(&user_id);
     let mut fallbacks = Vec::new();
-    let lookup = lookup_profile(&state, &user_id, decisions.redis_reads).await?;
+    let lookup = lookup_profile(&state, &served, &user_id, decisions.redis_reads).await?;
     let (session, session_stale) =
         load_session(&state, &user_id, params.session_id.as_deref(), &decisions, &mut fallbacks)
             .await?;
@@ -233,7 +243,7 @@ pub(super) async fn recommendations(
         (Some(profile), true) => Excluded::from_rows(profile.seen.iter().copied()),
         _ => Excluded::none(),
     };
-    let model = read(&state);
+    let model = served.read();
     let warm = lookup.profile.as_ref().filter(|profile| profile.events > 0);
     let mut session_events = 0;
     let (source, items, ann, candidates) = match warm {
@@ -244,8 +254,8 @@ pub(super) async fn recommendations(
                 session_events = *used;
             }
             let query_vector = blended.as_ref().map_or(profile.query.as_slice(), |(q, _)| q);
-            if decisions.ann && state.index.serves(model.item_count()) {
-                let result = state.index.top_k(&model, query_vector, params.k, &excluded);
+            if decisions.ann && served.index.serves(model.item_count()) {
+                let result = served.index.top_k(&model, query_vector, params.k, &excluded);
                 ("model", result.items, result.used_ann, result.candidates)
             } else {
                 fallbacks.push("exact_scoring");
@@ -277,6 +287,7 @@ pub(super) async fn recommendations(
             "fallbacks": fallbacks,
         }),
         stale,
+        &served.namespace,
     ))
 }
 
@@ -317,9 +328,10 @@ pub(super) async fn scores(
         ));
     }
     check_item_ids(&request.item_ids)?;
+    let served = state.served();
     let decisions = state.flags.decide(&user_id);
     let mut fallbacks = Vec::new();
-    let lookup = lookup_profile(&state, &user_id, decisions.redis_reads).await?;
+    let lookup = lookup_profile(&state, &served, &user_id, decisions.redis_reads).await?;
     let (session, session_stale) =
         load_session(&state, &user_id, request.session_id.as_deref(), &decisions, &mut fallbacks)
             .await?;
@@ -327,7 +339,7 @@ pub(super) async fn scores(
     if lookup.stale {
         fallbacks.push("redis_unavailable");
     }
-    let model = read(&state);
+    let model = served.read();
     let warm = lookup.profile.filter(|profile| profile.events > 0);
     let personal: Option<Vec<f32>> = match warm {
         Some(profile) if decisions.personalization => Some(
@@ -374,5 +386,6 @@ pub(super) async fn scores(
             "fallbacks": fallbacks,
         }),
         stale,
+        &served.namespace,
     ))
 }

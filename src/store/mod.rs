@@ -19,6 +19,7 @@
 //! | `{ns}:auth:revoked:{jti}` | string | `1`; TTL = the revoked access token's remaining life |
 //! | `{ns}:auth:refresh:{sha256}` | hash | `used` (0/1), `client_id`, `scope`, `family`; key = hex SHA-256 of the refresh token; TTL `auth.refresh_ttl_s` |
 //! | `{ns}:auth:family:{id}` | string | `active` or `revoked`; TTL `auth.refresh_ttl_s`, renewed on each rotation |
+//! | `embedstream:aliases` | hash | alias to namespace, outside every namespace (see [`aliases`]) |
 //!
 //! One flush is one `MULTI`/`EXEC` transaction holding the changed users and items, the meta
 //! fields and the progress of every assigned partition: state and offsets move together (a
@@ -29,6 +30,7 @@
 //! (`store/blocking.rs`).
 //! Floats are written with Rust's shortest round-trip formatting, so they read back bit-exact.
 
+pub mod aliases;
 mod blocking;
 pub mod codec;
 pub mod epoch;
@@ -171,6 +173,9 @@ pub enum StoreError {
         "namespace {namespace} holds a model with {field} = {stored}, configured {configured}"
     )]
     Incompatible { namespace: String, field: &'static str, stored: String, configured: String },
+    /// A namespace cannot be dropped while aliases point at it.
+    #[error("namespace {namespace} is the target of alias(es) {aliases:?}: switch them first")]
+    AliasedNamespace { namespace: String, aliases: Vec<String> },
 }
 
 impl StoreError {
@@ -193,7 +198,8 @@ impl StoreError {
             Self::Corrupt { .. }
             | Self::Incompatible { .. }
             | Self::Runtime(_)
-            | Self::NotAttached { .. } => false,
+            | Self::NotAttached { .. }
+            | Self::AliasedNamespace { .. } => false,
         }
     }
 }

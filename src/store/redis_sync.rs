@@ -19,8 +19,17 @@ use crate::resilience::{CircuitBreaker, Guarded};
 pub struct StoreConfig {
     /// Redis URL (default `redis://127.0.0.1:16379/`, the port `scripts/dev-up.sh` uses).
     pub url: String,
-    /// Key namespace (default `es`).
+    /// Key namespace (default `es`): the home of sessions, flags, auth and rate limits, and
+    /// of the learned state unless `alias` is set.
     pub namespace: String,
+    /// Serve and ingest the namespace this alias points at (`embedstream:aliases`, see
+    /// [`super::aliases`]) instead of `namespace`, and follow it when it is switched, without
+    /// a restart. Empty (the default): no alias. An alias that does not exist yet is created
+    /// pointing at `namespace`.
+    pub alias: String,
+    /// How often a running instance reads its alias, ms (default 1000, >= 1): a switch takes
+    /// effect within this, plus the restore of the new namespace.
+    pub alias_poll_ms: u64,
     /// Deadline to open a connection, ms (default 2000; at least 1).
     pub connect_timeout_ms: u64,
     /// Deadline of one call (a command, a pipeline, or a whole flush), ms, held against a
@@ -35,6 +44,8 @@ impl Default for StoreConfig {
         Self {
             url: "redis://127.0.0.1:16379/".to_owned(),
             namespace: "es".to_owned(),
+            alias: String::new(),
+            alias_poll_ms: 1000,
             connect_timeout_ms: 2000,
             command_timeout_ms: 5000,
             breaker: crate::resilience::BreakerConfig::default(),

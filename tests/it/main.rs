@@ -19,6 +19,7 @@ mod hardening;
 mod http_layers;
 mod index_recall;
 mod ingest;
+mod namespaces;
 mod openapi;
 mod producers;
 mod ratelimit;
