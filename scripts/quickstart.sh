@@ -6,8 +6,16 @@
 #   4. run the service until every event is consumed, applied and flushed to Redis;
 #   5. print the top 10 for three users, fetched with curl, and check the state digest in Redis
 #      against a file replay of the same events;
-#   6. stop everything it started.
+#   6. print the URL of the demo page, and with --keep-running serve it until Ctrl-C;
+#   7. stop everything it started.
 set -euo pipefail
+keep_running=false
+for arg in "$@"; do
+  case "$arg" in
+    --keep-running) keep_running=true ;;
+    *) echo "usage: scripts/quickstart.sh [--keep-running]" >&2; exit 2 ;;
+  esac
+done
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
@@ -45,7 +53,7 @@ echo "== publishing MovieLens-100k to topic $run_id-events"
 "$bin" produce --input data/ml-100k/u.data --format movielens --topic "$run_id-events"
 
 echo "== running the service (namespace $run_id) until everything is consumed"
-"$bin" run --topic "$run_id-events" --group "$run_id" --namespace "$run_id" \
+"$bin" run --topic "$run_id-events" --group "$run_id" --namespace "$run_id" --demo \
   --listen "127.0.0.1:$http_port" >"$EMBEDSTREAM_DEV_DIR/service.log" 2>&1 &
 service_pid=$!
 base="http://127.0.0.1:$http_port"
@@ -80,8 +88,6 @@ for rank, item in enumerate(body["items"], 1):
 '
 done
 
-kill "$service_pid" && wait "$service_pid" || true
-service_pid=""
 echo
 echo "== state digest in redis vs a file replay of the same events"
 stored=$("$bin" digest --namespace "$run_id" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["digest"])')
@@ -89,3 +95,13 @@ replayed=$("$bin" replay --input data/ml-100k/u.data --format movielens --partit
 echo "redis   $stored"
 echo "replay  $replayed"
 [[ "$stored" == "$replayed" ]] && echo "identical" || { echo "error: digests differ" >&2; exit 1; }
+
+echo
+if $keep_running; then
+  echo "== demo page: $base/demo (sign in as a user 1 to 943, like or view movies); Ctrl-C stops"
+  wait "$service_pid" || true
+else
+  echo "== demo page: $base/demo while the service runs: scripts/quickstart.sh --keep-running"
+fi
+kill "$service_pid" && wait "$service_pid" || true
+service_pid=""

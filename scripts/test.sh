@@ -39,6 +39,15 @@ if ! command -v promtool >/dev/null; then
     || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
 fi
 
+# The demo page's browser test (tests/it/demo.rs) drives Debian's chromium through chromedriver.
+echo "== chromium and chromium-driver (Debian) for the demo page's browser test"
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+  as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null \
+    || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null; }
+fi
+
 # The compose-file test validates docker-compose.yml with check-jsonschema (PyPI, pinned), which
 # carries the Compose specification's JSON Schema; installed once into .cache/.
 echo "== check-jsonschema (PyPI) for the compose-file test"

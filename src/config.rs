@@ -302,6 +302,13 @@ impl Config {
                 "must be in 1..=10000",
             ));
         }
+        if http.demo && self.auth.enabled && self.auth.signing_key_path.is_none() {
+            return Err(invalid(
+                "http.demo",
+                &http.demo,
+                "the demo signs users in with tokens it issues: set auth.signing_key_path",
+            ));
+        }
         if let Err(rule) = crate::serve::access_log_level(&http.access_log_level) {
             return Err(invalid("http.access_log_level", &http.access_log_level, rule));
         }

@@ -141,6 +141,10 @@ enum Command {
         /// flushed: rebuild a namespace from a topic and stop.
         #[arg(long)]
         exit_when_caught_up: bool,
+        /// Serve the demo page at /demo (sets http.demo; for demonstrations only: anyone who
+        /// reaches it can sign in as any user).
+        #[arg(long)]
+        demo: bool,
     },
     /// Rebuild a namespace from the topic, headless: consume to the end (no HTTP server, no
     /// JWKS needed), flush, read the namespace back from Redis, verify its digest against the
@@ -312,8 +316,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             run_replay(&config, &input, format, partitions, json)
         }
         Command::Eval(args) => eval_cli::run_eval(&config, args),
-        Command::Run { from, namespace, alias, topic, group, listen, exit_when_caught_up } => {
+        Command::Run {
+            from,
+            namespace,
+            alias,
+            topic,
+            group,
+            listen,
+            exit_when_caught_up,
+            demo,
+        } => {
             let mut config = config;
+            config.http.demo |= demo;
             if let Some(namespace) = namespace {
                 config.store.namespace = namespace;
             }

@@ -45,7 +45,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SubjectUser {
     }
 }
 
-fn valid_id(field: &str, id: &str) -> Result<(), ApiError> {
+pub(super) fn valid_id(field: &str, id: &str) -> Result<(), ApiError> {
     if id.is_empty() || id.chars().count() > MAX_ID_CHARS {
         return Err(ApiError::new(
             ErrorCode::InvalidParameter,

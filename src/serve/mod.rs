@@ -8,6 +8,7 @@
 
 mod admin;
 mod connections;
+mod demo;
 mod events;
 mod handlers;
 mod limits;
@@ -27,9 +28,10 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::http_error::{body_rejection, ApiError, ErrorCode};
 pub use connections::serve;
+pub use demo::load_titles;
 pub use handlers::SubjectUser;
 pub use middleware::{access_log_level, cors_layer, REQUEST_ID_HEADER};
-pub use ranking::STALE_HEADER;
+pub use ranking::{NAMESPACE_HEADER, STALE_HEADER};
 
 use crate::auth::Auth;
 use crate::config::Config;
@@ -91,6 +93,14 @@ pub struct ServeConfig {
     /// Compress responses with gzip when the request's `Accept-Encoding` allows it (default
     /// true).
     pub compression: bool,
+    /// Serve the demo page at `/demo` (default false; `embedstream run --demo`). Anyone who
+    /// reaches it can sign in as any user: for demonstrations only. With auth on it needs
+    /// `auth.signing_key_path`.
+    pub demo: bool,
+    /// MovieLens-100k item file whose titles the demo page shows: RecBole's `ml-100k.item`
+    /// (what `scripts/fetch-movielens.sh` writes) or GroupLens's `u.item` (default
+    /// `data/ml-100k/ml-100k.item`; missing: item ids are shown).
+    pub demo_titles_path: String,
 }
 
 impl Default for ServeConfig {
@@ -111,6 +121,8 @@ impl Default for ServeConfig {
             cors_allowed_origins: Vec::new(),
             compression: true,
             max_batch_events: 500,
+            demo: false,
+            demo_titles_path: "data/ml-100k/ml-100k.item".to_owned(),
         }
     }
 }
@@ -353,6 +365,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
         .merge(api)
+        .merge(demo::routes(&state))
         .fallback(handlers::unknown_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes))

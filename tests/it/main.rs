@@ -8,6 +8,7 @@ mod common;
 
 mod auth;
 mod crash;
+mod demo;
 mod deploy;
 mod eval_movielens;
 mod event_contract;
