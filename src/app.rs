@@ -44,7 +44,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    run_with(config, options.into(), Some(listener), shutdown, |_| {}).await.map(|_| ())
+    run_with(config, options.into(), Some(listener), shutdown, |_, _| {}).await.map(|_| ())
 }
 
 /// What a headless rebuild did (`embedstream rebuild`).
@@ -66,8 +66,8 @@ pub struct RebuildSummary {
 
 /// Rebuilds a namespace headless: consumes the topic from `start` (where the namespace has no
 /// stored progress) until every partition is consumed, applied and flushed, with no HTTP
-/// server (so no JWKS or keys are needed), calling `progress` with the applied count every
-/// 200 ms; then reads the namespace back from Redis and compares its digest with the state in
+/// server (so no JWKS or keys are needed), calling `progress` with the events applied and the
+/// records still to consume (from librdkafka's statistics, every 5 s) every 200 ms; then reads the namespace back from Redis and compares its digest with the state in
 /// memory.
 ///
 /// # Errors
@@ -75,7 +75,7 @@ pub struct RebuildSummary {
 pub async fn rebuild(
     config: Config,
     start: StartPosition,
-    progress: impl Fn(u64) + Send + 'static,
+    progress: impl Fn(u64, u64) + Send + 'static,
 ) -> anyhow::Result<RebuildSummary> {
     let options = RunOptions { start, exit_when_caught_up: true };
     let model = run_with(config.clone(), options, None, std::future::pending(), progress).await?;
@@ -326,7 +326,7 @@ async fn run_with(
     options: RunOptions,
     listener: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    progress: impl Fn(u64) + Send + 'static,
+    progress: impl Fn(u64, u64) + Send + 'static,
 ) -> anyhow::Result<Arc<std::sync::RwLock<Model>>> {
     let RunOptions { start, exit_when_caught_up } = options;
     let metrics = Metrics::new().context("registering metrics")?;
@@ -396,7 +396,10 @@ async fn run_with(
             tokio::time::sleep(Duration::from_millis(100)).await;
             let status = Arc::clone(&caught_up_served.load().status);
             if tick % 2 == 1 {
-                progress(status.applied.load(std::sync::atomic::Ordering::Relaxed));
+                progress(
+                    status.applied.load(std::sync::atomic::Ordering::Relaxed),
+                    status.lag_records.load(std::sync::atomic::Ordering::Relaxed),
+                );
             }
             if exit_when_caught_up && status.caught_up.load(std::sync::atomic::Ordering::Relaxed) {
                 return;

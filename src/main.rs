@@ -359,19 +359,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // keys) are neither needed nor checked.
             config.auth.enabled = false;
             config.validate()?;
-            let bar = ProgressBar::new_spinner();
+            // Length: events applied plus the records still to consume (librdkafka's
+            // statistics, every 5 s), so it settles on the total as the lag is read.
+            let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} {pos} events applied ({per_sec}) {elapsed}",
+                    "{bar:40} {pos}/{len} events applied ({per_sec}, eta {eta}) {elapsed}",
                 )
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             let ticker = bar.clone();
-            let summary =
-                runtime()?.block_on(embedstream::app::rebuild(config, from, move |applied| {
+            let summary = runtime()?.block_on(embedstream::app::rebuild(
+                config,
+                from,
+                move |applied, lag| {
+                    ticker
+                        .set_length(applied.saturating_add(lag).max(ticker.length().unwrap_or(0)));
                     ticker.set_position(applied);
-                    ticker.tick();
-                }))?;
+                },
+            ))?;
             bar.finish_and_clear();
             println!("{}", serde_json::to_string(&summary)?);
             anyhow::ensure!(summary.verified, "the state read back from Redis differs from memory");

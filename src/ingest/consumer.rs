@@ -28,6 +28,7 @@ struct IngestContext {
     /// Records past the consumer's position per assigned partition, from the last statistics.
     lag: Mutex<BTreeMap<i32, i64>>,
     metrics: crate::metrics::Metrics,
+    status: Arc<super::Status>,
 }
 
 impl ClientContext for IngestContext {
@@ -58,6 +59,8 @@ impl ClientContext for IngestContext {
                 .with_label_values(&[&partition.partition.to_string()])
                 .set(lag);
         }
+        let total: i64 = lags.values().sum();
+        self.status.lag_records.store(total.max(0) as u64, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut current) = self.lag.lock() {
             *current = lags;
         }
@@ -262,6 +265,7 @@ fn run_session(
         fatal: Mutex::new(None),
         lag: Mutex::new(BTreeMap::new()),
         metrics: lock(engine).metrics.clone(),
+        status: Arc::clone(&status),
     };
     let consumer: BaseConsumer<IngestContext> = client.create_with_context(context)?;
     consumer.subscribe(&[&kafka.topic])?;

@@ -40,6 +40,9 @@ pub struct Status {
     pub namespace_lost: AtomicBool,
     /// Times the whole state was rewritten after Redis lost the namespace.
     pub namespace_rewrites: AtomicU64,
+    /// Records past the consumer's position over its assigned partitions, from librdkafka's
+    /// statistics (every 5 s; 0 until the first).
+    pub lag_records: AtomicU64,
 }
 
 /// Why the consumer paused its partitions (backpressure).

@@ -127,7 +127,7 @@ fn a_rebuild_then_a_switch_while_requests_flow_serves_each_namespace_whole() {
     rebuild.model.seed += 1;
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let summary = runtime
-        .block_on(embedstream::app::rebuild(rebuild.clone(), StartPosition::Earliest, |_| {}))
+        .block_on(embedstream::app::rebuild(rebuild.clone(), StartPosition::Earliest, |_, _| {}))
         .unwrap();
     assert!(summary.verified);
     assert_eq!(summary.events_applied, 2_000);
