@@ -206,6 +206,13 @@ impl Shared {
         let served = Arc::clone(&generation.served);
         let build_metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
+            // At or below the full-scan threshold queries scan exactly and readiness needs no
+            // snapshot: the rebuild thread builds the first one in the background, so a busy
+            // rayon pool never holds the restore up.
+            let item_count = served.read().item_count();
+            if item_count <= served.index.config().full_scan_threshold {
+                return;
+            }
             if let Some(seconds) = served.index.rebuild(&served.model) {
                 build_metrics.index_rebuild_duration.observe(seconds);
                 build_metrics.index_items.set(served.index.snapshot_len() as i64);

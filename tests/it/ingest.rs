@@ -67,6 +67,15 @@ fn steady_traffic(service: &Service, count: usize, mut send: impl FnMut(Value)) 
     applied_during
 }
 
+/// The freeze made every later event late. A few late events are the documented semantics on
+/// a loaded machine: a produce slower than the 1 s idle timeout of the tests lets the partition
+/// go idle, which closes the current window early, and the next event of that window is late
+/// (and applied with the next window). Seen once in a full test run.
+fn assert_few_late(metrics: &str) {
+    let late = metric(metrics, "embedstream_ingest_events_late_total").unwrap();
+    assert!(late <= 3.0, "{late} late events: the stream is frozen again");
+}
+
 fn wait_rejected(service: &Service, rejected: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while readyz(service)["ingest"]["rejected"].as_u64() < Some(rejected) {
@@ -89,7 +98,7 @@ fn year_5000_event_over_kafka_is_dead_lettered_and_learning_goes_on() {
     let metrics = ureq_text(&service.url("/metrics"));
     let reason = "embedstream_ingest_events_rejected_total{reason=\"too_far_in_future\"}";
     assert_eq!(metric(&metrics, reason), Some(1.0), "{metrics}");
-    assert_eq!(metric(&metrics, "embedstream_ingest_events_late_total"), Some(0.0));
+    assert_few_late(&metrics);
     assert_eq!(readyz(&service)["degraded"], json!([]));
     service.stop();
 }
@@ -179,7 +188,7 @@ fn namespace_poisoned_by_an_older_version_recovers() {
     let during = steady_traffic(&service, 16, |live| infra::produce(&config, &[record(&live)]));
     assert!(during >= 8, "only {during} of 15 live events applied while traffic went on");
     let metrics = ureq_text(&service.url("/metrics"));
-    assert_eq!(metric(&metrics, "embedstream_ingest_events_late_total"), Some(0.0));
+    assert_few_late(&metrics);
     service.stop();
     let closed_until: i64 =
         redis::cmd("HGET").arg(&meta).arg("closed_until").query(&mut connection).unwrap();
