@@ -171,13 +171,13 @@ impl Model {
     pub fn user_state(&self, row: UserRow) -> UserState {
         let index = row.0 as usize;
         UserState {
-            id: self.users.ids[index].clone(),
+            id: self.users.ids[index].to_string(),
             vector: self.users.vector(row.0).to_vec(),
             events: self.users.events[index],
             last_ts: self.users.last_ts[index],
             seen: self.user_seen[index]
                 .iter()
-                .map(|item| self.items.ids[*item as usize].clone())
+                .map(|item| self.items.ids[*item as usize].to_string())
                 .collect(),
             adagrad: self.users.adagrad[index],
         }
@@ -187,7 +187,7 @@ impl Model {
     pub fn item_state(&self, row: ItemRow) -> ItemState {
         let index = row.0 as usize;
         ItemState {
-            id: self.items.ids[index].clone(),
+            id: self.items.ids[index].to_string(),
             row: row.0,
             vector: self.items.vector(row.0).to_vec(),
             context: self.context_vector(row).to_vec(),
@@ -316,9 +316,9 @@ impl Model {
     pub fn evict_clean_users(&mut self, keep: impl Fn(&str) -> bool) -> Vec<String> {
         let clean: Vec<String> = (0..self.users.len())
             .filter(|row| !self.dirty_users.flags.get(*row).copied().unwrap_or(false))
-            .map(|row| &self.users.ids[row])
+            .map(|row| &*self.users.ids[row])
             .filter(|id| !keep(id))
-            .cloned()
+            .map(str::to_owned)
             .collect();
         clean.into_iter().filter(|id| self.evict_user(id)).collect()
     }

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -6,10 +6,14 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// Dense storage of one kind of entity (users or items): id to row, and per-row vectors and
 /// counters in flat arrays, rows in order of first appearance.
+///
+/// Each id is held once, in `ids`: the lookup table holds rows only and hashes `ids[row]`
+/// (hashbrown's `HashTable`), 4 bytes an entry instead of a second copy of the id.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Table {
-    rows: HashMap<String, u32>,
-    pub(crate) ids: Vec<String>,
+    rows: hashbrown::HashTable<u32>,
+    hasher: std::collections::hash_map::RandomState,
+    pub(crate) ids: Vec<Box<str>>,
     pub(crate) vectors: Vec<f32>,
     pub(crate) events: Vec<u64>,
     pub(crate) last_ts: Vec<i64>,
@@ -28,18 +32,26 @@ impl Table {
     }
 
     pub(crate) fn row(&self, id: &str) -> Option<u32> {
-        self.rows.get(id).copied()
+        let ids = &self.ids;
+        self.rows.find(self.hasher.hash_one(id), |row| &*ids[*row as usize] == id).copied()
+    }
+
+    /// Adds `id` as the next row (the caller checked it is absent) and returns the row.
+    fn push_id(&mut self, id: &str) -> u32 {
+        let row = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
+        self.ids.push(id.into());
+        let Self { rows, ids, hasher, .. } = self;
+        rows.insert_unique(hasher.hash_one(id), row, |row| hasher.hash_one(&*ids[*row as usize]));
+        row
     }
 
     /// The row of `id`, created with a seeded initial vector when new. The second value says
     /// whether it was created.
     pub(crate) fn row_or_insert(&mut self, id: &str, seed: u64, init_scale: f32) -> (u32, bool) {
-        if let Some(row) = self.rows.get(id) {
-            return (*row, false);
+        if let Some(row) = self.row(id) {
+            return (row, false);
         }
-        let row = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
-        self.rows.insert(id.to_owned(), row);
-        self.ids.push(id.to_owned());
+        let row = self.push_id(id);
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(xxh3_64_with_seed(id.as_bytes(), seed));
         self.vectors.extend((0..self.dim).map(|_| init_scale * symmetric_unit(&mut rng)));
         self.events.push(0);
@@ -57,9 +69,7 @@ impl Table {
         last_ts: i64,
         adagrad: f32,
     ) -> u32 {
-        let row = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
-        self.rows.insert(id.to_owned(), row);
-        self.ids.push(id.to_owned());
+        let row = self.push_id(id);
         self.vectors.extend_from_slice(vector);
         self.events.push(events);
         self.last_ts.push(last_ts);
@@ -72,15 +82,22 @@ impl Table {
     pub(crate) fn swap_remove(&mut self, row: u32) -> Option<u32> {
         let index = row as usize;
         let last = self.ids.len() - 1;
-        let removed = self.ids.swap_remove(index);
-        self.rows.remove(&removed);
+        let removed_hash = self.hasher.hash_one(&*self.ids[index]);
+        if let Ok(entry) = self.rows.find_entry(removed_hash, |r| *r == row) {
+            entry.remove();
+        }
+        self.ids.swap_remove(index);
         self.events.swap_remove(index);
         self.last_ts.swap_remove(index);
         self.adagrad.swap_remove(index);
         if index != last {
             let (dim, moved_start) = (self.dim, last * self.dim);
             self.vectors.copy_within(moved_start..moved_start + dim, index * dim);
-            self.rows.insert(self.ids[index].clone(), row);
+            let moved_hash = self.hasher.hash_one(&*self.ids[index]);
+            let last_row = last as u32;
+            if let Some(moved) = self.rows.find_mut(moved_hash, |r| *r == last_row) {
+                *moved = row;
+            }
         }
         self.vectors.truncate(last * self.dim);
         (index != last).then_some(last as u32)
@@ -108,4 +125,37 @@ impl Table {
 pub(crate) fn symmetric_unit(rng: &mut impl RngCore) -> f32 {
     let bits = (rng.next_u64() >> 40) as u32;
     (bits as f32 / (1u32 << 23) as f32) - 1.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Table;
+
+    #[test]
+    fn swap_remove_keeps_every_id_on_its_row() {
+        let mut table = Table::new(2);
+        for n in 0..50 {
+            table.row_or_insert(&format!("id{n}"), 7, 0.1);
+        }
+        // Remove from the middle, the end and the start, checking every lookup each time.
+        for victim in ["id20", "id49", "id0", "id48", "id31"] {
+            let row = table.row(victim).unwrap();
+            let moved_id = table.ids.last().unwrap().to_string();
+            let moved_vector = table.vector(table.row(&moved_id).unwrap()).to_vec();
+            table.swap_remove(row);
+            assert_eq!(table.row(victim), None);
+            if moved_id != victim {
+                assert_eq!(table.row(&moved_id), Some(row));
+                assert_eq!(table.vector(row), moved_vector.as_slice());
+            }
+            for (index, id) in table.ids.iter().enumerate() {
+                assert_eq!(table.row(id), Some(index as u32), "{id}");
+            }
+        }
+        assert_eq!(table.len(), 45);
+        let (row, created) = table.row_or_insert("id20", 7, 0.1);
+        assert!(created);
+        assert_eq!(row, 45);
+        assert_eq!(table.row_or_insert("id21", 7, 0.1), (table.row("id21").unwrap(), false));
+    }
 }

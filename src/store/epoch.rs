@@ -149,10 +149,16 @@ impl SyncStore {
     /// where readers see it, meta and progress).
     fn transact(&mut self, batch: &FlushBatch, expect: Expect) -> Result<Outcome, StoreError> {
         let key = self.keys.epoch();
+        let keys = self.keys.clone();
+        let stage_token = self.stage_token.clone();
         let mut bodies =
-            transactions(&self.keys, batch, self.seen_bound, self.max_entities, &self.stage_token);
-        let last = bodies.pop().expect("transactions() always returns the final transaction");
-        for body in bodies {
+            transactions(&keys, batch, self.seen_bound, self.max_entities, &stage_token).peekable();
+        while let Some(body) = bodies.next() {
+            if bodies.peek().is_none() {
+                return self.with("flush", |connection| {
+                    transaction(connection, body, expect, key, Role::Final)
+                });
+            }
             let staged = self.with("flush", |connection| {
                 transaction(connection, body, expect.clone(), key.clone(), Role::Staging)
             })?;
@@ -160,7 +166,9 @@ impl SyncStore {
                 return Ok(staged);
             }
         }
-        self.with("flush", |connection| transaction(connection, last, expect, key, Role::Final))
+        // transactions() always yields a final transaction; were it not to, nothing was made
+        // visible, which is what an aborted flush means (the next flush tries again).
+        Ok(Outcome::Aborted)
     }
 }
 

@@ -96,65 +96,77 @@ pub struct FlushBatch {
 /// The transactions of one flush, in order, each an atomic pipeline without the epoch
 /// commands: every one but the last writes staging keys only; the last writes in place,
 /// promotes the staged keys, and writes meta and progress. One transaction when the batch holds
-/// at most `max_entities` users and items.
-pub fn transactions(
-    keys: &Keys,
-    batch: &FlushBatch,
+/// at most `max_entities` users and items. Built one at a time as the caller takes them, so a
+/// large flush (the first after a catch-up writes every new user) holds one transaction's
+/// commands in memory, not all of them.
+pub fn transactions<'a>(
+    keys: &'a Keys,
+    batch: &'a FlushBatch,
     seen_bound: usize,
     max_entities: usize,
     stage_token: &str,
-) -> Vec<Pipeline> {
+) -> impl Iterator<Item = Pipeline> + 'a {
     let max_entities = max_entities.max(1);
     let entities = batch.users.len() + batch.items.len();
     let staged_chunks = entities.saturating_sub(1) / max_entities;
     let staging =
         Staging { prefix: keys.staging_prefix(stage_token), set: keys.staging(stage_token) };
-    let mut pipelines = Vec::with_capacity(staged_chunks + 1);
     let mut users = batch.users.iter();
     let mut items = batch.items.iter();
-    for _ in 0..staged_chunks {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut staged_names = Vec::new();
-        for _ in 0..max_entities {
-            if let Some(user) = users.next() {
-                stage_user(&mut pipe, keys, &staging, user, &mut staged_names);
-            } else if let Some(item) = items.next() {
-                let name = keys.item(&item.id);
-                let staged = staging.name(&name);
-                pipe.cmd("DEL").arg(&staged).ignore();
-                item_hset(&mut pipe, &staged, item);
-                pipe.cmd("EXPIRE").arg(&staged).arg(STAGING_TTL_S).ignore();
-                staged_names.push(name);
+    let mut built = 0;
+    std::iter::from_fn(move || {
+        if built > staged_chunks {
+            return None;
+        }
+        built += 1;
+        if built <= staged_chunks {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            let mut staged_names = Vec::new();
+            for _ in 0..max_entities {
+                if let Some(user) = users.next() {
+                    stage_user(&mut pipe, keys, &staging, user, &mut staged_names);
+                } else if let Some(item) = items.next() {
+                    let name = keys.item(&item.id);
+                    let staged = staging.name(&name);
+                    pipe.cmd("DEL").arg(&staged).ignore();
+                    item_hset(&mut pipe, &staged, item);
+                    pipe.cmd("EXPIRE").arg(&staged).arg(STAGING_TTL_S).ignore();
+                    staged_names.push(name);
+                }
             }
+            pipe.cmd("SADD").arg(&staging.set).arg(&staged_names).ignore();
+            pipe.cmd("EXPIRE").arg(&staging.set).arg(STAGING_TTL_S).ignore();
+            return Some(pipe);
         }
-        pipe.cmd("SADD").arg(&staging.set).arg(&staged_names).ignore();
-        pipe.cmd("EXPIRE").arg(&staging.set).arg(STAGING_TTL_S).ignore();
-        pipelines.push(pipe);
-    }
-    let mut last = redis::pipe();
-    last.atomic();
-    for user in users {
-        user_in_place(&mut last, keys, user, seen_bound);
-    }
-    for item in items {
-        item_hset(&mut last, &keys.item(&item.id), item);
-    }
-    if staged_chunks > 0 {
-        last.cmd("EVAL").arg(PROMOTE_STAGED).arg(1).arg(&staging.set).arg(&staging.prefix).ignore();
-    }
-    catalogue(&mut last, keys, batch);
-    meta(&mut last, keys, batch);
-    if !batch.progress.is_empty() {
-        let mut progress = redis::cmd("HSET");
-        progress.arg(keys.progress(&batch.topic));
-        for (partition, stored) in &batch.progress {
-            progress.arg(partition).arg(serde_json::to_string(stored).unwrap_or_default());
+        let mut last = redis::pipe();
+        last.atomic();
+        for user in users.by_ref() {
+            user_in_place(&mut last, keys, user, seen_bound);
         }
-        last.add_command(progress).ignore();
-    }
-    pipelines.push(last);
-    pipelines
+        for item in items.by_ref() {
+            item_hset(&mut last, &keys.item(&item.id), item);
+        }
+        if staged_chunks > 0 {
+            last.cmd("EVAL")
+                .arg(PROMOTE_STAGED)
+                .arg(1)
+                .arg(&staging.set)
+                .arg(&staging.prefix)
+                .ignore();
+        }
+        catalogue(&mut last, keys, batch);
+        meta(&mut last, keys, batch);
+        if !batch.progress.is_empty() {
+            let mut progress = redis::cmd("HSET");
+            progress.arg(keys.progress(&batch.topic));
+            for (partition, stored) in &batch.progress {
+                progress.arg(partition).arg(serde_json::to_string(stored).unwrap_or_default());
+            }
+            last.add_command(progress).ignore();
+        }
+        Some(last)
+    })
 }
 
 struct Staging {

@@ -72,7 +72,7 @@ fn names(pipe: &Pipeline) -> Vec<String> {
 }
 
 fn build(batch: &FlushBatch, max_entities: usize) -> Vec<Pipeline> {
-    transactions(&Keys::new("ns"), batch, 500, max_entities, "t0")
+    transactions(&Keys::new("ns"), batch, 500, max_entities, "t0").collect()
 }
 
 #[test]
