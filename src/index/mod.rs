@@ -67,6 +67,12 @@ pub struct IndexConfig {
     /// Least time between the starts of two rebuilds, ms (default 5000): under bulk ingest
     /// every event touches 17 items, and back-to-back rebuilds would take a core from the fold.
     pub rebuild_interval_ms: u64,
+    /// Threads an index build uses, in a rayon pool of the index's own (default 1): a rebuild
+    /// then never takes more than this many cores from the fold. Seen: with the global pool
+    /// (every core), rebuilds of a 100,000-item catalogue during a catch-up took three quarters
+    /// of the CPU and the fold ran at a seventh of its speed. 0: rayon's global pool, every
+    /// core.
+    pub build_threads: usize,
 }
 
 impl Default for IndexConfig {
@@ -80,6 +86,7 @@ impl Default for IndexConfig {
             rebuild_fresh_share: 0.1,
             rebuild_min_fresh: 256,
             rebuild_interval_ms: 5000,
+            build_threads: 1,
         }
     }
 }
@@ -96,6 +103,8 @@ pub struct Index {
     fresh_view: RwLock<Arc<FreshView>>,
     building: Mutex<bool>,
     last_build_started: Mutex<Option<Instant>>,
+    /// The pool builds run in (`None`: rayon's global pool).
+    pool: Option<rayon::ThreadPool>,
 }
 
 /// What a query returned and how.
@@ -112,7 +121,20 @@ pub struct QueryResult {
 impl Index {
     /// An empty index (no snapshot yet: queries scan exactly).
     pub fn new(config: IndexConfig) -> Self {
+        let pool = (config.build_threads > 0)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(config.build_threads)
+                    .thread_name(|n| format!("index-build-{n}"))
+                    .build()
+                    .map_err(|error| {
+                        tracing::warn!(%error, "index build pool: using rayon's global pool");
+                    })
+                    .ok()
+            })
+            .flatten();
         Self {
+            pool,
             config,
             snapshot: RwLock::new(None),
             fresh: Mutex::new(Fresh::default()),
@@ -230,7 +252,10 @@ impl Index {
             let sequence = self.fresh.lock().map_or(0, |fresh| fresh.sequence);
             (snapshot::ItemsCopy::of(&model), sequence)
         };
-        let built = Snapshot::build(copy, &self.config);
+        let built = match &self.pool {
+            Some(pool) => pool.install(|| Snapshot::build(copy, &self.config)),
+            None => Snapshot::build(copy, &self.config),
+        };
         if let (Some(built), Ok(mut fresh)) = (built, self.fresh.lock()) {
             // Interactions noted while building stay fresh; everything else is in the new graph.
             fresh.rows.retain(|_, sequence| *sequence > noted_before_copy);

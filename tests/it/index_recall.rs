@@ -66,6 +66,8 @@ fn recall_on_movielens_items_while_updates_arrive() {
     let index = Index::new(IndexConfig {
         rebuild_interval_ms: 0,
         full_scan_threshold: 0,
+        // Every core: a test of the graph alone, with no fold to spare a core for.
+        build_threads: 0,
         ..IndexConfig::default()
     });
     index.rebuild(&model).unwrap();
@@ -151,6 +153,8 @@ fn recall_on_100000_synthetic_items() {
         ef_construction: 100,
         rebuild_interval_ms: 0,
         full_scan_threshold: 0,
+        // Every core: a test of the graph alone, with no fold to spare a core for.
+        build_threads: 0,
         ..IndexConfig::default()
     };
     let index = Index::new(index_config);
@@ -219,6 +223,8 @@ fn a_quiet_index_converges_to_a_snapshot_covering_the_catalogue() {
         rebuild_interval_ms: 0,
         full_scan_threshold: 0,
         ef_construction: 50,
+        // Every core: a test of the graph alone, with no fold to spare a core for.
+        build_threads: 0,
         ..IndexConfig::default()
     };
     let index = std::sync::Arc::new(Index::new(config));
@@ -277,6 +283,8 @@ fn exact_scan_below_the_threshold_and_exclusions_on_both_paths() {
         let config = IndexConfig {
             full_scan_threshold: threshold,
             ef_construction: 50,
+            // Every core: a test of the graph alone, with no fold to spare a core for.
+            build_threads: 0,
             ..IndexConfig::default()
         };
         let index = Index::new(config);
@@ -309,6 +317,8 @@ fn exact_scan_below_the_threshold_and_exclusions_on_both_paths() {
     let index = Index::new(IndexConfig {
         full_scan_threshold: 0,
         ef_construction: 50,
+        // Every core: a test of the graph alone, with no fold to spare a core for.
+        build_threads: 0,
         ..IndexConfig::default()
     });
     drop(guard);

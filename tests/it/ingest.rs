@@ -109,7 +109,10 @@ fn year_5000_event_over_kafka_is_dead_lettered_and_learning_goes_on() {
 #[test]
 fn below_the_full_scan_threshold_readiness_and_rankings_do_not_wait_for_the_graph() {
     let name = infra::unique("no-graph");
-    let config = one_partition_config(&name);
+    let mut config = one_partition_config(&name);
+    // Builds on rayon's global pool, which this test holds (the default is a pool of the
+    // index's own, which would build regardless).
+    config.index.build_threads = 0;
     // Every thread of the global pool waits until the end: no snapshot can be built.
     let (release, wait) = std::sync::mpsc::channel::<()>();
     let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));
