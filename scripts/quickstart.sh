@@ -99,6 +99,8 @@ echo "replay  $replayed"
 echo
 if $keep_running; then
   echo "== demo page: $base/demo (sign in as a user 1 to 943, like or view movies); Ctrl-C stops"
+  # With a trap, the signal ends the wait at once; the EXIT trap then stops everything.
+  trap 'echo; echo "== stopping"; exit 0' INT TERM
   wait "$service_pid" || true
 else
   echo "== demo page: $base/demo while the service runs: scripts/quickstart.sh --keep-running"
