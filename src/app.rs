@@ -308,16 +308,22 @@ async fn resolve_alias(
     .with_context(|| format!("resolving alias {alias}"))
 }
 
-/// Where `alias` points now, and the model configuration stored in that namespace (`None`:
-/// it holds no model); `None` when Redis cannot say (the next poll asks again).
+/// Where `alias` points now (read with `redis`, one connection kept across polls) and, when
+/// that is not `current`, the model configuration stored there (`None`: it holds no model);
+/// `None` when Redis cannot say (the next poll asks again).
 async fn read_alias(
+    redis: &Arc<Mutex<SyncStore>>,
     store: &crate::store::StoreConfig,
     alias: &str,
+    current: &str,
 ) -> Option<(String, Option<ModelConfig>)> {
-    let (store, alias) = (store.clone(), alias.to_owned());
+    let (redis, store, alias, current) =
+        (Arc::clone(redis), store.clone(), alias.to_owned(), current.to_owned());
     tokio::task::spawn_blocking(move || {
-        let mut redis = SyncStore::new(&store).ok()?;
-        let target = redis.alias_target(&alias).ok()??;
+        let target = redis.lock().ok()?.alias_target(&alias).ok()??;
+        if target == current {
+            return Some((target, None));
+        }
         let mut target_store =
             SyncStore::new(&crate::store::StoreConfig { namespace: target.clone(), ..store })
                 .ok()?;
@@ -416,12 +422,13 @@ async fn run_with(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut caught_up = std::pin::pin!(caught_up);
     let poll = Duration::from_millis(config.store.alias_poll_ms.max(1));
+    let alias_redis = Arc::new(Mutex::new(SyncStore::new(&config.store)?));
     let mut failed: Option<(String, std::time::Instant)> = None;
     loop {
         let alias_moved = async {
             let Some(alias) = &alias else { return std::future::pending().await };
             tokio::time::sleep(poll).await;
-            read_alias(&config.store, alias).await
+            read_alias(&alias_redis, &config.store, alias, &current.served.namespace).await
         };
         let current_cancel = current.cancel.clone();
         tokio::select! {

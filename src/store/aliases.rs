@@ -112,25 +112,7 @@ impl SyncStore {
     /// [`StoreError`] for Redis failures.
     pub fn namespaces(&mut self) -> Result<Vec<String>, StoreError> {
         self.with("namespaces", |mut connection| async move {
-            let mut candidates = Vec::new();
-            let mut cursor = 0u64;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg("*:meta")
-                    .arg("COUNT")
-                    .arg(1000)
-                    .arg("TYPE")
-                    .arg("hash")
-                    .query_async(&mut connection)
-                    .await?;
-                candidates.extend(keys);
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
+            let candidates = scan(&mut connection, "*:meta", Some("hash")).await?;
             let mut namespaces = Vec::new();
             for key in candidates {
                 if connection.hexists::<_, _, bool>(&key, "dim").await? {
@@ -157,7 +139,7 @@ impl SyncStore {
             let users: u64 = connection.scard(keys.users()).await?;
             let items: u64 = connection.zcard(keys.items()).await?;
             let pattern = format!("{}*", glob_escape(&keys.progress("")));
-            let progress_keys = scan(&mut connection, &pattern).await?;
+            let progress_keys = scan(&mut connection, &pattern, None).await?;
             let mut progress = BTreeMap::new();
             for key in progress_keys {
                 let fields: BTreeMap<String, String> = connection.hgetall(&key).await?;
@@ -221,7 +203,7 @@ impl SyncStore {
             .collect();
         let pattern = format!("{}:*", glob_escape(&namespace));
         self.with("drop_namespace", |mut connection| async move {
-            let keys = scan(&mut connection, &pattern).await?;
+            let keys = scan(&mut connection, &pattern, None).await?;
             let doomed: Vec<&String> = keys
                 .iter()
                 .filter(|key| !nested.iter().any(|prefix| key.starts_with(prefix.as_str())))
@@ -236,22 +218,22 @@ impl SyncStore {
     }
 }
 
-/// Every key matching `pattern` (SCAN, so Redis is never blocked by a `KEYS`).
+/// Every key matching `pattern`, of type `of_type` when given (SCAN, so Redis is never
+/// blocked by a `KEYS`).
 async fn scan(
     connection: &mut redis::aio::MultiplexedConnection,
     pattern: &str,
+    of_type: Option<&str>,
 ) -> redis::RedisResult<Vec<String>> {
     let mut keys = Vec::new();
     let mut cursor = 0u64;
     loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(connection)
-            .await?;
+        let mut command = redis::cmd("SCAN");
+        command.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+        if let Some(of_type) = of_type {
+            command.arg("TYPE").arg(of_type);
+        }
+        let (next, batch): (u64, Vec<String>) = command.query_async(connection).await?;
         keys.extend(batch);
         cursor = next;
         if cursor == 0 {
