@@ -33,13 +33,7 @@ fn keys_matching(redis: &OwnRedis, pattern: &str) -> Vec<String> {
 /// backlog): the stored state still equals the replay, bit for bit, and no staging key is left.
 #[test]
 fn bounded_flush_transactions_with_evicted_users_give_the_replay_digest() {
-    let name = infra::unique("flush-bounded");
-    let redis = OwnRedis::start(&name);
-    let mut config = infra::test_config(&name);
-    config.store.url = redis.url();
-    infra::create_topics(&[(&config.kafka.topic, 4), (&config.kafka.dead_letter_topic, 1)]);
-    let records = infra::movielens_records();
-    infra::produce(&config, &records);
+    let (redis, config, records) = common::faults::movielens_on_own_redis("flush-bounded");
     let settings = [
         ("EMBEDSTREAM_INGEST__FLUSH_MAX_ENTITIES", "50"),
         ("EMBEDSTREAM_INGEST__USER_CACHE_CAPACITY", "100"),

@@ -17,7 +17,9 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::faults::{stored_applied, wait_for_ghost_to_leave, OwnRedis, ServiceProcess};
+use common::faults::{
+    movielens_on_own_redis, stored_applied, wait_for_ghost_to_leave, OwnRedis, ServiceProcess,
+};
 use common::http::{get_within, metric};
 use common::infra;
 use embedstream::config::Config;
@@ -30,18 +32,6 @@ const FAST_REDIS: [(&str, &str); 4] = [
     ("EMBEDSTREAM_STORE__COMMAND_TIMEOUT_MS", "500"),
     ("EMBEDSTREAM_STORE__BREAKER__OPEN_MS", "1000"),
 ];
-
-/// Own Redis, config pointing at it, 4-partition topic holding MovieLens-100k.
-fn setup(prefix: &str) -> (OwnRedis, Config, Vec<embedstream::source::Record>) {
-    let name = infra::unique(prefix);
-    let redis = OwnRedis::start(&name);
-    let mut config = infra::test_config(&name);
-    config.store.url = redis.url();
-    infra::create_topics(&[(&config.kafka.topic, 4), (&config.kafka.dead_letter_topic, 1)]);
-    let records = infra::movielens_records();
-    infra::produce(&config, &records);
-    (redis, config, records)
-}
 
 fn wait_stored(config: &Config, service: &mut ServiceProcess, threshold: u64) {
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -73,7 +63,7 @@ fn readyz(service: &ServiceProcess) -> Value {
 
 #[test]
 fn redis_restarted_empty_mid_ingest_gets_the_whole_state_rewritten() {
-    let (mut redis, config, records) = setup("redis-empty");
+    let (mut redis, config, records) = movielens_on_own_redis("redis-empty");
     // Ingest pauses during the outage, so that it goes on after the rewrite.
     let settings =
         [FAST_REDIS.as_slice(), &[("EMBEDSTREAM_INGEST__MAX_UNFLUSHED_EVENTS", "10000")]].concat();
@@ -96,7 +86,7 @@ fn redis_restarted_empty_mid_ingest_gets_the_whole_state_rewritten() {
 
 #[test]
 fn redis_flushed_while_users_live_only_in_redis_stops_the_service_and_a_restart_rebuilds() {
-    let (_redis, config, records) = setup("redis-flushall");
+    let (_redis, config, records) = movielens_on_own_redis("redis-flushall");
     // A user cache far below the 943 users: most users live only in Redis.
     let small_cache =
         [FAST_REDIS.as_slice(), &[("EMBEDSTREAM_INGEST__USER_CACHE_CAPACITY", "50")]].concat();
@@ -136,7 +126,7 @@ struct Observed {
 
 #[test]
 fn redis_frozen_by_sigstop_folds_on_then_pauses_and_readyz_tells_the_truth() {
-    let (redis, config, records) = setup("redis-frozen");
+    let (redis, config, records) = movielens_on_own_redis("redis-frozen");
     let limit = 5_000u64;
     let limit_env = limit.to_string();
     let settings =

@@ -254,6 +254,21 @@ fn ping(port: u16) -> bool {
         .is_ok()
 }
 
+/// A Redis of the test's own, a configuration pointing at it, and a 4-partition topic holding
+/// MovieLens-100k (returned too, for replay digests).
+pub fn movielens_on_own_redis(
+    prefix: &str,
+) -> (OwnRedis, Config, Vec<embedstream::source::Record>) {
+    let name = super::infra::unique(prefix);
+    let redis = OwnRedis::start(&name);
+    let mut config = super::infra::test_config(&name);
+    config.store.url = redis.url();
+    super::infra::create_topics(&[(&config.kafka.topic, 4), (&config.kafka.dead_letter_topic, 1)]);
+    let records = super::infra::movielens_records();
+    super::infra::produce(&config, &records);
+    (redis, config, records)
+}
+
 /// A "Redis" that accepts connections and reads whatever it is sent, but never writes a byte.
 /// Its threads live as long as the test process.
 pub fn mute_redis() -> u16 {
