@@ -5,7 +5,6 @@
 //!
 //! Usage: `ranking_crossover [sizes...]` (default 1682 5000 10000 20000 50000 100000).
 
-use std::sync::RwLock;
 use std::time::Instant;
 
 use embedstream::index::{exact_top_k, Excluded, Index, IndexConfig};
@@ -51,10 +50,10 @@ fn main() {
                 })
                 .expect("restore");
         }
-        let model = RwLock::new(model);
+        let model = embedstream::model::ModelLock::new(model);
         let index = Index::new(IndexConfig { full_scan_threshold: 0, ..IndexConfig::default() });
         let build = index.rebuild(&model).unwrap_or(0.0);
-        let model = model.read().expect("model lock");
+        let model = model.read();
         let users: Vec<Vec<f32>> =
             (0..queries).map(|user| clustered(dim, user * 13 + 5, 0.3)).collect();
         let excluded: Vec<Excluded> = (0..queries)

@@ -80,7 +80,7 @@ pub async fn rebuild(
     let options = RunOptions { start, exit_when_caught_up: true };
     let model = run_with(config.clone(), options, None, std::future::pending(), progress).await?;
     let (digest, events_applied, users, items) = {
-        let model = model.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let model = model.read();
         (model.digest(), model.events_applied(), model.user_count(), model.item_count())
     };
     let read_config = config.clone();
@@ -340,7 +340,7 @@ async fn run_with(
     listener: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     progress: impl Fn(u64, u64) + Send + 'static,
-) -> anyhow::Result<Arc<std::sync::RwLock<Model>>> {
+) -> anyhow::Result<Arc<crate::model::ModelLock>> {
     let RunOptions { start, exit_when_caught_up } = options;
     let metrics = Metrics::new().context("registering metrics")?;
     let redis_breaker = Arc::new(CircuitBreaker::new(

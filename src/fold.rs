@@ -5,13 +5,15 @@
 //! Kafka consumer drive this same code, which is why a replay can verify a live run by digest.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
+
+use parking_lot::{RwLockReadGuard, RwLockWriteGuard};
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::{Config, ConfigError};
 use crate::event::{decode, DecodeLimits, Event, EventTime, EventTypes, RejectReason};
-use crate::model::{Model, SeenWrite, UserState};
+use crate::model::{Model, ModelLock, SeenWrite, UserState};
 use crate::window::{Admission, ClosedWindow, Position, Windows};
 
 /// A record the fold refused, with its stable reason and a human-readable message.
@@ -46,6 +48,12 @@ impl FoldStats {
         self.rejected.values().sum()
     }
 }
+
+/// Events a window applies under one hold of the model's write lock before it lets waiting
+/// readers in ([`RwLockWriteGuard::bump`]). A window of a busy stream holds thousands of events
+/// (about 30 us each at the default model), and a ranking request waiting for the whole window
+/// waited tens of milliseconds; 128 events are about 4 ms.
+const EVENTS_PER_LOCK_HOLD: usize = 128;
 
 /// Remembers the last `capacity` event ids (by 64-bit hash) to drop retried duplicates.
 #[derive(Debug, Default)]
@@ -104,7 +112,7 @@ pub struct Fold {
     types: EventTypes,
     limits: DecodeLimits,
     windows: Windows<Event>,
-    model: Arc<RwLock<Model>>,
+    model: Arc<ModelLock>,
     dedup: DedupHorizon,
     stats: FoldStats,
     /// Closed windows not yet applied because a user could not be loaded.
@@ -124,7 +132,7 @@ impl Fold {
             types: config.events.event_types()?,
             limits: config.events.limits,
             windows: Windows::new(config.window),
-            model: Arc::new(RwLock::new(Model::new(config.model.clone())?)),
+            model: Arc::new(ModelLock::new(Model::new(config.model.clone())?)),
             dedup: DedupHorizon {
                 capacity: config.fold.dedup_horizon_events,
                 ..DedupHorizon::default()
@@ -135,18 +143,19 @@ impl Fold {
         })
     }
 
-    /// The model as folded so far (a read lock: readers never see half a window).
+    /// The model as folded so far (a read lock; a reader may see a window part applied, up to
+    /// a multiple of [`EVENTS_PER_LOCK_HOLD`] of its events).
     pub fn model(&self) -> RwLockReadGuard<'_, Model> {
-        self.model.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.model.read()
     }
 
     /// The model for writing (restore).
     pub fn model_mut(&self) -> RwLockWriteGuard<'_, Model> {
-        self.model.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.model.write()
     }
 
     /// A handle to the shared model, for readers on other threads.
-    pub fn shared_model(&self) -> Arc<RwLock<Model>> {
+    pub fn shared_model(&self) -> Arc<ModelLock> {
         Arc::clone(&self.model)
     }
 
@@ -295,8 +304,14 @@ impl Fold {
 
     fn apply_window(&mut self, window: ClosedWindow<Event>, done: &mut Vec<Position>) {
         self.stats.windows_closed += 1;
-        let mut model = self.model.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for windowed in window.events {
+        let mut model = self.model.write();
+        for (n, windowed) in window.events.into_iter().enumerate() {
+            if n > 0 && n % EVENTS_PER_LOCK_HOLD == 0 {
+                // Readers (ranking requests) waiting for the lock get it now, fairly, and the
+                // window goes on after them: a request waits for at most one chunk of a window,
+                // not the whole window.
+                RwLockWriteGuard::bump(&mut model);
+            }
             done.push(windowed.position);
             let event = windowed.value;
             if !self.dedup.first_time(&event.event_id) {
@@ -315,6 +330,69 @@ impl Fold {
                 Some(self.newest_applied_ts.map_or(event.ts.0, |newest| newest.max(event.ts.0)));
             self.stats.late += u64::from(windowed.late);
             self.stats.applied += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::{Fold, NoStoredUsers, EVENTS_PER_LOCK_HOLD};
+    use crate::config::Config;
+    use crate::event::EventTime;
+    use crate::window::Position;
+
+    #[test]
+    fn readers_waiting_for_the_model_get_in_during_a_large_window() {
+        let mut fold = Fold::new(&Config::default()).unwrap();
+        fold.windows_mut().register_partition(0, 0);
+        // 200 chunks (a few tenths of a second): the reader is scheduled during one even on a
+        // loaded machine.
+        let events = EVENTS_PER_LOCK_HOLD * 200;
+        for offset in 0..events {
+            let record = serde_json::json!({
+                "event_id": format!("e{offset}"),
+                "user_id": format!("u{}", offset % 97),
+                "item_id": format!("i{}", offset % 331),
+                "event_type": "view",
+                "ts": 1_700_000_000_000i64,
+            });
+            let position = Position { partition: 0, offset: offset as i64 };
+            let bound = Some(EventTime(i64::MAX / 2));
+            fold.offer(record.to_string().as_bytes(), position, bound, 0).unwrap();
+        }
+        let model = fold.shared_model();
+        let done = Arc::new(AtomicBool::new(false));
+        // A reader asking for the lock again and again, as ranking requests do under load; it
+        // records how many events it found applied each time.
+        let reader = {
+            let (model, done) = (Arc::clone(&model), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !done.load(Ordering::Acquire) {
+                    seen.push(model.read().events_applied());
+                }
+                seen
+            })
+        };
+        // Let the reader start asking before the window is applied.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let closed = fold.drain(&mut NoStoredUsers);
+        assert_eq!(closed.len(), 1, "one window");
+        done.store(true, Ordering::Release);
+        let seen = reader.join().unwrap();
+        let total = events as u64;
+        assert_eq!(fold.model().events_applied(), total);
+        let inside = seen.iter().filter(|applied| **applied > 0 && **applied < total).count();
+        assert!(
+            inside > 0,
+            "the reader waited for the whole window of {total} events (saw only {:?})",
+            seen.iter().collect::<std::collections::BTreeSet<_>>()
+        );
+        for applied in seen.iter().filter(|applied| **applied > 0 && **applied < total) {
+            assert_eq!(applied % EVENTS_PER_LOCK_HOLD as u64, 0, "chunks of whole events");
         }
     }
 }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{ItemRow, Model};
+use crate::model::{ItemRow, Model, ModelLock};
 
 pub use exact::{exact_top_k, popular_top_k, similar_items, Excluded, ScoredItem};
 use fresh::{Fresh, FreshView};
@@ -64,6 +64,14 @@ pub struct IndexConfig {
     pub rebuild_fresh_share: f64,
     /// ... and at least this many items (default 256).
     pub rebuild_min_fresh: usize,
+    /// Rank by the exact scan, even above `full_scan_threshold`, while the items scored outside
+    /// the graph are more than this share of all items (default 0.2). Under bulk ingest every
+    /// event moves 33 items and the tier outgrows the graph faster than rebuilds catch up (seen:
+    /// 99,791 of 100,000 items); scoring them row by row, plus the graph search, then costs more
+    /// than one contiguous scan: on the development machine a graph query over 100,000 items
+    /// took 1.1 ms against 1.6 ms for the scan of every item (BENCHMARKS.md, "Ranking"), so the
+    /// graph stops paying once about a fifth of the catalogue must be scored beside it.
+    pub exact_scan_share: f64,
     /// Least time between the starts of two rebuilds, ms (default 5000): under bulk ingest
     /// every event touches 17 items, and back-to-back rebuilds would take a core from the fold.
     pub rebuild_interval_ms: u64,
@@ -85,6 +93,7 @@ impl Default for IndexConfig {
             ef_search: 128,
             rebuild_fresh_share: 0.1,
             rebuild_min_fresh: 256,
+            exact_scan_share: 0.2,
             rebuild_interval_ms: 5000,
             build_threads: 1,
         }
@@ -235,7 +244,7 @@ impl Index {
     /// Builds a new snapshot from the model's current item vectors and swaps it in. Copies the
     /// vectors under the read lock, builds without it. Returns the build time in seconds, or
     /// `None` when another build is running or there is nothing to index.
-    pub fn rebuild(&self, model: &RwLock<Model>) -> Option<f64> {
+    pub fn rebuild(&self, model: &ModelLock) -> Option<f64> {
         {
             let mut building = self.building.lock().ok()?;
             if *building {
@@ -248,7 +257,7 @@ impl Index {
             *last = Some(started);
         }
         let (copy, noted_before_copy) = {
-            let model = model.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let model = model.read();
             let sequence = self.fresh.lock().map_or(0, |fresh| fresh.sequence);
             (snapshot::ItemsCopy::of(&model), sequence)
         };
@@ -283,15 +292,14 @@ impl Index {
     /// The thread could not be started.
     pub fn keep_converged(
         self: &Arc<Self>,
-        model: Arc<RwLock<Model>>,
+        model: Arc<ModelLock>,
         cancel: CancellationToken,
         on_built: impl Fn(&Index, f64) + Send + 'static,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let index = Arc::clone(self);
         std::thread::Builder::new().name("index-rebuild".to_owned()).spawn(move || {
             while !cancel.is_cancelled() {
-                let item_count =
-                    model.read().unwrap_or_else(std::sync::PoisonError::into_inner).item_count();
+                let item_count = model.read().item_count();
                 if index.needs_rebuild(item_count) {
                     if let Some(seconds) = index.rebuild(&model) {
                         on_built(&index, seconds);
@@ -329,9 +337,10 @@ impl Index {
     }
 
     /// Top `k` items for query vector `query` by s = query.q + b, skipping `excluded`: an exact
-    /// scan of the item matrix up to `full_scan_threshold` items or without a snapshot; above
-    /// it, HNSW candidates ([`Index::graph_candidates`]) plus every item scored outside the
-    /// graph, re-scored exactly.
+    /// scan of the item matrix up to `full_scan_threshold` items, without a snapshot, or while
+    /// more than `exact_scan_share` of the items lie outside the graph; otherwise HNSW
+    /// candidates ([`Index::graph_candidates`]) plus every item scored outside the graph,
+    /// re-scored exactly.
     pub fn top_k(
         &self,
         model: &Model,
@@ -341,7 +350,12 @@ impl Index {
     ) -> QueryResult {
         let item_count = model.item_count();
         let fresh = self.view();
-        let snapshot = self.current().filter(|_| item_count > self.config.full_scan_threshold);
+        let snapshot = self.current().filter(|snapshot| {
+            let indexed = snapshot.len().min(item_count);
+            let outside = fresh.below(indexed).len() + (item_count - indexed);
+            item_count > self.config.full_scan_threshold
+                && outside as f64 <= self.config.exact_scan_share * item_count as f64
+        });
         let Some(snapshot) = snapshot else {
             let items = exact_top_k(model, query, k, excluded);
             return QueryResult { candidates: item_count, items, used_ann: false };
@@ -368,9 +382,9 @@ mod tests {
     #[test]
     fn no_rebuild_below_the_full_scan_threshold_once_a_snapshot_exists() {
         use crate::model::{ItemRow, Model, ModelConfig};
-        let model = std::sync::RwLock::new(Model::new(ModelConfig::default()).unwrap());
+        let model = crate::model::ModelLock::new(Model::new(ModelConfig::default()).unwrap());
         for n in 0..300 {
-            model.write().unwrap().apply(&format!("e{n}"), "u", &format!("i{n}"), n, 1.0);
+            model.write().apply(&format!("e{n}"), "u", &format!("i{n}"), n, 1.0);
         }
         for threshold in [1_000, 0] {
             let config = IndexConfig {
@@ -386,6 +400,32 @@ mod tests {
             // Every item is fresh: only the graph path (threshold 0) needs a new snapshot.
             assert_eq!(index.needs_rebuild(300), threshold == 0, "threshold {threshold}");
         }
+    }
+
+    #[test]
+    fn the_exact_scan_answers_while_too_much_of_the_catalogue_is_outside_the_graph() {
+        use super::Excluded;
+        use crate::model::{ItemRow, Model, ModelConfig};
+        let model = crate::model::ModelLock::new(Model::new(ModelConfig::default()).unwrap());
+        for n in 0..500 {
+            model.write().apply(&format!("e{n}"), "u", &format!("i{n}"), n, 1.0);
+        }
+        let config =
+            IndexConfig { full_scan_threshold: 0, exact_scan_share: 0.2, ..IndexConfig::default() };
+        let index = Index::new(config);
+        index.rebuild(&model).unwrap();
+        let model = model.read();
+        let query = model.query_vector(model.user_row("u").unwrap());
+        let excluded = Excluded::default();
+        // The snapshot covers every item; its tier is only the unindexable rows, if any.
+        assert!(index.top_k(&model, &query, 10, &excluded).used_ann);
+        index.note_changed((0..100).map(ItemRow));
+        assert!(index.top_k(&model, &query, 10, &excluded).used_ann, "100 of 500: a fifth");
+        index.note_changed((100..101).map(ItemRow));
+        let scanned = index.top_k(&model, &query, 10, &excluded);
+        assert!(!scanned.used_ann, "101 of 500 outside the graph: the scan answers");
+        assert_eq!(scanned.candidates, 500);
+        assert_eq!(scanned.items, super::exact_top_k(&model, &query, 10, &excluded));
     }
 
     #[test]

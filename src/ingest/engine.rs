@@ -155,7 +155,7 @@ impl Engine {
     }
 
     /// The shared model handle.
-    pub fn shared_model(&self) -> Arc<std::sync::RwLock<crate::model::Model>> {
+    pub fn shared_model(&self) -> Arc<crate::model::ModelLock> {
         self.fold.shared_model()
     }
 

@@ -33,6 +33,10 @@ pub use vector::{dot, log_add_exp, sigmoid};
 
 use table::Table;
 
+/// The lock a shared model lives in (parking_lot's: no poisoning, and a writer can hand the
+/// lock to waiting readers mid-batch with `RwLockWriteGuard::bump`).
+pub type ModelLock = parking_lot::RwLock<Model>;
+
 /// Which table a row belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RowKind {

@@ -16,7 +16,7 @@ mod middleware;
 mod ranking;
 mod sessions;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -40,7 +40,7 @@ use crate::flags::FlagStore;
 use crate::index::Index;
 use crate::ingest::Status;
 use crate::metrics::Metrics;
-use crate::model::Model;
+use crate::model::{Model, ModelLock};
 use crate::ratelimit::{self, RateLimiter};
 use crate::resilience::CircuitBreaker;
 use crate::session::Sessions;
@@ -135,7 +135,7 @@ pub struct Served {
     /// The namespace the state belongs to.
     pub namespace: String,
     /// The live model.
-    pub model: Arc<RwLock<Model>>,
+    pub model: Arc<ModelLock>,
     /// The ANN index.
     pub index: Arc<Index>,
     /// Ingest status.
@@ -153,8 +153,8 @@ impl std::fmt::Debug for Served {
 impl Served {
     /// The model, read-locked (a poisoned lock is read as is: the model is never left
     /// half-written by a panic of the fold, which runs to completion or not at all).
-    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Model> {
-        self.model.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    pub fn read(&self) -> parking_lot::RwLockReadGuard<'_, Model> {
+        self.model.read()
     }
 }
 
@@ -230,7 +230,7 @@ impl AppState {
     /// # Errors
     /// A component whose configuration cannot be used (named in the message).
     pub fn new(
-        model: Arc<RwLock<Model>>,
+        model: Arc<ModelLock>,
         index: Arc<Index>,
         status: Arc<Status>,
         metrics: Metrics,

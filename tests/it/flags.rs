@@ -59,7 +59,8 @@ fn state(config: &Config, redis_url: &str) -> AppState {
     store.command_timeout_ms = 500;
     store.connect_timeout_ms = 500;
     let redis = AsyncRedis::new(&store, breaker, metrics.clone()).unwrap();
-    let model = Arc::new(std::sync::RwLock::new(Model::new(config.model.clone()).unwrap()));
+    let model =
+        Arc::new(embedstream::model::ModelLock::new(Model::new(config.model.clone()).unwrap()));
     let index = Arc::new(Index::new(config.index.clone()));
     AppState::new(model, index, Arc::new(Status::default()), metrics, redis, config).unwrap()
 }

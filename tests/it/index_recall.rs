@@ -6,11 +6,10 @@
 use crate::common;
 
 use std::collections::HashSet;
-use std::sync::RwLock;
 
 use embedstream::config::Config;
 use embedstream::index::{exact_top_k, Excluded, Index, IndexConfig};
-use embedstream::model::{ItemState, Model, ModelConfig, UserRow, UserState};
+use embedstream::model::{ItemState, Model, ModelConfig, ModelLock, UserRow, UserState};
 
 fn recall_at_10(
     index: &Index,
@@ -34,8 +33,8 @@ fn recall_at_10(
 }
 
 /// Applies `events` new interactions and tells the index, as the ingest engine does.
-fn keep_updating(model: &RwLock<Model>, index: &Index, events: usize, round: usize) {
-    let mut model = model.write().unwrap();
+fn keep_updating(model: &ModelLock, index: &Index, events: usize, round: usize) {
+    let mut model = model.write();
     let (users, items) = (model.user_count(), model.item_count());
     for step in 0..events {
         let user = format!("u{}", (step * 7919 + round) % users);
@@ -60,7 +59,7 @@ fn recall_on_movielens_items_while_updates_arrive() {
     let model = fold.shared_model();
     {
         // What the engine has already handed over before the first snapshot.
-        let mut guard = model.write().unwrap();
+        let mut guard = model.write();
         let _ = guard.take_dirty();
     }
     let index = Index::new(IndexConfig {
@@ -73,18 +72,18 @@ fn recall_on_movielens_items_while_updates_arrive() {
     index.rebuild(&model).unwrap();
     assert_eq!(index.snapshot_len(), 1_682);
 
-    let users = model.read().unwrap().user_count() as u32;
-    let (fresh_recall, _) = recall_at_10(&index, &model.read().unwrap(), (0..users).map(UserRow));
+    let users = model.read().user_count() as u32;
+    let (fresh_recall, _) = recall_at_10(&index, &model.read(), (0..users).map(UserRow));
     assert!(fresh_recall >= 0.95, "recall@10 on a fresh snapshot {fresh_recall}");
 
     // Updates keep arriving after the snapshot: the graph goes stale, the fresh tier grows,
     // and the engine's rebuild policy swaps in new snapshots, as in a live service.
     for round in 0..10 {
         keep_updating(&model, &index, 50, round);
-        if index.needs_rebuild(model.read().unwrap().item_count()) {
+        if index.needs_rebuild(model.read().item_count()) {
             index.rebuild(&model).unwrap();
         }
-        let guard = model.read().unwrap();
+        let guard = model.read();
         let (recall, candidates) = recall_at_10(&index, &guard, (0..users).map(UserRow));
         assert!(
             recall >= 0.95,
@@ -117,9 +116,9 @@ fn recall_on_100000_synthetic_items() {
     let items: u64 =
         std::env::var("RECALL_ITEMS").ok().and_then(|n| n.parse().ok()).unwrap_or(100_000);
     let dim = 64;
-    let model = RwLock::new(Model::new(ModelConfig { dim, ..ModelConfig::default() }).unwrap());
+    let model = ModelLock::new(Model::new(ModelConfig { dim, ..ModelConfig::default() }).unwrap());
     {
-        let mut model = model.write().unwrap();
+        let mut model = model.write();
         for item in 0..items {
             model
                 .restore_item(ItemState {
@@ -162,7 +161,7 @@ fn recall_on_100000_synthetic_items() {
     assert_eq!(index.snapshot_len(), items as usize);
     eprintln!("built a {items}-item snapshot in {seconds:.1} s");
 
-    let (recall, candidates) = recall_at_10(&index, &model.read().unwrap(), (0..200).map(UserRow));
+    let (recall, candidates) = recall_at_10(&index, &model.read(), (0..200).map(UserRow));
     eprintln!("recall@10 {recall}, at most {candidates} candidates");
     assert!(recall >= 0.95, "recall@10 on {items} items {recall}");
     assert!(candidates < 1_000, "queries stay sub-linear: {candidates} candidates");
@@ -171,12 +170,11 @@ fn recall_on_100000_synthetic_items() {
     let mut rebuilds = 0;
     for round in 0..10 {
         keep_updating(&model, &index, 100, round);
-        if index.needs_rebuild(model.read().unwrap().item_count()) {
+        if index.needs_rebuild(model.read().item_count()) {
             index.rebuild(&model).unwrap();
             rebuilds += 1;
         }
-        let (recall, candidates) =
-            recall_at_10(&index, &model.read().unwrap(), (0..200).map(UserRow));
+        let (recall, candidates) = recall_at_10(&index, &model.read(), (0..200).map(UserRow));
         eprintln!(
             "round {round}: recall@10 {recall}, fresh {}, at most {candidates} candidates",
             index.fresh_len()
@@ -215,10 +213,10 @@ fn add_items(model: &mut Model, count: u64) {
 #[test]
 fn a_quiet_index_converges_to_a_snapshot_covering_the_catalogue() {
     let dim = 16;
-    let model = std::sync::Arc::new(RwLock::new(
+    let model = std::sync::Arc::new(ModelLock::new(
         Model::new(ModelConfig { dim, ..ModelConfig::default() }).unwrap(),
     ));
-    add_items(&mut model.write().unwrap(), 500);
+    add_items(&mut model.write(), 500);
     let config = IndexConfig {
         rebuild_interval_ms: 0,
         full_scan_threshold: 0,
@@ -230,7 +228,7 @@ fn a_quiet_index_converges_to_a_snapshot_covering_the_catalogue() {
     let index = std::sync::Arc::new(Index::new(config));
     index.rebuild(&model).unwrap();
     assert_eq!(index.snapshot_len(), 500);
-    add_items(&mut model.write().unwrap(), 4_500);
+    add_items(&mut model.write(), 4_500);
     assert_eq!(index.stale_len(5_000), 4_500, "items added after the copy are scored outside");
     assert!(index.needs_rebuild(5_000), "an unnoted growth of the catalogue asks for a rebuild");
 
@@ -251,7 +249,7 @@ fn a_quiet_index_converges_to_a_snapshot_covering_the_catalogue() {
     assert_eq!(index.snapshot_len(), 5_000, "the snapshot covers the catalogue");
     assert_eq!(index.stale_len(5_000), 0, "nothing is left outside the graph");
     assert!(builds.load(std::sync::atomic::Ordering::Relaxed) >= 1);
-    let guard = model.read().unwrap();
+    let guard = model.read();
     let query = clustered(dim, 100, 12_345, 0.3);
     let result = index.top_k(&guard, &query, 10, &Excluded::none());
     assert!(result.used_ann);
@@ -263,19 +261,16 @@ fn a_quiet_index_converges_to_a_snapshot_covering_the_catalogue() {
 #[test]
 fn exact_scan_below_the_threshold_and_exclusions_on_both_paths() {
     let dim = 16;
-    let model = RwLock::new(Model::new(ModelConfig { dim, ..ModelConfig::default() }).unwrap());
-    add_items(&mut model.write().unwrap(), 3_000);
+    let model = ModelLock::new(Model::new(ModelConfig { dim, ..ModelConfig::default() }).unwrap());
+    add_items(&mut model.write(), 3_000);
     let query = clustered(dim, 100, 777, 0.3);
     let guard_exact = {
-        let guard = model.read().unwrap();
+        let guard = model.read();
         exact_top_k(&guard, &query, 20, &Excluded::none())
     };
     // Exclude the exact top 5: the answer must be the exact top 6..15 on the scan path.
     let excluded = Excluded::from_rows(
-        guard_exact
-            .iter()
-            .take(5)
-            .map(|item| model.read().unwrap().item_row(&item.item_id).unwrap().0),
+        guard_exact.iter().take(5).map(|item| model.read().item_row(&item.item_id).unwrap().0),
     );
     let expected: Vec<String> =
         guard_exact[5..15].iter().map(|item| item.item_id.clone()).collect();
@@ -289,7 +284,7 @@ fn exact_scan_below_the_threshold_and_exclusions_on_both_paths() {
         };
         let index = Index::new(config);
         index.rebuild(&model).unwrap();
-        let guard = model.read().unwrap();
+        let guard = model.read();
         let result = index.top_k(&guard, &query, 10, &excluded);
         assert_eq!(result.used_ann, ann, "threshold {threshold}");
         let ids: Vec<String> = result.items.iter().map(|item| item.item_id.clone()).collect();
@@ -306,10 +301,10 @@ fn exact_scan_below_the_threshold_and_exclusions_on_both_paths() {
     // k x oversampling = 40 candidates of a first search): the graph search widens, and the
     // answer is still the exact top 10 of what is left, or nearly.
     let crowded = {
-        let guard = model.read().unwrap();
+        let guard = model.read();
         exact_top_k(&guard, &query, 110, &Excluded::none())
     };
-    let guard = model.read().unwrap();
+    let guard = model.read();
     let excluded = Excluded::from_rows(
         crowded[..100].iter().map(|item| guard.item_row(&item.item_id).unwrap().0),
     );
@@ -323,7 +318,7 @@ fn exact_scan_below_the_threshold_and_exclusions_on_both_paths() {
     });
     drop(guard);
     index.rebuild(&model).unwrap();
-    let guard = model.read().unwrap();
+    let guard = model.read();
     let result = index.top_k(&guard, &query, 10, &excluded);
     assert!(result.used_ann);
     assert_eq!(result.items.len(), 10);

@@ -297,7 +297,7 @@ fn an_incremental_assign_keeps_applied_users_that_wait_for_the_flush() {
     // later one stays buffered, and the flush is not due.
     driven.send(0, "e", "i9", base + 30_000, now);
     assert_eq!(driven.engine.tick(now), None, "nothing is flushed yet");
-    assert_eq!(driven.engine.shared_model().read().unwrap().events_applied(), 10);
+    assert_eq!(driven.engine.shared_model().read().events_applied(), 10);
 
     driven.engine.on_assign(&[1], now + 10).unwrap();
     driven.engine.flush().unwrap();
@@ -325,12 +325,10 @@ fn the_user_cache_evicts_the_least_recently_applied_users() {
     }
     driven.engine.flush().unwrap();
     let model = driven.engine.shared_model();
-    let in_memory: Vec<bool> = ["u1", "u2", "u3"]
-        .iter()
-        .map(|user| model.read().unwrap().user_row(user).is_some())
-        .collect();
+    let in_memory: Vec<bool> =
+        ["u1", "u2", "u3"].iter().map(|user| model.read().user_row(user).is_some()).collect();
     assert_eq!(in_memory, [true, false, true], "u2 was applied least recently");
-    assert_eq!(model.read().unwrap().user_count(), 2);
+    assert_eq!(model.read().user_count(), 2);
     // u2 comes back from Redis with its count, and counts on.
     assert_eq!(driven.stored_user_events("u2"), Some(1));
     driven.send(0, "u2", "i2", base + 31_000, 0);
@@ -372,7 +370,7 @@ fn a_corrupt_stored_user_is_quarantined_and_the_stream_goes_on() {
     driven.send(0, "fine", "i1", base + 10, 0);
     driven.send(0, "later", "i1", base + 30_000, 0);
     driven.engine.tick(0);
-    assert_eq!(driven.engine.shared_model().read().unwrap().events_applied(), 2);
+    assert_eq!(driven.engine.shared_model().read().events_applied(), 2);
     driven.engine.flush().unwrap();
     assert_eq!(driven.stored_user_events("broken"), Some(1), "the user starts over");
     assert_eq!(driven.metrics.users_quarantined.get(), 1);

@@ -6,7 +6,7 @@
 use crate::common;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -19,7 +19,7 @@ use embedstream::config::Config;
 use embedstream::index::Index;
 use embedstream::ingest::Status;
 use embedstream::metrics::Metrics;
-use embedstream::model::Model;
+use embedstream::model::{Model, ModelLock};
 use embedstream::ratelimit::{limit_concurrency, ClassLimit};
 use embedstream::resilience::CircuitBreaker;
 use embedstream::serve::{router, AppState};
@@ -39,7 +39,7 @@ fn config(name: &str) -> Config {
 }
 
 fn state(config: &Config) -> AppState {
-    let model = Arc::new(RwLock::new(Model::new(config.model.clone()).unwrap()));
+    let model = Arc::new(ModelLock::new(Model::new(config.model.clone()).unwrap()));
     let index = Arc::new(Index::new(config.index.clone()));
     let status = Arc::new(Status::default());
     status.restored.store(true, Ordering::Relaxed);
