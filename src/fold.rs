@@ -59,7 +59,7 @@ const EVENTS_PER_LOCK_HOLD: usize = 128;
 #[derive(Debug, Default)]
 struct DedupHorizon {
     capacity: usize,
-    seen: HashSet<u64>,
+    seen: HashSet<u64, foldhash::fast::RandomState>,
     order: VecDeque<u64>,
 }
 

@@ -78,7 +78,7 @@ pub struct Engine {
     catalogue_stored: u32,
     /// Events applied when the negative pool was last written (`None`: write it whole).
     pool_stored_at: Option<u64>,
-    arrivals: HashMap<Position, Instant>,
+    arrivals: HashMap<Position, Instant, foldhash::fast::RandomState>,
     last_flush: Instant,
     flushes: u64,
     progress_dirty: bool,
@@ -137,7 +137,7 @@ impl Engine {
             config_stored: false,
             catalogue_stored: 0,
             pool_stored_at: None,
-            arrivals: HashMap::new(),
+            arrivals: HashMap::default(),
             last_flush: Instant::now(),
             flushes: 0,
             progress_dirty: false,
@@ -166,7 +166,13 @@ impl Engine {
     /// Event times are bounded by a clock the client does not control: the broker's
     /// log-append time when the topic keeps it, else `wall_ms` (a producer-set `CreateTime` is
     /// the client's word, and both our producers used to set it to the event's own `ts`).
-    pub fn on_record(&mut self, record: SourceRecord<'_>, now_ms: i64, wall_ms: i64) {
+    pub fn on_record(
+        &mut self,
+        record: SourceRecord<'_>,
+        now_ms: i64,
+        wall_ms: i64,
+        arrived: Instant,
+    ) {
         self.metrics.records_consumed.inc();
         self.eof.remove(&record.partition);
         self.status.caught_up.store(false, Ordering::Relaxed);
@@ -185,7 +191,6 @@ impl Engine {
         match self.fold.offer(record.value, position, Some(EventTime(bound)), now_ms) {
             Ok(_) => {
                 progress.admitted(record.offset);
-                let arrived = Instant::now();
                 self.arrivals.insert(position, arrived);
                 self.waiting_since.get_or_insert(arrived);
             }

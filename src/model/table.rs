@@ -12,7 +12,9 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Table {
     rows: hashbrown::HashTable<u32>,
-    hasher: std::collections::hash_map::RandomState,
+    /// foldhash, seeded per process: SipHash (std's default) on every id lookup was a visible
+    /// share of the fold.
+    hasher: foldhash::fast::RandomState,
     pub(crate) ids: Vec<Box<str>>,
     pub(crate) vectors: Vec<f32>,
     pub(crate) events: Vec<u64>,

@@ -261,7 +261,7 @@ impl Driven {
             key: Some(user.as_bytes()),
             value: &value,
         };
-        self.engine.on_record(record, now_ms, embedstream::ingest::wall_ms());
+        self.engine.on_record(record, now_ms, embedstream::ingest::wall_ms(), Instant::now());
         *offset += 1;
     }
 
