@@ -12,7 +12,9 @@
 # so that no request is refused and every route does the same limiter work).
 # Usage: scripts/bench-ranking.sh [seconds per point, default 10]
 # Environment: EMBEDSTREAM_BIN (default target/it/embedstream; copied first), ports
-# EMBEDSTREAM_BENCH_REDIS_PORT / _KAFKA_PORT / _HTTP_PORT (default 46579, 49292, 48280).
+# EMBEDSTREAM_BENCH_REDIS_PORT / _KAFKA_PORT / _HTTP_PORT (default 46579, 49292, 48280);
+# EMBEDSTREAM_BENCH_STATES: which states, space-separated (default "ml cat"; "ml" alone takes a
+# few minutes, the catalogue's HNSW builds take several more).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -95,7 +97,7 @@ point() { # $1 label, $2 path, $3 rate
   line=$(TOKEN=$token RATE=$3 WRK_PATH=$2 wrk -t2 -c8 -d"${seconds}s" -s "$work/wrk.lua" "http://127.0.0.1:$http_port" | grep RESULT)
   echo "$state | $1 | $([[ $3 == 0 ]] && echo unthrottled || echo "$3/s") | ${line#RESULT }"
 }
-for state in ml cat; do
+for state in ${EMBEDSTREAM_BENCH_STATES:-ml cat}; do
   if [[ $state == ml ]]; then export USERS=943 USER_PREFIX="" USER_OFFSET=1; else export USERS=30000 USER_PREFIX=u USER_OFFSET=0; fi
   "$bin" run --topic "$run_id-$state" --group "$run_id-$state" --namespace "$run_id-$state" \
     --listen "127.0.0.1:$http_port" >"$work/serve-$state.log" 2>&1 &
