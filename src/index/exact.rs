@@ -128,6 +128,11 @@ impl TopK {
         self.heap.push(Entry { score, row });
     }
 
+    /// Rows, best first, ties by lower row.
+    pub(crate) fn into_rows(self) -> Vec<u32> {
+        self.heap.into_sorted_vec().into_iter().map(|entry| entry.row).collect()
+    }
+
     /// Best first, ties by lower row.
     pub(crate) fn into_items(self, model: &Model) -> Vec<ScoredItem> {
         self.heap

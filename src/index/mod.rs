@@ -24,6 +24,7 @@
 
 mod exact;
 mod fresh;
+mod popular;
 mod snapshot;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -36,6 +37,8 @@ use crate::model::{ItemRow, Model, ModelLock};
 
 pub use exact::{exact_top_k, popular_top_k, similar_items, Excluded, ScoredItem};
 use fresh::{Fresh, FreshView};
+use popular::PopularList;
+pub use popular::POPULAR_CACHED;
 use snapshot::Snapshot;
 
 /// How often the maintenance thread ([`Index::keep_converged`]) looks at the fresh tier.
@@ -114,6 +117,8 @@ pub struct Index {
     last_build_started: Mutex<Option<Instant>>,
     /// The pool builds run in (`None`: rayon's global pool).
     pool: Option<rayon::ThreadPool>,
+    /// The most popular items, kept ready by the maintenance thread.
+    popular: RwLock<Arc<PopularList>>,
 }
 
 /// What a query returned and how.
@@ -146,6 +151,7 @@ impl Index {
             pool,
             config,
             snapshot: RwLock::new(None),
+            popular: RwLock::new(Arc::new(PopularList::default())),
             fresh: Mutex::new(Fresh::default()),
             fresh_view: RwLock::new(Arc::new(FreshView::default())),
             building: Mutex::new(false),
@@ -283,8 +289,32 @@ impl Index {
         Some(started.elapsed().as_secs_f64())
     }
 
+    /// Remakes the popular list ([`POPULAR_CACHED`] items) when the model moved since it was
+    /// made: one pass over the items' popularity, under the caller's read lock.
+    pub fn refresh_popular(&self, model: &Model) {
+        let stale = self.popular.read().map_or(true, |list| list.is_stale(model));
+        if stale {
+            let list = Arc::new(PopularList::of(model));
+            if let Ok(mut current) = self.popular.write() {
+                *current = list;
+            }
+        }
+    }
+
+    /// Top `k` items by decayed popularity, skipping `excluded` (the cold-start ranking): from
+    /// the popular list when it can answer, ordered by the items' current popularity; else a
+    /// scan of every item ([`popular_top_k`]). The list is at most one maintenance tick
+    /// ([`REBUILD_CHECK_INTERVAL`]) old, so an item that entered the top in the last tick can be
+    /// missing from it.
+    pub fn popular_top_k(&self, model: &Model, k: usize, excluded: &Excluded) -> Vec<ScoredItem> {
+        let list = self.popular.read().map(|list| Arc::clone(&list)).ok();
+        list.and_then(|list| list.top_k(model, k, excluded))
+            .unwrap_or_else(|| popular_top_k(model, k, excluded))
+    }
+
     /// Rebuilds whenever [`Index::needs_rebuild`] says so, busy or quiet, on a thread of its
-    /// own, looking every [`REBUILD_CHECK_INTERVAL`] until `cancel`; `on_built` gets each
+    /// own, looking every [`REBUILD_CHECK_INTERVAL`] until `cancel`; the popular list is kept
+    /// ready on the same thread ([`Index::refresh_popular`]); `on_built` gets each
     /// build's duration in seconds. A quiet service thus converges to a snapshot covering the
     /// catalogue without any event arriving.
     ///
@@ -299,6 +329,7 @@ impl Index {
         let index = Arc::clone(self);
         std::thread::Builder::new().name("index-rebuild".to_owned()).spawn(move || {
             while !cancel.is_cancelled() {
+                index.refresh_popular(&model.read());
                 let item_count = model.read().item_count();
                 if index.needs_rebuild(item_count) {
                     if let Some(seconds) = index.rebuild(&model) {
@@ -426,6 +457,44 @@ mod tests {
         assert!(!scanned.used_ann, "101 of 500 outside the graph: the scan answers");
         assert_eq!(scanned.candidates, 500);
         assert_eq!(scanned.items, super::exact_top_k(&model, &query, 10, &excluded));
+    }
+
+    #[test]
+    fn the_popular_list_answers_as_the_scan_does() {
+        use super::{popular_top_k, Excluded, POPULAR_CACHED};
+        use crate::model::{Model, ModelConfig};
+        let mut model = Model::new(ModelConfig::default()).unwrap();
+        // Item n gets n % 37 + 1 events: many ties, and more items than the list holds.
+        let mut event = 0;
+        for n in 0..1_500 {
+            for _ in 0..n % 37 + 1 {
+                model.apply(&format!("e{event}"), "u", &format!("i{n}"), event, 1.0);
+                event += 1;
+            }
+        }
+        let index = Index::new(IndexConfig::default());
+        let excluded = Excluded::from_rows((0..1_500).filter(|row| row % 3 == 0));
+        // Before the first refresh the scan answers.
+        assert_eq!(
+            index.popular_top_k(&model, 10, &excluded),
+            popular_top_k(&model, 10, &excluded)
+        );
+        index.refresh_popular(&model);
+        assert!(!index.popular.read().unwrap().is_stale(&model));
+        for k in [0, 1, 10, 100, 600] {
+            for excluded in [Excluded::none(), excluded.clone()] {
+                assert_eq!(
+                    index.popular_top_k(&model, k, &excluded),
+                    popular_top_k(&model, k, &excluded),
+                    "k = {k}"
+                );
+            }
+        }
+        // More than the list can hold after the exclusions: the scan answers, the same.
+        let k = POPULAR_CACHED;
+        assert_eq!(index.popular_top_k(&model, k, &excluded), popular_top_k(&model, k, &excluded));
+        model.apply("late", "u", "i0", event, 1.0);
+        assert!(index.popular.read().unwrap().is_stale(&model), "the model moved");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use super::handlers::{check_k, query, SubjectUser, MAX_ID_CHARS};
 use super::{ApiError, AppState, ErrorCode, Served};
 use crate::flags::Decisions;
-use crate::index::{exact_top_k, popular_top_k, Excluded};
+use crate::index::{exact_top_k, Excluded};
 use crate::model::{ItemRow, Model, UserState};
 use crate::resilience::BreakerState;
 use crate::session::{blend, session_vector, Session};
@@ -265,11 +265,21 @@ pub(super) async fn recommendations(
         }
         Some(_) => {
             fallbacks.push("personalization_off");
-            ("popularity", popular_top_k(&model, params.k, &excluded), false, model.item_count())
+            (
+                "popularity",
+                served.index.popular_top_k(&model, params.k, &excluded),
+                false,
+                model.item_count(),
+            )
         }
         None => {
             fallbacks.push("cold_user");
-            ("popularity", popular_top_k(&model, params.k, &excluded), false, model.item_count())
+            (
+                "popularity",
+                served.index.popular_top_k(&model, params.k, &excluded),
+                false,
+                model.item_count(),
+            )
         }
     };
     drop(model);
