@@ -102,6 +102,9 @@ pub async fn rebuild(
 struct Shared {
     config: Config,
     start: StartPosition,
+    /// `exit_when_caught_up`: the engine closes every open window once all its partitions are
+    /// at their end ([`Engine::drain_at_end`]).
+    drain_at_end: bool,
     metrics: Metrics,
     redis_breaker: Arc<CircuitBreaker>,
     producer_breaker: Arc<CircuitBreaker>,
@@ -145,7 +148,7 @@ impl Shared {
         let dead_letters = DeadLetters::new(&config.kafka, tokio::runtime::Handle::current())
             .context("creating the dead-letter producer")?
             .with_breaker(Arc::clone(&self.producer_breaker));
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             &config,
             config.ingest.clone(),
             self.start.clone(),
@@ -155,6 +158,7 @@ impl Shared {
             Arc::clone(&status),
             Arc::clone(&self.redis_breaker),
         )?;
+        engine.drain_at_end(self.drain_at_end);
         let served = Arc::new(Served {
             namespace: namespace.to_owned(),
             model: engine.shared_model(),
@@ -366,6 +370,7 @@ async fn run_with(
     let shared = Shared {
         config: config.clone(),
         start,
+        drain_at_end: exit_when_caught_up,
         metrics: metrics.clone(),
         redis_breaker: Arc::clone(&redis_breaker),
         producer_breaker: Arc::clone(&producer_breaker),

@@ -92,6 +92,8 @@ pub struct Engine {
     /// Every user of the namespace is in memory (none was evicted, and the namespace held no
     /// users at restore): only then can a namespace Redis lost be rewritten from memory.
     all_users_in_memory: bool,
+    /// Close every open window as soon as all assigned partitions are at their end.
+    drain_at_end: bool,
     /// Dead letters handed to the producer, oldest first, not yet acknowledged.
     dead_letters_in_flight: std::collections::VecDeque<super::dlq::InFlight>,
     /// Since when admitted records have waited with nothing applied (`None`: nothing waits).
@@ -151,6 +153,7 @@ impl Engine {
             waiting_since: None,
             dead_letters_in_flight: std::collections::VecDeque::new(),
             all_users_in_memory: true,
+            drain_at_end: false,
         })
     }
 
@@ -210,6 +213,15 @@ impl Engine {
         self.eof.insert(partition);
     }
 
+    /// With `yes`, every open window is closed and applied as soon as all assigned partitions
+    /// are at their end (partition EOF), as a file replay does at the end of its input, instead
+    /// of after the idle timeout: `run --exit-when-caught-up` and `rebuild`, which stop there
+    /// anyway, then stop an idle timeout sooner. A service that keeps running must not: a
+    /// partition at its end now may receive the rest of a window a moment later.
+    pub fn drain_at_end(&mut self, yes: bool) {
+        self.drain_at_end = yes;
+    }
+
     /// Applies whatever windows can close, flushes when due. Returns the offsets to commit to
     /// the Kafka group (for lag tools) after a successful flush.
     pub fn tick(&mut self, now_ms: i64) -> Option<Vec<(i32, i64)>> {
@@ -234,7 +246,13 @@ impl Engine {
             dim,
             all_in_memory: self.all_users_in_memory,
         };
-        let windows = self.fold.poll(now_ms, &mut users);
+        let at_end = !self.assigned.is_empty()
+            && self.assigned.iter().all(|partition| self.eof.contains(partition));
+        let windows = if self.drain_at_end && at_end {
+            self.fold.drain(&mut users)
+        } else {
+            self.fold.poll(now_ms, &mut users)
+        };
         for window in &windows {
             let mut first_arrival: Option<Instant> = None;
             for position in window {
@@ -267,9 +285,7 @@ impl Engine {
             self.waiting_since = (self.fold.buffered() > 0).then(Instant::now);
         }
         self.report_liveness();
-        let all_at_end = !self.assigned.is_empty()
-            && self.assigned.iter().all(|partition| self.eof.contains(partition));
-        let settled = all_at_end && self.fold.buffered() == 0;
+        let settled = at_end && self.fold.buffered() == 0;
         let has_work =
             self.progress_dirty || !self.pending_users.is_empty() || !self.pending_items.is_empty();
         let due = self.last_flush.elapsed().as_millis() as u64 >= self.config.flush_interval_ms;
