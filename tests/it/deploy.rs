@@ -92,6 +92,12 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 /// Every metric the dashboard's queries and the alert rules name is a sample name in
 /// `exported`, the text of a live service's `/metrics`.
 pub fn check_exported(exported: &str) {
+    let missing = missing_exported(exported);
+    assert!(missing.is_empty(), "queried but not exported: {missing:?}");
+}
+
+/// The metrics the dashboard's queries and the alert rules name that `exported` lacks.
+pub fn missing_exported(exported: &str) -> Vec<String> {
     let samples: BTreeSet<&str> = exported
         .lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())
@@ -106,9 +112,7 @@ pub fn check_exported(exported: &str) {
     let alerts = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
     queried.extend(metric_names(&alerts));
     assert!(queried.len() >= 20, "{queried:?}");
-    let missing: Vec<&String> =
-        queried.iter().filter(|name| !samples.contains(name.as_str())).collect();
-    assert!(missing.is_empty(), "queried but not exported: {missing:?}");
+    queried.into_iter().filter(|name| !samples.contains(name.as_str())).collect()
 }
 
 #[test]

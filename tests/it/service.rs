@@ -73,9 +73,21 @@ fn movielens_through_kafka_equals_replay_and_is_served() {
     assert_eq!(status, 200);
     assert_eq!(user["vector"].as_array().unwrap().len(), 64);
 
-    // Every metric the Grafana dashboard and the alert rules query is exported.
-    let mut metrics = ureq::get(service.url("/metrics")).call().unwrap();
-    crate::deploy::check_exported(&metrics.body_mut().read_to_string().unwrap());
+    // Every metric the Grafana dashboard and the alert rules query is exported. The consumer
+    // lag per partition comes from librdkafka's statistics, once a second, and a partition
+    // enters them once it has a position: a catch-up of 100,000 events can end before that, so
+    // the lag gets a few statistics intervals to appear.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut metrics = ureq::get(service.url("/metrics")).call().unwrap();
+        let text = metrics.body_mut().read_to_string().unwrap();
+        if crate::deploy::missing_exported(&text).is_empty() || std::time::Instant::now() > deadline
+        {
+            crate::deploy::check_exported(&text);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 
     service.stop();
     // The durable state is bit-identical to a file replay spread over the same 4 partitions.
