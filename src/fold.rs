@@ -50,9 +50,9 @@ impl FoldStats {
 }
 
 /// Events a window applies under one hold of the model's write lock before it lets waiting
-/// readers in ([`RwLockWriteGuard::bump`]). A window of a busy stream holds thousands of events
-/// (about 30 us each at the default model), and a ranking request waiting for the whole window
-/// waited tens of milliseconds; 128 events are about 4 ms.
+/// readers in ([`RwLockWriteGuard::bump`]). A window of a bulk catch-up holds tens of thousands
+/// of events (3 to 7 us each at the default model, BENCHMARKS.md), and a ranking request waited
+/// for all of them; 128 events are under a millisecond.
 const EVENTS_PER_LOCK_HOLD: usize = 128;
 
 /// Remembers the last `capacity` event ids (by 64-bit hash) to drop retried duplicates.

@@ -329,8 +329,11 @@ impl Index {
         let index = Arc::clone(self);
         std::thread::Builder::new().name("index-rebuild".to_owned()).spawn(move || {
             while !cancel.is_cancelled() {
-                index.refresh_popular(&model.read());
-                let item_count = model.read().item_count();
+                let item_count = {
+                    let model = model.read();
+                    index.refresh_popular(&model);
+                    model.item_count()
+                };
                 if index.needs_rebuild(item_count) {
                     if let Some(seconds) = index.rebuild(&model) {
                         on_built(&index, seconds);

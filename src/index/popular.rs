@@ -51,7 +51,7 @@ impl PopularList {
             if (*row as usize) >= model.item_count() || excluded.contains(*row) {
                 continue;
             }
-            top.offer(model.popularity_log(ItemRow(*row)) as f32, *row, excluded);
+            top.offer(model.popularity_log(ItemRow(*row)) as f32, *row, &Excluded::none());
             kept += 1;
         }
         // The list answers when it held k rows beyond the exclusions, or when it holds every

@@ -208,9 +208,10 @@ pub fn wall_ms() -> i64 {
 /// partition had records past its position and consumption was not paused on purpose: a
 /// member dropped from the group (`max.poll.interval.ms`) or a fetcher that stopped after a
 /// broker restart. Lag comes from librdkafka's statistics callback
-/// (`statistics.interval.ms` = 1000: `hi_offset` minus `app_offset` per partition). Every
-/// second rather than every five: the lag gauge then exists well before a catch-up can end (a
-/// scrape right after a fast catch-up found no `embedstream_ingest_consumer_lag_records` yet).
+/// (`statistics.interval.ms` = 1000: `hi_offset` minus `app_offset` per partition). A
+/// partition enters the statistics once it has a position (its first record, or a committed
+/// offset), so its `embedstream_ingest_consumer_lag_records` appears within about a second of
+/// that, not five.
 ///
 /// # Errors
 /// [`ConsumerError`]: librdkafka errors creating or subscribing the consumer, or an
