@@ -47,6 +47,7 @@ fn main() {
                     events: 1,
                     last_ts: 0,
                     popularity_log: 0.0,
+                    version: 0,
                 })
                 .expect("restore");
         }

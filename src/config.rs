@@ -209,6 +209,9 @@ impl Config {
         if self.ingest.max_dead_letters_in_flight == 0 {
             return Err(invalid("ingest.max_dead_letters_in_flight", &0, "must be >= 1"));
         }
+        if self.ingest.item_feed_interval_ms == 0 {
+            return Err(invalid("ingest.item_feed_interval_ms", &0, "must be >= 1"));
+        }
         if self.ingest.assign_timeout_ms == 0 {
             return Err(invalid("ingest.assign_timeout_ms", &0, "must be >= 1"));
         }

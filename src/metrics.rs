@@ -65,6 +65,13 @@ pub struct Metrics {
     pub index_items: IntGauge,
     /// Items scored exactly because they changed since the snapshot (or cannot be indexed).
     pub index_fresh_items: IntGauge,
+    /// Item writes of other instances merged from the change feed (`{ns}:item_changes`).
+    pub item_feed_merged: IntCounter,
+    /// Age of the newest change-feed entry merged when it was read, seconds: how far this
+    /// instance's copy of the items is behind Redis (their owner).
+    pub item_feed_lag: Histogram,
+    /// Full item reloads because the change feed was trimmed past this instance's position.
+    pub item_feed_reloads: IntCounter,
     /// Snapshot build time, seconds.
     pub index_rebuild_duration: Histogram,
     /// HTTP request latency, seconds, by route and HTTP status code (`200`, `429`, `503`, ...).
@@ -319,6 +326,18 @@ impl Metrics {
             consumer_lag,
             index_items: gauge("index_items", "Items in the HNSW snapshot")?,
             index_fresh_items: gauge("index_fresh_items", "Items scored exactly (fresh tier)")?,
+            item_feed_merged: counter(
+                "item_feed_merged_total",
+                "Item writes of other instances merged from the change feed",
+            )?,
+            item_feed_lag: histogram(
+                "item_feed_lag_seconds",
+                "Age of the newest item change-feed entry when this instance read it",
+            )?,
+            item_feed_reloads: counter(
+                "item_feed_reloads_total",
+                "Full item reloads after the change feed was trimmed past this instance",
+            )?,
             index_rebuild_duration: histogram(
                 "index_rebuild_duration_seconds",
                 "HNSW snapshot build time",

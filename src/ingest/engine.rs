@@ -20,6 +20,7 @@ use crate::window::Position;
 mod backpressure;
 mod dead_letters;
 mod flush;
+mod items;
 mod liveness;
 mod lost_namespace;
 mod rebalance;
@@ -74,8 +75,14 @@ pub struct Engine {
     pending_items: BTreeSet<u32>,
     /// The model configuration is in Redis in the current layout (written once, not per flush).
     config_stored: bool,
-    /// Items whose catalogue entry (`ZADD {ns}:items`) is in Redis: rows below this.
-    catalogue_stored: u32,
+    /// Flush attempts so far (each flush's number, see `store::epoch`).
+    flush_seq: u64,
+    /// Flushes whose outcome is unknown, oldest first (see `flush.rs`).
+    in_doubt: std::collections::VecDeque<crate::store::FlushBatch>,
+    /// The item change feed's entry this process has merged up to (`None` before restore).
+    item_feed: Option<String>,
+    /// When the change feed was last read.
+    item_feed_read: Instant,
     /// Events applied when the negative pool was last written (`None`: write it whole).
     pool_stored_at: Option<u64>,
     arrivals: HashMap<Position, Instant, foldhash::fast::RandomState>,
@@ -137,7 +144,10 @@ impl Engine {
             recent_users: LruCache::unbounded(),
             pending_items: BTreeSet::new(),
             config_stored: false,
-            catalogue_stored: 0,
+            flush_seq: 0,
+            in_doubt: std::collections::VecDeque::new(),
+            item_feed: None,
+            item_feed_read: Instant::now(),
             pool_stored_at: None,
             arrivals: HashMap::default(),
             last_flush: Instant::now(),
@@ -306,6 +316,9 @@ impl Engine {
             }
         } else if !has_work {
             self.check_namespace_when_idle();
+        }
+        if !self.dependency_down() {
+            self.follow_items();
         }
         let clean = self.pending_users.is_empty() && self.pending_items.is_empty();
         self.status.caught_up.store(settled && clean, Ordering::Relaxed);

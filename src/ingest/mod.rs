@@ -115,6 +115,10 @@ pub struct IngestConfig {
     /// How long a partition assignment retries transient Redis failures while reading the
     /// stored progress before the consumer stops with an error, ms (default 60000; at least 1).
     pub assign_timeout_ms: u64,
+    /// How often the item change feed (`{ns}:item_changes`) is read for other instances'
+    /// item writes, ms (default 200): the bound, plus one flush interval of the writer, on how
+    /// far this instance's item copies trail Redis.
+    pub item_feed_interval_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -133,6 +137,7 @@ impl Default for IngestConfig {
             stall_timeout_ms: 30_000,
             max_dead_letters_in_flight: 1000,
             assign_timeout_ms: 60_000,
+            item_feed_interval_ms: 200,
         }
     }
 }

@@ -20,6 +20,7 @@ mod config;
 mod digest;
 mod query;
 mod state;
+mod sync;
 mod table;
 mod vector;
 
@@ -28,7 +29,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 pub use config::{Loss, ModelConfig, ModelConfigError, Optimizer};
-pub use state::{ItemState, RestoreError, SeenWrite, UserState};
+pub use state::{ItemDelta, ItemState, RestoreError, SeenWrite, UserState};
 pub use vector::{dot, log_add_exp, sigmoid};
 
 use table::Table;
@@ -91,6 +92,8 @@ pub struct Model {
     seen_unstored: Vec<u32>,
     dirty_users: state::DirtySet,
     dirty_items: state::DirtySet,
+    /// What Redis held of each item at its last write or read (see [`sync`]).
+    synced: sync::ItemSync,
 }
 
 impl Model {
@@ -123,6 +126,7 @@ impl Model {
             seen_unstored: Vec::new(),
             dirty_users: state::DirtySet::default(),
             dirty_items: state::DirtySet::default(),
+            synced: sync::ItemSync::default(),
             config,
         })
     }
@@ -236,6 +240,7 @@ impl Model {
             self.contexts.resize(self.contexts.len() + self.config.dim, 0.0);
             self.context_adagrad.push(0.0);
             self.item_popularity_log.push(f64::NEG_INFINITY);
+            self.sync_new_item(item);
         }
         let weight = if weight.is_finite() && weight > 0.0 {
             weight.min(self.config.max_event_weight)

@@ -88,6 +88,28 @@ pub struct ItemState {
     pub last_ts: i64,
     /// See [`Model::popularity_log`].
     pub popularity_log: f64,
+    /// Writes of the item to Redis so far (0: never written), see [`Model::merge_item`].
+    pub version: u64,
+}
+
+/// An item's change since this process last synced it with Redis (what a flush adds to the
+/// stored item when another instance wrote it in between; see [`Model::item_delta`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemDelta {
+    /// Change of q_i.
+    pub vector: Vec<f32>,
+    /// Change of c_i.
+    pub context: Vec<f32>,
+    /// Change of b_i.
+    pub bias: f32,
+    /// Change of the AdaGrad accumulator of q_i and b_i.
+    pub adagrad: f32,
+    /// Change of the AdaGrad accumulator of c_i.
+    pub context_adagrad: f32,
+    /// Events applied.
+    pub events: u64,
+    /// ln of the popularity mass added (`-inf` for none).
+    pub popularity_log: f64,
 }
 
 /// A restore that does not fit the model.
@@ -197,6 +219,7 @@ impl Model {
             events: self.items.events[index],
             last_ts: self.items.last_ts[index],
             popularity_log: self.item_popularity_log[index],
+            version: self.synced_version(index),
         }
     }
 
@@ -240,6 +263,7 @@ impl Model {
         self.item_bias.push(item.bias);
         self.contexts.extend_from_slice(&item.context);
         self.item_popularity_log.push(item.popularity_log);
+        self.sync_restored_item(&item);
         Ok(ItemRow(row))
     }
 

@@ -6,22 +6,26 @@
 //! instance starts and never changed while the namespace lives. Every flush is
 //!
 //! ```text
-//! WATCH {ns}:epoch; GET {ns}:epoch          -- one round trip
-//! (value != the epoch this instance knows: UNWATCH, report the namespace lost)
-//! MULTI; <users, items, meta, progress>; SET {ns}:epoch <epoch> XX; EXEC
+//! WATCH {ns}:epoch {ns}:flush:{token}; GET {ns}:epoch; GET {ns}:flush:{token}   -- one round trip
+//! (epoch != the epoch this instance knows: UNWATCH, report the namespace lost)
+//! MULTI; <users, items, meta, progress>; SET {ns}:flush:{token} <flush number>; EXEC
 //! ```
 //!
-//! A flush larger than `ingest.flush_max_entities` users and items is several such
-//! transactions: the earlier ones write staging keys only and no epoch, the last one makes
-//! everything visible with the progress and the epoch (see [`super::write`]).
+//! A flush larger than `ingest.flush_max_entities` users is several such transactions: the
+//! earlier ones write staging keys only, the last one makes everything visible with the
+//! progress and the marker (see [`super::write`]).
 //!
 //! so a flush never writes into a namespace that lost its data, even when the loss happens
 //! between the check and `EXEC` (a restart drops the connection and with it the transaction;
-//! `FLUSHALL`/`FLUSHDB` touch every watched key, which aborts `EXEC`). The `SET ... XX`
-//! rewrites the watched key in every flush, which fences off a transaction abandoned after a
-//! timeout but still buffered in a frozen server's socket: if a later flush commits first, the
-//! abandoned one's `EXEC` finds its watched key modified and is discarded, so an older state
-//! can never overwrite a newer one when the server wakes up.
+//! `FLUSHALL`/`FLUSHDB` touch every watched key, which aborts `EXEC`). The flush marker
+//! `{ns}:flush:{token}` is private to the process (`token`) and rewritten by each of its
+//! flushes, which fences off a transaction abandoned after a timeout but still buffered in a
+//! frozen server's socket: if a later flush commits first, the abandoned one's `EXEC` finds its
+//! watched marker modified and is discarded, so an older state can never overwrite a newer one
+//! when the server wakes up; if the abandoned one commits first, the later flush finds its
+//! number in the marker and reports it ([`StoreError::EarlierFlushCommitted`]) instead of adding
+//! its item deltas a second time. The epoch itself is only read: several instances flush into
+//! one namespace without aborting each other's transactions.
 //!
 //! After a loss the owner of the state rewrites all of it with [`SyncStore::rewrite_namespace`],
 //! which adopts the epoch another instance may already have recreated, or creates a new one.
@@ -41,6 +45,9 @@ enum Outcome {
     Lost(Option<String>),
     /// `EXEC` was discarded: the epoch key changed after the check; nothing written.
     Aborted,
+    /// An earlier flush of this process, whose outcome was unknown (a timeout after its
+    /// `EXEC` was sent), has committed since: this one was not tried.
+    EarlierCommitted(u64),
 }
 
 /// Which epoch a transaction expects.
@@ -103,10 +110,15 @@ impl SyncStore {
         match self.transact(batch, Expect::Same(epoch))? {
             Outcome::Written(_) => {
                 self.epoch_checked = Some(Instant::now());
+                self.committed_seq = Some(batch.seq);
                 Ok(())
             }
             Outcome::Lost(found) => self.lost_unless_same(found),
             Outcome::Aborted => Err(self.aborted()),
+            Outcome::EarlierCommitted(seq) => {
+                self.committed_seq = Some(seq);
+                Err(StoreError::EarlierFlushCommitted { seq })
+            }
         }
     }
 
@@ -122,9 +134,12 @@ impl SyncStore {
             Outcome::Written(epoch) => {
                 self.epoch = Some(epoch.clone());
                 self.epoch_checked = Some(Instant::now());
+                self.committed_seq = Some(batch.seq);
                 Ok(epoch)
             }
-            Outcome::Lost(_) | Outcome::Aborted => Err(self.aborted()),
+            Outcome::Lost(_) | Outcome::Aborted | Outcome::EarlierCommitted(_) => {
+                Err(self.aborted())
+            }
         }
     }
 
@@ -151,12 +166,17 @@ impl SyncStore {
         let key = self.keys.epoch();
         let keys = self.keys.clone();
         let stage_token = self.stage_token.clone();
+        let marker = Marker {
+            key: keys.flush_marker(&stage_token),
+            expected: self.committed_seq,
+            seq: batch.seq,
+        };
         let mut bodies =
             transactions(&keys, batch, self.seen_bound, self.max_entities, &stage_token).peekable();
         while let Some(body) = bodies.next() {
             if bodies.peek().is_none() {
                 return self.with("flush", |connection| {
-                    transaction(connection, body, expect, key, Role::Final)
+                    transaction(connection, body, expect, key, Role::Final(marker))
                 });
             }
             let staged = self.with("flush", |connection| {
@@ -172,13 +192,29 @@ impl SyncStore {
     }
 }
 
+/// Seconds a flush marker lives after the last flush of its process.
+const MARKER_TTL_S: u64 = 86_400;
+
+/// `{ns}:flush:{token}`: the number of the last flush this process committed. A flush whose
+/// `EXEC` timed out may still commit later (a frozen server wakes up); the next final
+/// transaction watches the marker and goes ahead only while it holds the number of the last
+/// flush known to have committed, so a late commit is noticed
+/// ([`StoreError::EarlierFlushCommitted`]) instead of having its item deltas and counters
+/// added twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Marker {
+    key: String,
+    expected: Option<u64>,
+    seq: u64,
+}
+
 /// Whether a transaction is the one that makes a flush visible.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Role {
     /// Writes staging keys only: checked against the epoch, writes no epoch.
     Staging,
-    /// Writes the epoch, last.
-    Final,
+    /// Writes the epoch and the flush marker, last.
+    Final(Marker),
 }
 
 /// The check, then the transaction with the epoch write last (final transactions only), on one
@@ -192,23 +228,34 @@ async fn transaction(
 ) -> redis::RedisResult<Outcome> {
     let mut check = redis::pipe();
     check.cmd("WATCH").arg(&key).ignore();
+    if let Role::Final(marker) = &role {
+        check.cmd("WATCH").arg(&marker.key).ignore();
+    }
     check.cmd("GET").arg(&key);
-    let (found,): (Option<String>,) = check.query_async(&mut connection).await?;
-    let epoch = match expect {
-        Expect::Same(epoch) if found.as_deref() == Some(epoch.as_str()) => {
-            if role == Role::Final {
-                // XX: never recreate a key that vanished after the check.
-                body.cmd("SET").arg(&key).arg(&epoch).arg("XX").ignore();
-            }
-            epoch
+    check.cmd("GET").arg(match &role {
+        Role::Final(marker) => marker.key.as_str(),
+        Role::Staging => key.as_str(),
+    });
+    let (found, marker_found): (Option<String>, Option<String>) =
+        check.query_async(&mut connection).await?;
+    if let Role::Final(marker) = &role {
+        let committed = marker_found.and_then(|text| text.parse::<u64>().ok());
+        if matches!(expect, Expect::Same(_)) && committed.is_some() && committed != marker.expected
+        {
+            redis::cmd("UNWATCH").query_async::<()>(&mut connection).await?;
+            return Ok(Outcome::EarlierCommitted(committed.unwrap_or_default()));
         }
+        body.cmd("SET").arg(&marker.key).arg(marker.seq).arg("EX").arg(MARKER_TTL_S).ignore();
+    }
+    let epoch = match expect {
+        Expect::Same(epoch) if found.as_deref() == Some(epoch.as_str()) => epoch,
         Expect::Same(_) => {
             redis::cmd("UNWATCH").query_async::<()>(&mut connection).await?;
             return Ok(Outcome::Lost(found));
         }
         Expect::Adopt(fresh) => {
             let epoch = found.unwrap_or(fresh);
-            if role == Role::Final {
+            if matches!(role, Role::Final(_)) {
                 body.cmd("SET").arg(&key).arg(&epoch).ignore();
             }
             epoch

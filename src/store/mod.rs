@@ -41,9 +41,10 @@ pub mod write;
 pub use redis_async::{is_outage, AsyncRedis, RedisUnavailable};
 
 pub use redis_sync::{
-    item_from_fields, user_from_fields, user_with_seen, StoreConfig, StoredMeta, SyncStore,
+    item_from_fields, user_from_fields, user_with_seen, ItemChange, ItemFeed, StoreConfig,
+    StoredMeta, SyncStore,
 };
-pub use write::{FlushBatch, PoolWrite, UserWrite};
+pub use write::{FlushBatch, ItemWrite, PoolWrite, UserWrite};
 
 /// Schema version written to `{ns}:meta`: 2 since seen lists and the negative pool have keys
 /// of their own (1 kept them in the user hash and the meta hash; both still load).
@@ -105,6 +106,14 @@ impl Keys {
     pub fn items(&self) -> String {
         format!("{}:items", self.namespace)
     }
+    /// `{ns}:item_changes`: the stream of item writes every instance follows (issue 10).
+    pub fn item_changes(&self) -> String {
+        format!("{}:item_changes", self.namespace)
+    }
+    /// `{ns}:flush:{token}`: the number of the last flush process `token` committed.
+    pub fn flush_marker(&self, token: &str) -> String {
+        format!("{}:flush:{token}", self.namespace)
+    }
     /// `{ns}:progress:{topic}`.
     pub fn progress(&self, topic: &str) -> String {
         format!("{}:progress:{topic}", self.namespace)
@@ -165,6 +174,11 @@ pub enum StoreError {
     /// `EXEC`; nothing was written (the next flush checks again).
     #[error("flush to namespace {namespace} discarded: its epoch changed during the transaction")]
     FlushAborted { namespace: String },
+    /// A flush of this process whose outcome was unknown (its `EXEC` timed out) committed
+    /// after all; the flush that found it was not tried (the caller marks flush `seq` stored,
+    /// then flushes what is left).
+    #[error("an earlier flush ({seq}) committed late; the current one was not tried")]
+    EarlierFlushCommitted { seq: u64 },
     /// A flush was attempted before [`SyncStore::attach_epoch`].
     #[error("flush to namespace {namespace} before its epoch was read")]
     NotAttached { namespace: String },
@@ -194,7 +208,8 @@ impl StoreError {
             Self::Unavailable(_)
             | Self::Timeout { .. }
             | Self::NamespaceLost { .. }
-            | Self::FlushAborted { .. } => true,
+            | Self::FlushAborted { .. }
+            | Self::EarlierFlushCommitted { .. } => true,
             Self::Corrupt { .. }
             | Self::Incompatible { .. }
             | Self::Runtime(_)

@@ -93,6 +93,8 @@ pub struct SyncStore {
     pub(super) seen_bound: usize,
     /// At most this many users and items per flush transaction (`ingest.flush_max_entities`).
     pub(super) max_entities: usize,
+    /// The number of the last flush known to have committed (see [`super::epoch`]).
+    pub(super) committed_seq: Option<u64>,
 }
 
 impl std::fmt::Debug for SyncStore {
@@ -116,6 +118,7 @@ impl SyncStore {
             stage_token: format!("{:016x}", rand::random::<u64>()),
             seen_bound: ModelConfig::default().seen_items_per_user,
             max_entities: 10_000,
+            committed_seq: None,
         })
     }
 
@@ -245,6 +248,98 @@ impl SyncStore {
             .zip(rows)
             .map(|((id, key), fields)| item_from_fields(key, id, &fields, dim))
             .collect()
+    }
+
+    /// The newest entry of the item change feed (`{ns}:item_changes`), `0-0` when empty: read
+    /// before the items, so that following from it misses no write.
+    ///
+    /// # Errors
+    /// [`StoreError::Redis`].
+    pub fn item_feed_position(&mut self) -> Result<String, StoreError> {
+        let command = redis::cmd("XREVRANGE")
+            .arg(self.keys.item_changes())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .to_owned();
+        let newest: Vec<(String, Vec<Vec<u8>>)> = self
+            .with("item_feed", |mut connection| async move {
+                command.query_async(&mut connection).await
+            })?;
+        Ok(newest.into_iter().next().map_or_else(|| "0-0".to_owned(), |(id, _)| id))
+    }
+
+    /// Item writes after feed entry `after`, at most `count` entries: the newest entry read and,
+    /// per entry, its writer and the items with their new versions. `Gap` when entries after
+    /// `after` may have been trimmed away (the follower must reload every item).
+    ///
+    /// # Errors
+    /// [`StoreError::Redis`].
+    pub fn item_changes_after(
+        &mut self,
+        after: &str,
+        count: usize,
+    ) -> Result<ItemFeed, StoreError> {
+        let key = self.keys.item_changes();
+        let mut pipe = redis::pipe();
+        pipe.cmd("XRANGE").arg(&key).arg("-").arg("+").arg("COUNT").arg(1);
+        pipe.cmd("XRANGE").arg(&key).arg(format!("({after}")).arg("+").arg("COUNT").arg(count);
+        type Entries = Vec<(String, Vec<Vec<u8>>)>;
+        let (oldest, entries): (Entries, Entries) = self
+            .with("item_feed", |mut connection| async move {
+                pipe.query_async(&mut connection).await
+            })?;
+        if let Some((oldest, _)) = oldest.first() {
+            if stream_id(oldest) > stream_id(after) && after != "0-0" {
+                let newest = self.item_feed_position()?;
+                return Ok(ItemFeed::Gap { newest });
+            }
+        }
+        let newest = entries.last().map_or_else(|| after.to_owned(), |(id, _)| id.clone());
+        let mut changes = Vec::new();
+        for (_, fields) in entries {
+            let mut pairs = fields.chunks_exact(2);
+            let writer = match pairs.next() {
+                Some([name, value]) if name == b"writer" => {
+                    String::from_utf8_lossy(value).into_owned()
+                }
+                _ => String::new(),
+            };
+            for pair in pairs {
+                let id = String::from_utf8_lossy(&pair[0]).into_owned();
+                let version =
+                    std::str::from_utf8(&pair[1]).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+                changes.push(ItemChange { writer: writer.clone(), id, version });
+            }
+        }
+        Ok(ItemFeed::Changes { newest, changes })
+    }
+
+    /// The stored state of each of `ids` (`None`: absent or malformed, logged).
+    ///
+    /// # Errors
+    /// [`StoreError::Redis`].
+    pub fn load_items_by_id(
+        &mut self,
+        ids: &[String],
+        dim: usize,
+    ) -> Result<Vec<Option<ItemState>>, StoreError> {
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.item(id)).collect();
+        let rows = self.hashes("load_items", &keys)?;
+        Ok(ids
+            .iter()
+            .zip(&keys)
+            .zip(rows)
+            .map(|((id, key), fields)| {
+                if fields.is_empty() {
+                    return None;
+                }
+                item_from_fields(key, id, &fields, dim)
+                    .map_err(|error| tracing::warn!(%error, key = %key, "stored item unreadable, skipped"))
+                    .ok()
+            })
+            .collect())
     }
 
     /// Ids of every stored user.
@@ -476,6 +571,32 @@ pub fn user_from_fields(
     })
 }
 
+/// One item written, from the change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemChange {
+    /// The writing process's token.
+    pub writer: String,
+    /// Item id.
+    pub id: String,
+    /// The item's version after the write.
+    pub version: u64,
+}
+
+/// What [`SyncStore::item_changes_after`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemFeed {
+    /// The writes after the position, and the newest entry read.
+    Changes { newest: String, changes: Vec<ItemChange> },
+    /// Entries after the position may be gone: reload everything, then follow from `newest`.
+    Gap { newest: String },
+}
+
+/// A stream entry id as (ms, seq) for ordering.
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 /// Parses an item hash.
 pub fn item_from_fields(
     key: &str,
@@ -494,5 +615,9 @@ pub fn item_from_fields(
         events: parse(key, "events", field_text(key, fields, "events")?)?,
         last_ts: parse(key, "last_ts", field_text(key, fields, "last_ts")?)?,
         popularity_log: parse(key, "popularity_log", field_text(key, fields, "popularity_log")?)?,
+        version: match fields.get("version") {
+            Some(_) => parse(key, "version", field_text(key, fields, "version")?)?,
+            None => 0,
+        },
     })
 }

@@ -23,7 +23,7 @@ use redis::Pipeline;
 use super::codec::encode_vector;
 use super::{Keys, StoredMeta, SCHEMA_VERSION};
 use crate::ingest::StoredProgress;
-use crate::model::{ItemState, SeenWrite, UserState};
+use crate::model::{ItemDelta, ItemState, SeenWrite, UserState};
 
 /// Seconds a staging key lives when the flush that staged it never finishes.
 const STAGING_TTL_S: u64 = 86_400;
@@ -53,6 +53,125 @@ end
 redis.call('DEL', KEYS[1])
 return 0";
 
+/// Items per `ITEM_APPLY` call (each call's change-feed entry lists them; Lua's `unpack` of
+/// the entry's fields must stay within its C stack).
+pub const ITEM_APPLY_CHUNK: usize = 500;
+
+/// Change-feed entries kept (`XADD ... MAXLEN ~`): one per `ITEM_APPLY` call, so about one per
+/// flush per instance. A follower further behind reloads every item.
+pub const ITEM_CHANGES_MAXLEN: usize = 4096;
+
+/// Arguments per item of [`ITEM_APPLY`].
+const ITEM_APPLY_STRIDE: usize = 17;
+
+/// Applies changed items (issue 10; see [`crate::model::ItemDelta`]). `KEYS[1]` is the
+/// catalogue (`{ns}:items`), `KEYS[2]` the change feed (`{ns}:item_changes`), `KEYS[3..]` the
+/// items' hashes. `ARGV[1..5]`: dim, max_norm, max_bias, the writer's token, the feed's bound;
+/// then per item ([`ITEM_APPLY_STRIDE`] values): id, the version the writer last saw, the new
+/// state (vector and context as ESV1 values; bias, adagrad, context_adagrad, events, last_ts,
+/// popularity_log as decimals) and the delta since that version (vector and context as raw
+/// little-endian f32s; bias, adagrad, context_adagrad, events, popularity_log).
+///
+/// - item absent: the new state is stored at version `seen + 1`, and an item new to the
+///   catalogue gets the next row (`ZCARD`);
+/// - stored version = the one the writer saw (nobody else wrote since): the new state is
+///   stored as it is, bit-exact, at the next version;
+/// - otherwise (another instance wrote in between): the delta is added to what is stored,
+///   with the model's bounds (vector and context norms at most max_norm, bias within
+///   +-max_bias, non-finite sums ignored), and events added exactly.
+///
+/// Every changed item's id and new version go to one change-feed entry (`writer`: the token).
+pub const ITEM_APPLY: &str = r#"
+local dim = tonumber(ARGV[1])
+local max_norm = tonumber(ARGV[2])
+local max_bias = tonumber(ARGV[3])
+local stride = 17
+local fmt = '<' .. string.rep('f', dim)
+local function number(text)
+  if text == 'inf' then return math.huge end
+  if text == '-inf' then return -math.huge end
+  return tonumber(text) or 0
+end
+local function finite(x) return x == x and x ~= math.huge and x ~= -math.huge end
+local function add_vector(stored, delta)
+  local values = {struct.unpack(fmt, stored, 13)}
+  local changes = {struct.unpack(fmt, delta)}
+  local squares = 0
+  for k = 1, dim do
+    local sum = values[k] + changes[k]
+    if finite(sum) then values[k] = sum end
+    squares = squares + values[k] * values[k]
+  end
+  if squares > max_norm * max_norm then
+    local scale = max_norm / math.sqrt(squares)
+    for k = 1, dim do values[k] = values[k] * scale end
+  end
+  return string.sub(stored, 1, 12) .. struct.pack(fmt, unpack(values, 1, dim))
+end
+local function log_add_exp(a, b)
+  if a == -math.huge then return b end
+  if b == -math.huge then return a end
+  local hi, lo = math.max(a, b), math.min(a, b)
+  return hi + math.log(1 + math.exp(lo - hi))
+end
+local feed = {'writer', ARGV[4]}
+for i = 0, (#ARGV - 5) / stride - 1 do
+  local a = 5 + i * stride
+  local key = KEYS[3 + i]
+  local id = ARGV[a + 1]
+  local seen = tonumber(ARGV[a + 2])
+  local stored = redis.call('HMGET', key, 'version', 'vector', 'context', 'bias', 'adagrad',
+    'context_adagrad', 'last_ts', 'popularity_log')
+  local version
+  if not stored[2] or tonumber(stored[1] or '0') == seen then
+    version = seen + 1
+    if not stored[2] then
+      local row = redis.call('ZSCORE', KEYS[1], id)
+      if not row then
+        row = redis.call('ZCARD', KEYS[1])
+        redis.call('ZADD', KEYS[1], row, id)
+      end
+      redis.call('HSET', key, 'row', row)
+    end
+    redis.call('HSET', key, 'vector', ARGV[a + 3], 'context', ARGV[a + 4], 'bias', ARGV[a + 5],
+      'adagrad', ARGV[a + 6], 'context_adagrad', ARGV[a + 7], 'events', ARGV[a + 8],
+      'last_ts', ARGV[a + 9], 'popularity_log', ARGV[a + 10], 'version', version)
+  else
+    version = tonumber(stored[1] or '0') + 1
+    local vector = add_vector(stored[2], ARGV[a + 11])
+    local context = ARGV[a + 4]
+    if stored[3] then context = add_vector(stored[3], ARGV[a + 12]) end
+    local bias = number(stored[4]) + number(ARGV[a + 13])
+    if not finite(bias) then bias = number(stored[4]) end
+    bias = math.max(-max_bias, math.min(max_bias, bias))
+    local adagrad = number(stored[5]) + number(ARGV[a + 14])
+    local context_adagrad = number(stored[6]) + number(ARGV[a + 15])
+    local last_ts = math.max(number(stored[7]), number(ARGV[a + 9]))
+    local popularity = log_add_exp(number(stored[8]), number(ARGV[a + 17]))
+    redis.call('HINCRBY', key, 'events', ARGV[a + 16])
+    redis.call('HSET', key, 'vector', vector, 'context', context,
+      'bias', string.format('%.9g', bias), 'adagrad', string.format('%.9g', adagrad),
+      'context_adagrad', string.format('%.9g', context_adagrad),
+      'last_ts', string.format('%d', last_ts), 'popularity_log', string.format('%.17g', popularity),
+      'version', version)
+  end
+  feed[#feed + 1] = id
+  feed[#feed + 1] = version
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(feed))
+return 0
+"#;
+
+/// One changed item: its state now (with the version this process last saw in `state.version`)
+/// and its change since then.
+#[derive(Debug, Clone)]
+pub struct ItemWrite {
+    /// The item's state.
+    pub state: ItemState,
+    /// The change since this process last synced the item.
+    pub delta: ItemDelta,
+}
+
 /// One changed user: its state and what to write of its seen list.
 #[derive(Debug, Clone)]
 pub struct UserWrite {
@@ -76,12 +195,14 @@ pub enum PoolWrite {
 pub struct FlushBatch {
     /// Changed users.
     pub users: Vec<UserWrite>,
-    /// Changed items.
-    pub items: Vec<ItemState>,
-    /// Items with a row at or above this one are new to the catalogue (`ZADD {ns}:items`).
-    pub new_items_from: u32,
+    /// Changed items, in row order (new items get catalogue rows in this order).
+    pub items: Vec<ItemWrite>,
     /// Model-wide fields.
     pub meta: StoredMeta,
+    /// Events applied since the last committed flush, added to `events_applied` in Redis
+    /// (several instances count into it); `None` writes `meta.events_applied` as it is (a
+    /// namespace rewritten whole).
+    pub applied_increment: Option<u64>,
     /// Whether to write the model configuration (`schema_version`, `dim`, `seed`,
     /// `model_config`): once per namespace and process, and in every rewrite.
     pub write_config: bool,
@@ -91,28 +212,31 @@ pub struct FlushBatch {
     pub topic: String,
     /// Progress of every assigned partition.
     pub progress: Vec<(i32, StoredProgress)>,
+    /// This process's number for the attempt (see [`super::epoch`]: a flush whose outcome was
+    /// unknown is recognised by it later).
+    pub seq: u64,
 }
 
 /// The transactions of one flush, in order, each an atomic pipeline without the epoch
 /// commands: every one but the last writes staging keys only; the last writes in place,
-/// promotes the staged keys, and writes meta and progress. One transaction when the batch holds
-/// at most `max_entities` users and items. Built one at a time as the caller takes them, so a
-/// large flush (the first after a catch-up writes every new user) holds one transaction's
-/// commands in memory, not all of them.
+/// promotes the staged keys, applies the items, and writes meta and progress. One transaction
+/// when the batch holds at most `max_entities` users. Built one at a time as the caller takes
+/// them, so a large flush (the first after a catch-up writes every new user) holds one
+/// transaction's commands in memory, not all of them. Items are never staged: their delta must
+/// be applied together with the progress that covers it, exactly once, so the last transaction
+/// holds every changed item, `ITEM_APPLY_CHUNK` per script call.
 pub fn transactions<'a>(
     keys: &'a Keys,
     batch: &'a FlushBatch,
     seen_bound: usize,
     max_entities: usize,
-    stage_token: &str,
+    stage_token: &'a str,
 ) -> impl Iterator<Item = Pipeline> + 'a {
     let max_entities = max_entities.max(1);
-    let entities = batch.users.len() + batch.items.len();
-    let staged_chunks = entities.saturating_sub(1) / max_entities;
+    let staged_chunks = batch.users.len().saturating_sub(1) / max_entities;
     let staging =
         Staging { prefix: keys.staging_prefix(stage_token), set: keys.staging(stage_token) };
     let mut users = batch.users.iter();
-    let mut items = batch.items.iter();
     let mut built = 0;
     std::iter::from_fn(move || {
         if built > staged_chunks {
@@ -123,17 +247,8 @@ pub fn transactions<'a>(
             let mut pipe = redis::pipe();
             pipe.atomic();
             let mut staged_names = Vec::new();
-            for _ in 0..max_entities {
-                if let Some(user) = users.next() {
-                    stage_user(&mut pipe, keys, &staging, user, &mut staged_names);
-                } else if let Some(item) = items.next() {
-                    let name = keys.item(&item.id);
-                    let staged = staging.name(&name);
-                    pipe.cmd("DEL").arg(&staged).ignore();
-                    item_hset(&mut pipe, &staged, item);
-                    pipe.cmd("EXPIRE").arg(&staged).arg(STAGING_TTL_S).ignore();
-                    staged_names.push(name);
-                }
+            for user in users.by_ref().take(max_entities) {
+                stage_user(&mut pipe, keys, &staging, user, &mut staged_names);
             }
             pipe.cmd("SADD").arg(&staging.set).arg(&staged_names).ignore();
             pipe.cmd("EXPIRE").arg(&staging.set).arg(STAGING_TTL_S).ignore();
@@ -144,8 +259,8 @@ pub fn transactions<'a>(
         for user in users.by_ref() {
             user_in_place(&mut last, keys, user, seen_bound);
         }
-        for item in items.by_ref() {
-            item_hset(&mut last, &keys.item(&item.id), item);
+        for chunk in batch.items.chunks(ITEM_APPLY_CHUNK) {
+            item_apply(&mut last, keys, &batch.meta, stage_token, chunk);
         }
         if staged_chunks > 0 {
             last.cmd("EVAL")
@@ -167,6 +282,50 @@ pub fn transactions<'a>(
         }
         Some(last)
     })
+}
+
+/// One `ITEM_APPLY` call for a chunk of items.
+fn item_apply(
+    pipe: &mut Pipeline,
+    keys: &Keys,
+    meta: &StoredMeta,
+    writer: &str,
+    items: &[ItemWrite],
+) {
+    let raw = |values: &[f32]| -> Vec<u8> { values.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    let command = pipe.cmd("EVAL");
+    command.arg(ITEM_APPLY).arg(2 + items.len()).arg(keys.items()).arg(keys.item_changes());
+    for item in items {
+        command.arg(keys.item(&item.state.id));
+    }
+    command
+        .arg(meta.dim)
+        .arg(meta.model_config.max_norm.to_string())
+        .arg(meta.model_config.max_bias.to_string())
+        .arg(writer)
+        .arg(ITEM_CHANGES_MAXLEN);
+    for ItemWrite { state, delta } in items {
+        command
+            .arg(&state.id)
+            .arg(state.version)
+            .arg(encode_vector(&state.vector))
+            .arg(encode_vector(&state.context))
+            .arg(state.bias.to_string())
+            .arg(state.adagrad.to_string())
+            .arg(state.context_adagrad.to_string())
+            .arg(state.events)
+            .arg(state.last_ts)
+            .arg(state.popularity_log.to_string())
+            .arg(raw(&delta.vector))
+            .arg(raw(&delta.context))
+            .arg(delta.bias.to_string())
+            .arg(delta.adagrad.to_string())
+            .arg(delta.context_adagrad.to_string())
+            .arg(delta.events)
+            .arg(delta.popularity_log.to_string());
+    }
+    debug_assert_eq!(ITEM_APPLY_STRIDE, 17);
+    command.ignore();
 }
 
 struct Staging {
@@ -249,31 +408,7 @@ fn stage_user(
     staged_names.push(seen_name);
 }
 
-fn item_hset(pipe: &mut Pipeline, key: &str, item: &ItemState) {
-    pipe.cmd("HSET")
-        .arg(key)
-        .arg("vector")
-        .arg(encode_vector(&item.vector))
-        .arg("context")
-        .arg(encode_vector(&item.context))
-        .arg("bias")
-        .arg(item.bias.to_string())
-        .arg("row")
-        .arg(item.row)
-        .arg("events")
-        .arg(item.events)
-        .arg("last_ts")
-        .arg(item.last_ts)
-        .arg("popularity_log")
-        .arg(item.popularity_log.to_string())
-        .arg("adagrad")
-        .arg(item.adagrad.to_string())
-        .arg("context_adagrad")
-        .arg(item.context_adagrad.to_string())
-        .ignore();
-}
-
-/// `SADD {ns}:users` for the changed users, `ZADD {ns}:items` for items new to the catalogue.
+/// `SADD {ns}:users` for the changed users (items enter the catalogue in [`ITEM_APPLY`]).
 fn catalogue(pipe: &mut Pipeline, keys: &Keys, batch: &FlushBatch) {
     if !batch.users.is_empty() {
         pipe.cmd("SADD")
@@ -281,25 +416,21 @@ fn catalogue(pipe: &mut Pipeline, keys: &Keys, batch: &FlushBatch) {
             .arg(batch.users.iter().map(|user| &user.state.id).collect::<Vec<_>>())
             .ignore();
     }
-    let mut new_items = batch.items.iter().filter(|item| item.row >= batch.new_items_from);
-    if let Some(first) = new_items.next() {
-        let mut zadd = redis::cmd("ZADD");
-        zadd.arg(keys.items()).arg(first.row).arg(&first.id);
-        for item in new_items {
-            zadd.arg(item.row).arg(&item.id);
-        }
-        pipe.add_command(zadd).ignore();
-    }
 }
 
 /// The counters of `{ns}:meta`, the model configuration when asked, and the negative pool.
 fn meta(pipe: &mut Pipeline, keys: &Keys, batch: &FlushBatch) {
     let meta = &batch.meta;
+    if let Some(increment) = batch.applied_increment {
+        pipe.cmd("HINCRBY").arg(keys.meta()).arg("events_applied").arg(increment).ignore();
+    }
     let mut hset = redis::cmd("HSET");
-    hset.arg(keys.meta())
-        .arg("events_applied")
-        .arg(meta.events_applied)
-        .arg("closed_until")
+    if batch.applied_increment.is_none() {
+        hset.arg(keys.meta()).arg("events_applied").arg(meta.events_applied);
+    } else {
+        hset.arg(keys.meta());
+    }
+    hset.arg("closed_until")
         .arg(meta.closed_until)
         .arg("negative_pool_next")
         .arg(meta.negative_pool.1);

@@ -18,7 +18,23 @@ fn user(id: usize, seen: usize, write: SeenWrite) -> UserWrite {
     }
 }
 
-fn item(row: u32) -> ItemState {
+fn item(row: u32) -> ItemWrite {
+    ItemWrite { state: item_state(row), delta: delta(0.0) }
+}
+
+fn delta(change: f32) -> ItemDelta {
+    ItemDelta {
+        vector: vec![change; DIM],
+        context: vec![0.0; DIM],
+        bias: change,
+        adagrad: 0.0,
+        context_adagrad: 0.0,
+        events: 1,
+        popularity_log: 0.0,
+    }
+}
+
+fn item_state(row: u32) -> ItemState {
     ItemState {
         id: format!("i{row}"),
         row,
@@ -30,14 +46,16 @@ fn item(row: u32) -> ItemState {
         events: 1,
         last_ts: 1_700_000_000_000,
         popularity_log: 1.0,
+        version: 0,
     }
 }
 
-fn batch(users: Vec<UserWrite>, items: Vec<ItemState>) -> FlushBatch {
+fn batch(users: Vec<UserWrite>, items: Vec<ItemWrite>) -> FlushBatch {
     FlushBatch {
         users,
         items,
-        new_items_from: 0,
+        applied_increment: Some(10),
+        seq: 1,
         meta: StoredMeta {
             dim: DIM,
             model_config: ModelConfig { dim: DIM, ..ModelConfig::default() },
@@ -144,18 +162,26 @@ fn pool_ranges_follow_the_ring() {
 }
 
 #[test]
-fn only_items_new_to_the_catalogue_are_added_to_the_sorted_set() {
-    let mut items = batch(Vec::new(), (0..20).map(item).collect());
-    items.new_items_from = 18;
-    let all = commands(&build(&items, 100)[0]);
-    let zadd: Vec<&Vec<String>> = all.iter().filter(|args| args[0] == "ZADD").collect();
-    assert_eq!(zadd.len(), 1, "one ZADD for all new items");
-    assert_eq!(zadd[0][1..], ["ns:items", "18", "i18", "19", "i19"]);
-    // One HSET per item, with every field: no other per-item command.
-    let per_item = all.iter().filter(|args| args[1].starts_with("ns:item:")).count();
-    assert_eq!(per_item, 20);
-    items.new_items_from = 20;
-    assert!(!names(&build(&items, 100)[0]).contains(&"ZADD".to_owned()));
+fn items_are_applied_by_script_in_bounded_calls_in_the_last_transaction() {
+    let items = batch(Vec::new(), (0..1200).map(item).collect());
+    let pipelines = build(&items, 100);
+    assert_eq!(pipelines.len(), 1, "items are never staged");
+    let all = commands(&pipelines[0]);
+    let calls: Vec<&Vec<String>> =
+        all.iter().filter(|args| args[0] == "EVAL" && args[1] == ITEM_APPLY).collect();
+    assert_eq!(calls.len(), 3, "{ITEM_APPLY_CHUNK} items per call");
+    // Script, key count, catalogue, feed, the items' keys, 5 shared values, 17 per item.
+    let first = calls[0];
+    assert_eq!(first[2], (2 + ITEM_APPLY_CHUNK).to_string());
+    assert_eq!(first[3..5], ["ns:items", "ns:item_changes"]);
+    assert_eq!(first[5], "ns:item:i0");
+    assert_eq!(first.len(), 5 + ITEM_APPLY_CHUNK + 5 + ITEM_APPLY_CHUNK * ITEM_APPLY_STRIDE);
+    assert_eq!(calls[2].len(), 5 + 200 + 5 + 200 * ITEM_APPLY_STRIDE);
+    // No other per-item command, and no catalogue write outside the script.
+    assert!(!all.iter().any(|args| args.len() > 1 && args[1].starts_with("ns:item:")));
+    assert!(!all.iter().any(|args| args[0] == "ZADD"));
+    // Several instances count into events_applied.
+    assert!(all.iter().any(|args| args[..] == ["HINCRBY", "ns:meta", "events_applied", "10"]));
 }
 
 #[test]
@@ -164,7 +190,7 @@ fn a_large_flush_is_cut_into_bounded_transactions_with_progress_only_in_the_last
     let items = (0..30).map(item).collect();
     let large = batch(users, items);
     let pipelines = build(&large, 10);
-    assert_eq!(pipelines.len(), 6, "55 users and items at most 10 per transaction");
+    assert_eq!(pipelines.len(), 3, "25 users at most 10 per transaction; items never staged");
     let keys = Keys::new("ns");
     for (index, pipe) in pipelines.iter().enumerate() {
         let all = commands(pipe);
@@ -173,21 +199,19 @@ fn a_large_flush_is_cut_into_bounded_transactions_with_progress_only_in_the_last
             |prefix: &str| all.iter().any(|args| args.len() > 1 && args[1].starts_with(prefix));
         assert_eq!(touches("ns:progress:"), last, "progress only in the last: {index}");
         assert_eq!(touches("ns:meta"), last, "meta only in the last: {index}");
-        assert_eq!(touches("ns:items"), last, "catalogue only in the last: {index}");
+        let applies_items = all.iter().any(|args| args[0] == "EVAL" && args[1] == ITEM_APPLY);
+        assert_eq!(applies_items, last, "items only in the last: {index}");
         if !last {
             // Staging transactions write nothing a reader sees.
             for args in &all {
                 assert!(args[1].starts_with("ns:staging:t0"), "{index}: {args:?}");
             }
             let hashes = all.iter().filter(|args| args[0] == "HSET").count();
-            assert_eq!(hashes, 10, "{index}: at most 10 users and items");
+            assert_eq!(hashes, 10, "{index}: at most 10 users");
         } else {
             let in_place = all
                 .iter()
-                .filter(|args| {
-                    args[0] == "HSET"
-                        && (args[1].starts_with("ns:user:") || args[1].starts_with("ns:item:"))
-                })
+                .filter(|args| args[0] == "HSET" && args[1].starts_with("ns:user:"))
                 .count();
             assert_eq!(in_place, 5);
             let promote = all.iter().find(|args| args[0] == "EVAL" && args[1] == PROMOTE_STAGED);
@@ -196,13 +220,13 @@ fn a_large_flush_is_cut_into_bounded_transactions_with_progress_only_in_the_last
         }
     }
     // Every staged user and item, and every user's seen list, is named for promotion.
-    let staged: usize = pipelines[..5]
+    let staged: usize = pipelines[..2]
         .iter()
         .flat_map(commands)
         .filter(|args| args[0] == "SADD")
         .map(|args| args.len() - 2)
         .sum();
-    assert_eq!(staged, 25 * 2 + 25);
+    assert_eq!(staged, 20 * 2);
 }
 
 #[test]

@@ -136,7 +136,8 @@ fn batch(users: Vec<UserWrite>, pool: (Vec<u32>, usize), write: PoolWrite) -> Fl
     FlushBatch {
         users,
         items: Vec::new(),
-        new_items_from: 0,
+        applied_increment: None,
+        seq: 1,
         meta: StoredMeta {
             dim: 64,
             model_config: ModelConfig::default(),

@@ -132,6 +132,7 @@ fn recall_on_100000_synthetic_items() {
                     events: 1,
                     last_ts: 1_000_000_000_000,
                     popularity_log: 0.0,
+                    version: 0,
                 })
                 .unwrap();
         }
@@ -201,6 +202,7 @@ fn add_items(model: &mut Model, count: u64) {
                 events: 1,
                 last_ts: 1_000_000_000_000,
                 popularity_log: 0.0,
+                version: 0,
             })
             .unwrap();
     }

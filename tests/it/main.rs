@@ -27,5 +27,6 @@ mod ratelimit;
 mod rebuild;
 mod redis_faults;
 mod replay_cli;
+mod scale_out;
 mod service;
 mod sessions;

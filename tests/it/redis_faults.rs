@@ -200,7 +200,8 @@ mod store {
                 })
                 .collect(),
             items: Vec::new(),
-            new_items_from: 0,
+            applied_increment: None,
+            seq: applied,
             meta: StoredMeta {
                 dim,
                 model_config,
@@ -273,6 +274,29 @@ mod store {
         assert_eq!(first.load_meta().unwrap().unwrap().events_applied, 13);
         assert_eq!(second.rewrite_namespace(&batch(1, 14)).unwrap(), renewed);
         first.write_flush(&batch(5, 15)).unwrap();
+    }
+
+    #[test]
+    fn a_flush_that_committed_after_its_timeout_is_recognised_before_the_next_one() {
+        let name = infra::unique("store-late");
+        let redis = OwnRedis::start(&name);
+        let mut store = SyncStore::new(&store_config(&redis, &name)).unwrap();
+        store.attach_epoch().unwrap();
+        store.write_flush(&batch(3, 1)).unwrap();
+        // Flush 2 timed out after its EXEC was sent, and Redis ran it later: its marker says so.
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut connection = client.get_connection().unwrap();
+        let markers: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{name}:flush:*")).query(&mut connection).unwrap();
+        assert_eq!(markers.len(), 1, "one marker per process: {markers:?}");
+        let () = redis::cmd("SET").arg(&markers[0]).arg(2).query(&mut connection).unwrap();
+        // The next flush is not tried: its deltas were computed before flush 2 was stored.
+        let late = store.write_flush(&batch(3, 3)).unwrap_err();
+        assert!(matches!(late, StoreError::EarlierFlushCommitted { seq: 2 }), "{late}");
+        assert_eq!(store.load_meta().unwrap().unwrap().events_applied, 1);
+        // Once the caller has counted flush 2 as stored, flushing goes on.
+        store.write_flush(&batch(3, 3)).unwrap();
+        assert_eq!(store.load_meta().unwrap().unwrap().events_applied, 3);
     }
 
     #[test]

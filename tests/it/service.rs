@@ -187,8 +187,11 @@ fn a_revoke_during_ingest_loses_and_duplicates_nothing() {
     let records = infra::movielens_records();
     infra::produce(&config, &records);
     let mut expected: HashMap<String, u64> = HashMap::new();
+    let mut expected_items: HashMap<String, u64> = HashMap::new();
     for record in &records {
         *expected.entry(String::from_utf8(record.key.clone().unwrap()).unwrap()).or_default() += 1;
+        let event: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+        *expected_items.entry(event["item_id"].as_str().unwrap().to_owned()).or_default() += 1;
     }
 
     let mut slow = config.clone();
@@ -236,6 +239,13 @@ fn a_revoke_during_ingest_loses_and_duplicates_nothing() {
         let state = store.load_user(user, 64).unwrap().unwrap();
         assert_eq!(state.events, *count, "user {user}");
     }
+    // And per item, although both members folded events of every item (issue 10).
+    let items = store.load_items(64).unwrap();
+    assert_eq!(items.len(), expected_items.len());
+    for item in items {
+        assert_eq!(item.events, expected_items[&item.id], "item {}", item.id);
+    }
+    assert_eq!(store.load_meta().unwrap().unwrap().events_applied, 100_000);
 }
 
 #[test]

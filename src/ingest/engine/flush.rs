@@ -5,7 +5,13 @@ use std::time::Instant;
 
 use super::Engine;
 use crate::model::ItemRow;
-use crate::store::{FlushBatch, PoolWrite, StoreError, StoredMeta, UserWrite, SCHEMA_VERSION};
+use crate::store::{
+    FlushBatch, ItemWrite, PoolWrite, StoreError, StoredMeta, UserWrite, SCHEMA_VERSION,
+};
+
+/// Flushes whose outcome is unknown (a timeout after `EXEC` was sent) kept for recognising a
+/// late commit; older ones are dropped (each later attempt that reached Redis fenced them off).
+const IN_DOUBT_KEPT: usize = 4;
 
 impl Engine {
     /// Writes pending users, items, meta and progress in one transaction. Returns the offsets
@@ -14,6 +20,38 @@ impl Engine {
     /// # Errors
     /// [`StoreError`]; pending state is kept for the next attempt.
     pub fn flush(&mut self) -> Result<Vec<(i32, i64)>, StoreError> {
+        match self.flush_once() {
+            Err(StoreError::EarlierFlushCommitted { seq }) => {
+                self.earlier_flush_committed(seq);
+                self.flush_once()
+            }
+            other => other,
+        }
+    }
+
+    /// A flush whose outcome was unknown committed after all: what it wrote is synced (its
+    /// items' new base, the applied counter); users and the pool are rewritten idempotently by
+    /// the next flush.
+    fn earlier_flush_committed(&mut self, seq: u64) {
+        let Some(position) = self.in_doubt.iter().position(|batch| batch.seq == seq) else {
+            tracing::error!(seq, "a flush committed late but is no longer known: item deltas may be missing or doubled");
+            self.in_doubt.clear();
+            return;
+        };
+        let batch = self.in_doubt.remove(position).expect("position is in range");
+        tracing::warn!(seq, "a flush whose outcome was unknown committed late: counted as stored");
+        self.in_doubt.retain(|other| other.seq > seq);
+        let mut model = self.fold.model_mut();
+        for item in &batch.items {
+            model.mark_item_synced(&item.state);
+        }
+        drop(model);
+        self.flushed_applied = batch.meta.events_applied;
+        self.config_stored |= batch.write_config;
+    }
+
+    fn flush_once(&mut self) -> Result<Vec<(i32, i64)>, StoreError> {
+        self.flush_seq += 1;
         let batch = self.changed_batch();
         let started = Instant::now();
         let result = self.write_checked(&batch);
@@ -25,8 +63,16 @@ impl Engine {
         self.status.flush_failing.store(result.is_err(), Ordering::Relaxed);
         if let Err(error) = result {
             self.metrics.redis_errors.with_label_values(&["flush"]).inc();
+            if matches!(error, StoreError::Timeout { .. } | StoreError::Redis(_)) {
+                // EXEC may have been sent: the next flush finds out (see store::epoch).
+                if self.in_doubt.len() == IN_DOUBT_KEPT {
+                    self.in_doubt.pop_front();
+                }
+                self.in_doubt.push_back(batch);
+            }
             return Err(error);
         }
+        self.in_doubt.clear();
         self.flushed_applied = batch.meta.events_applied;
         self.mark_stored(&batch);
         self.status.unflushed.store(0, Ordering::Relaxed);
@@ -65,8 +111,15 @@ impl Engine {
                 .filter_map(|id| model.user_row(id))
                 .map(|row| UserWrite { state: model.user_state(row), seen: model.seen_write(row) })
                 .collect(),
-            items: self.pending_items.iter().map(|row| model.item_state(ItemRow(*row))).collect(),
-            new_items_from: self.catalogue_stored,
+            items: self
+                .pending_items
+                .iter()
+                .map(|row| ItemWrite {
+                    state: model.item_state(ItemRow(*row)),
+                    delta: model.item_delta(ItemRow(*row)),
+                })
+                .collect(),
+            applied_increment: Some(events_applied.saturating_sub(self.flushed_applied)),
             meta: StoredMeta {
                 dim: model.dim(),
                 model_config: model.config().clone(),
@@ -84,6 +137,7 @@ impl Engine {
             },
             topic: self.topic.clone(),
             progress: self.progress.iter().map(|(p, progress)| (*p, progress.stored())).collect(),
+            seq: self.flush_seq,
         }
     }
 
@@ -95,9 +149,10 @@ impl Engine {
                 model.mark_seen_stored(row);
             }
         }
+        for item in &batch.items {
+            model.mark_item_synced(&item.state);
+        }
         self.config_stored = true;
         self.pool_stored_at = Some(batch.meta.events_applied);
-        let newest_row = batch.items.iter().map(|item| item.row + 1).max().unwrap_or(0);
-        self.catalogue_stored = self.catalogue_stored.max(newest_row);
     }
 }

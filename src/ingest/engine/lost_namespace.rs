@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::Engine;
 use crate::model::{ItemRow, SeenWrite, UserRow};
-use crate::store::{FlushBatch, PoolWrite, StoreError, UserWrite};
+use crate::store::{FlushBatch, ItemWrite, PoolWrite, StoreError, UserWrite};
 
 /// Exit status of `embedstream run` when Redis lost the namespace and the in-memory state is
 /// not the whole state (a restart rebuilds it from the topic, from `--from`).
@@ -107,10 +107,14 @@ impl Engine {
                     })
                     .collect(),
                 items: (0..model.item_count() as u32)
-                    .map(|row| model.item_state(ItemRow(row)))
+                    .map(|row| ItemWrite {
+                        state: model.item_state(ItemRow(row)),
+                        delta: model.item_delta(ItemRow(row)),
+                    })
                     .collect(),
-                new_items_from: 0,
                 meta: batch.meta.clone(),
+                applied_increment: None,
+                seq: batch.seq,
                 write_config: true,
                 pool: PoolWrite::Whole,
                 topic: batch.topic.clone(),

@@ -17,6 +17,8 @@ impl Engine {
     /// [`EngineError`] when Redis fails or holds a model of another configuration.
     pub fn restore(&mut self) -> Result<(), EngineError> {
         self.store.attach_epoch()?;
+        // Before the items: following the feed from here misses no write made while they load.
+        self.item_feed = Some(self.store.item_feed_position()?);
         let Some(meta) = self.store.load_meta()? else {
             // Users written without a model (nothing of ours does; a foreign writer could).
             self.all_users_in_memory = self.store.stored_user_count()? == 0;
@@ -63,7 +65,6 @@ impl Engine {
         self.flushed_applied = meta.events_applied;
         // An older layout gets the configuration (and its schema version) once more.
         self.config_stored = meta.schema_version == crate::store::SCHEMA_VERSION;
-        self.catalogue_stored = self.fold.model().item_count() as u32;
         self.status.redis_ok.store(true, Ordering::Relaxed);
         self.status.restored.store(true, Ordering::Relaxed);
         tracing::info!(
