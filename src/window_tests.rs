@@ -298,3 +298,25 @@ fn the_partitions_holding_the_watermark_back_are_named() {
     // Idle partitions hold nothing back.
     assert_eq!(windows.holding_back(5_000), Vec::<i32>::new());
 }
+
+#[test]
+fn a_full_buffer_keeps_the_slower_half_fetching() {
+    let mut windows = Windows::new(cfg());
+    for partition in 0..6 {
+        windows.register_partition(partition, 0);
+    }
+    for (offset, (partition, ts)) in
+        [(0, 9_000), (1, 4_000), (2, 7_000), (3, 2_000), (4, 8_000)].into_iter().enumerate()
+    {
+        admit(&mut windows, partition, offset as i64, ts, 0, "event");
+    }
+    // Partition 5 has delivered nothing (the minimum), then 3 and 1: the slower three.
+    assert_eq!(windows.slower_half(0), vec![1, 3, 5]);
+    admit(&mut windows, 5, 10, 9_500, 0, "caught up");
+    assert_eq!(windows.slower_half(0), vec![1, 2, 3]);
+    // It always holds the partitions holding the watermark back.
+    let holding = windows.holding_back(0);
+    assert!(holding.iter().all(|partition| windows.slower_half(0).contains(partition)));
+    // Idle partitions are not fetched on purpose.
+    assert_eq!(windows.slower_half(5_000), Vec::<i32>::new());
+}

@@ -48,15 +48,16 @@ impl Engine {
         next
     }
 
-    /// The partitions to keep fetching while paused: under a full buffer, those holding the
-    /// watermark back (otherwise no window closes and the buffer never drains: a deadlock seen
-    /// when the slowest partition in event time was paused with records unread); none for an
-    /// outage pause.
+    /// The partitions to keep fetching while paused: under a full buffer, the slower half by
+    /// watermark, which always includes those holding the watermark back (otherwise no window
+    /// closes and the buffer never drains: a deadlock seen when the slowest partition in event
+    /// time was paused with records unread; see [`crate::window::Windows::slower_half`]); none
+    /// for an outage pause.
     pub fn keep_fetching(&self, now_ms: i64) -> Vec<i32> {
         if self.paused != Some(PauseReason::BufferFull) {
             return Vec::new();
         }
-        self.fold.windows().holding_back(now_ms)
+        self.fold.windows().slower_half(now_ms)
     }
 
     /// Redis is down (breaker not closed, last flush failed, or windows wait for user state):
