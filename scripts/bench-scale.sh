@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Scale-out benchmark (issue 10, BENCHMARKS.md "Scale-out"): one topic of 6 partitions holding
+# COPIES x MovieLens-100k, then for N = 1, 2, 3 instances of `embedstream run` in a fresh
+# consumer group and namespace: the time from start until Redis's `events_applied` holds every
+# event (joining the group included), the CPU time of each instance per event, and what Redis
+# received per event (bytes, and the item script's calls).
+# All instances, Redis and the broker share this machine's cores: with two cores, a second
+# instance adds no CPU, so the figures show the cost of the shared item state, not a speed-up.
+# Usage: scripts/bench-scale.sh [copies of ml-100k, default 5] [instance counts, default "1 2 3"]
+# Environment: EMBEDSTREAM_BENCH_BIN (a binary to use instead of building release);
+# EMBEDSTREAM_BENCH_REDIS_PORT / _KAFKA_PORT (default 46379, 49092).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+copies=${1:-5}
+counts=${2:-"1 2 3"}
+export EMBEDSTREAM_DEV_DIR="$root/.dev-bench"
+export EMBEDSTREAM_REDIS_PORT=${EMBEDSTREAM_BENCH_REDIS_PORT:-46379}
+export EMBEDSTREAM_KAFKA_PORT=${EMBEDSTREAM_BENCH_KAFKA_PORT:-49092}
+run_id="scale-$(date +%s)"
+work="$EMBEDSTREAM_DEV_DIR/$run_id"
+
+scripts/fetch-movielens.sh >/dev/null
+if [[ -n ${EMBEDSTREAM_BENCH_BIN:-} ]]; then
+  bin=$EMBEDSTREAM_BENCH_BIN
+else
+  cargo build --release --locked --quiet --bin embedstream
+  bin="${CARGO_TARGET_DIR:-$root/target}/release/embedstream"
+fi
+mkdir -p "$EMBEDSTREAM_DEV_DIR/bin" "$work"
+cp "$bin" "$EMBEDSTREAM_DEV_DIR/bin/embedstream-scale"
+bin="$EMBEDSTREAM_DEV_DIR/bin/embedstream-scale"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  scripts/dev-down.sh >/dev/null
+}
+trap cleanup EXIT
+scripts/dev-up.sh "$run_id-events:6" "$run_id-dlq:1" >/dev/null
+export EMBEDSTREAM_KAFKA__BROKERS="127.0.0.1:$EMBEDSTREAM_KAFKA_PORT"
+export EMBEDSTREAM_KAFKA__DEAD_LETTER_TOPIC="$run_id-dlq"
+export EMBEDSTREAM_KAFKA__SESSION_TIMEOUT_MS=6000
+export EMBEDSTREAM_STORE__URL="redis://127.0.0.1:$EMBEDSTREAM_REDIS_PORT/"
+export RUST_LOG=${EMBEDSTREAM_BENCH_LOG:-warn}
+# Ingest only: nobody calls the HTTP side here.
+export EMBEDSTREAM_AUTH__ENABLED=false
+redis() { redis-cli -p "$EMBEDSTREAM_REDIS_PORT" "$@"; }
+
+python3 - "$copies" "$work/events.jsonl" <<'PY'
+import json, sys
+copies, out = int(sys.argv[1]), sys.argv[2]
+rows = []
+for number, line in enumerate(open("data/ml-100k/u.data")):
+    user, item, rating, ts = line.split("\t")
+    rows.append((int(ts), number, user, item, int(rating)))
+rows.sort()
+year_ms = 365 * 24 * 3600 * 1000
+with open(out, "w") as f:
+    for copy in range(copies):
+        for ts, _, user, item, rating in rows:
+            f.write(json.dumps({"event_id": f"c{copy}-{user}-{item}", "user_id": user, "item_id": item,
+                                "event_type": "like" if rating >= 4 else "view",
+                                "ts": ts * 1000 + copy * year_ms, "rating": rating}) + "\n")
+PY
+"$bin" produce --input "$work/events.jsonl" --topic "$run_id-events" --json >/dev/null
+total=$((copies * 100000))
+ticks=$(getconf CLK_TCK)
+
+echo "== $total events on 6 partitions; instances, CPU and Redis traffic per event"
+echo "| instances | until all applied, s | events/s | CPU of each instance, s | CPU per event, all instances, us | bytes into Redis per event | Lua calls |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+for n in $counts; do
+  namespace="$run_id-n$n"
+  redis CONFIG RESETSTAT >/dev/null
+  pids=()
+  start=$(date +%s.%N)
+  for i in $(seq "$n"); do
+    "$bin" run --topic "$run_id-events" --group "$namespace" --namespace "$namespace" \
+      --listen 127.0.0.1:0 >"$work/$namespace-$i.log" 2>&1 &
+    pids+=($!)
+  done
+  while :; do
+    applied=$(redis HGET "$namespace:meta" events_applied)
+    [[ ${applied:-0} -ge $total ]] && break
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null || { echo "instance $pid exited; log: $work" >&2; exit 1; }
+    done
+    sleep 0.2
+  done
+  end=$(date +%s.%N)
+  cpu=()
+  for pid in "${pids[@]}"; do
+    # utime + stime (fields 14 and 15 of /proc/PID/stat), in clock ticks.
+    cpu+=("$(awk '{ print $14 + $15 }' "/proc/$pid/stat")")
+  done
+  bytes=$(redis INFO stats | awk -F: '/^total_net_input_bytes/ { print $2 }' | tr -d '\r')
+  calls=$(redis INFO commandstats | awk -F'[:=,]' '/^cmdstat_eval:/ { print $3 }' | tr -d '\r')
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pids=()
+  python3 - "$n" "$start" "$end" "$total" "$ticks" "$bytes" "${calls:-0}" "${cpu[@]}" <<'PY'
+import sys
+n, start, end, total, ticks, redis_bytes, calls = sys.argv[1:8]
+cpu = [int(c) / int(ticks) for c in sys.argv[8:]]
+seconds, total = float(end) - float(start), int(total)
+per_instance = ", ".join(f"{c:.1f}" for c in cpu)
+print(f"| {n} | {seconds:.1f} | {total / seconds:,.0f} | {per_instance} | {sum(cpu) / total * 1e6:.1f} "
+      f"| {int(redis_bytes) / total:.0f} | {calls} |")
+PY
+done
+echo "(EVAL calls include the seen-list appends and the staging promotion: every Lua script call.)"
