@@ -2,13 +2,15 @@
 # Scale-out benchmark (issue 10, BENCHMARKS.md "Scale-out"): one topic of 6 partitions holding
 # COPIES x MovieLens-100k, then for N = 1, 2, 3 instances of `embedstream run` in a fresh
 # consumer group and namespace: the time from start until Redis's `events_applied` holds every
-# event (joining the group included), the CPU time of each instance per event, and what Redis
-# received per event (bytes, and the item script's calls).
+# event (joining the group included), the CPU time of each instance per event, what Redis
+# received per event (bytes, and Lua script calls), and how far each instance's copy of the
+# items trailed Redis (`embedstream_item_feed_lag_seconds`: p99 and max bucket, from /metrics).
 # All instances, Redis and the broker share this machine's cores: with two cores, a second
 # instance adds no CPU, so the figures show the cost of the shared item state, not a speed-up.
 # Usage: scripts/bench-scale.sh [copies of ml-100k, default 5] [instance counts, default "1 2 3"]
 # Environment: EMBEDSTREAM_BENCH_BIN (a binary to use instead of building release);
-# EMBEDSTREAM_BENCH_REDIS_PORT / _KAFKA_PORT (default 46379, 49092).
+# EMBEDSTREAM_BENCH_REDIS_PORT / _KAFKA_PORT / _HTTP_PORT (default 46379, 49092, 48080: the
+# instances listen on it and the next ports).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -17,6 +19,7 @@ counts=${2:-"1 2 3"}
 export EMBEDSTREAM_DEV_DIR="$root/.dev-bench"
 export EMBEDSTREAM_REDIS_PORT=${EMBEDSTREAM_BENCH_REDIS_PORT:-46379}
 export EMBEDSTREAM_KAFKA_PORT=${EMBEDSTREAM_BENCH_KAFKA_PORT:-49092}
+http_port=${EMBEDSTREAM_BENCH_HTTP_PORT:-48080}
 run_id="scale-$(date +%s)"
 work="$EMBEDSTREAM_DEV_DIR/$run_id"
 
@@ -68,8 +71,8 @@ total=$((copies * 100000))
 ticks=$(getconf CLK_TCK)
 
 echo "== $total events on 6 partitions; instances, CPU and Redis traffic per event"
-echo "| instances | until all applied, s | events/s | CPU of each instance, s | CPU per event, all instances, us | bytes into Redis per event | Lua calls |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
+echo "| instances | until all applied, s | events/s | CPU of each instance, s | CPU per event, all instances, us | bytes into Redis per event | Lua calls | item feed lag p99 / max, s (reads) |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for n in $counts; do
   namespace="$run_id-n$n"
   redis CONFIG RESETSTAT >/dev/null
@@ -77,7 +80,7 @@ for n in $counts; do
   start=$(date +%s.%N)
   for i in $(seq "$n"); do
     "$bin" run --topic "$run_id-events" --group "$namespace" --namespace "$namespace" \
-      --listen 127.0.0.1:0 >"$work/$namespace-$i.log" 2>&1 &
+      --listen "127.0.0.1:$((http_port + i))" >"$work/$namespace-$i.log" 2>&1 &
     pids+=($!)
   done
   while :; do
@@ -96,17 +99,44 @@ for n in $counts; do
   done
   bytes=$(redis INFO stats | awk -F: '/^total_net_input_bytes/ { print $2 }' | tr -d '\r')
   calls=$(redis INFO commandstats | awk -F'[:=,]' '/^cmdstat_eval:/ { print $3 }' | tr -d '\r')
+  # Let the followers read the last writes, then take their lag histograms.
+  sleep 1
+  for i in $(seq "$n"); do
+    curl -s "127.0.0.1:$((http_port + i))/metrics" | grep '^embedstream_item_feed_lag_seconds' \
+      >"$work/$namespace-$i.lag" || true
+  done
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   pids=()
-  python3 - "$n" "$start" "$end" "$total" "$ticks" "$bytes" "${calls:-0}" "${cpu[@]}" <<'PY'
+  lag=$(python3 - "$work/$namespace" "$n" <<'PY'
 import sys
-n, start, end, total, ticks, redis_bytes, calls = sys.argv[1:8]
-cpu = [int(c) / int(ticks) for c in sys.argv[8:]]
+prefix, n = sys.argv[1], int(sys.argv[2])
+buckets, count = {}, 0
+for i in range(1, n + 1):
+    for line in open(f"{prefix}-{i}.lag"):
+        name, value = line.rsplit(" ", 1)
+        if name.startswith("embedstream_item_feed_lag_seconds_bucket"):
+            le = name.split('le="')[1].split('"')[0]
+            buckets[le] = buckets.get(le, 0) + float(value)
+        elif name.startswith("embedstream_item_feed_lag_seconds_count"):
+            count += float(value)
+if count == 0:
+    print("- (0)")
+else:
+    bounds = sorted((float("inf") if le == "+Inf" else float(le), c) for le, c in buckets.items())
+    p99 = next(le for le, c in bounds if c >= 0.99 * count)
+    top = next(le for le, c in bounds if c >= count)
+    print(f"<= {p99:g} / <= {top:g} ({count:.0f})")
+PY
+)
+  python3 - "$n" "$start" "$end" "$total" "$ticks" "$bytes" "${calls:-0}" "$lag" "${cpu[@]}" <<'PY'
+import sys
+n, start, end, total, ticks, redis_bytes, calls, lag = sys.argv[1:9]
+cpu = [int(c) / int(ticks) for c in sys.argv[9:]]
 seconds, total = float(end) - float(start), int(total)
 per_instance = ", ".join(f"{c:.1f}" for c in cpu)
 print(f"| {n} | {seconds:.1f} | {total / seconds:,.0f} | {per_instance} | {sum(cpu) / total * 1e6:.1f} "
-      f"| {int(redis_bytes) / total:.0f} | {calls} |")
+      f"| {int(redis_bytes) / total:.0f} | {calls} | {lag} |")
 PY
 done
 echo "(EVAL calls include the seen-list appends and the staging promotion: every Lua script call.)"
