@@ -53,6 +53,20 @@ end
 redis.call('DEL', KEYS[1])
 return 0";
 
+/// Writes pool slots from `ARGV[1]` (a byte offset, 4 per slot) on: each of `ARGV[2..]` (item
+/// ids) as its row in the catalogue `KEYS[2]`, u32 little-endian, into the string `KEYS[1]`
+/// (`SETRANGE`). Rows are those of Redis's catalogue, not of the writing process (several
+/// instances number their items differently; one alone numbers them as Redis does); an id the
+/// catalogue lacks is written as u32::MAX, which a restore drops.
+pub const POOL_WRITE: &str = "\
+local parts = {}
+for i = 2, #ARGV do
+  local row = redis.call('ZSCORE', KEYS[2], ARGV[i])
+  parts[#parts + 1] = struct.pack('<i4', row and tonumber(row) or -1)
+end
+redis.call('SETRANGE', KEYS[1], ARGV[1], table.concat(parts))
+return 0";
+
 /// Items per `ITEM_APPLY` call (each call's change-feed entry lists them; Lua's `unpack` of
 /// the entry's fields must stay within its C stack).
 pub const ITEM_APPLY_CHUNK: usize = 500;
@@ -208,6 +222,9 @@ pub struct FlushBatch {
     pub write_config: bool,
     /// What to write of the negative pool.
     pub pool: PoolWrite,
+    /// The pool's item ids, slot by slot (`meta.negative_pool.0` holds their rows in this
+    /// process); stored as their rows in Redis's catalogue ([`POOL_WRITE`]).
+    pub pool_ids: Vec<String>,
     /// Topic the progress belongs to.
     pub topic: String,
     /// Progress of every assigned partition.
@@ -445,23 +462,30 @@ fn meta(pipe: &mut Pipeline, keys: &Keys, batch: &FlushBatch) {
             .arg(serde_json::to_string(&meta.model_config).unwrap_or_default());
     }
     pipe.add_command(hset).ignore();
-    let pool = &meta.negative_pool.0;
+    let ids = &batch.pool_ids;
     let key = keys.negative_pool();
-    match pool_ranges(pool.len(), meta.negative_pool.1, batch.pool) {
+    let write = |pipe: &mut Pipeline, start: usize, end: usize| {
+        if start < end && end <= ids.len() {
+            pipe.cmd("EVAL")
+                .arg(POOL_WRITE)
+                .arg(2)
+                .arg(&key)
+                .arg(keys.items())
+                .arg(start * 4)
+                .arg(&ids[start..end])
+                .ignore();
+        }
+    };
+    match pool_ranges(ids.len(), meta.negative_pool.1, batch.pool) {
         None => {
-            let bytes: Vec<u8> = pool.iter().flat_map(|row| row.to_le_bytes()).collect();
             pipe.cmd("DEL").arg(&key).ignore();
-            if !bytes.is_empty() {
-                pipe.cmd("SET").arg(&key).arg(bytes).ignore();
-            }
+            write(pipe, 0, ids.len());
             // The older layout kept the pool in the meta hash.
             pipe.cmd("HDEL").arg(keys.meta()).arg("negative_pool").ignore();
         }
         Some(ranges) => {
             for (start, end) in ranges {
-                let bytes: Vec<u8> =
-                    pool[start..end].iter().flat_map(|row| row.to_le_bytes()).collect();
-                pipe.cmd("SETRANGE").arg(&key).arg(start * 4).arg(bytes).ignore();
+                write(pipe, start, end);
             }
         }
     }

@@ -132,7 +132,23 @@ fn user_write(id: &str, seen: &[&str], write: SeenWrite) -> UserWrite {
     }
 }
 
+/// The ids the test catalogue gives rows (see [`catalogue`]).
+fn pool_ids(rows: &[u32]) -> Vec<String> {
+    rows.iter().map(|row| format!("i{row}")).collect()
+}
+
+/// Items `i0` to `i9` at rows 0 to 9 of the catalogue: the pool is stored as catalogue rows.
+fn catalogue(redis: &OwnRedis, namespace: &str) {
+    let mut zadd = redis::cmd("ZADD");
+    zadd.arg(format!("{namespace}:items"));
+    for row in 0..10 {
+        zadd.arg(row).arg(format!("i{row}"));
+    }
+    zadd.query::<()>(&mut connection(redis)).unwrap();
+}
+
 fn batch(users: Vec<UserWrite>, pool: (Vec<u32>, usize), write: PoolWrite) -> FlushBatch {
+    let ids = pool_ids(&pool.0);
     FlushBatch {
         users,
         items: Vec::new(),
@@ -147,6 +163,7 @@ fn batch(users: Vec<UserWrite>, pool: (Vec<u32>, usize), write: PoolWrite) -> Fl
             schema_version: SCHEMA_VERSION,
         },
         write_config: true,
+        pool_ids: ids,
         pool: write,
         topic: "events".to_owned(),
         progress: vec![(0, StoredProgress { resume: 7, done: Vec::new() })],
@@ -169,6 +186,7 @@ fn an_older_layout_loads_and_is_migrated_by_the_next_flush() {
     let name = infra::unique("flush-layout");
     let redis = OwnRedis::start(&name);
     let mut raw = connection(&redis);
+    catalogue(&redis, &name);
     let pool: Vec<u8> = [3u32, 1, 2].iter().flat_map(|row| row.to_le_bytes()).collect();
     redis::cmd("HSET")
         .arg(format!("{name}:meta"))
@@ -256,4 +274,27 @@ fn a_flush_larger_than_the_bound_lands_whole_and_leaves_no_staging_keys() {
     assert!(store.load_user("u0", 64).unwrap().is_some());
     assert_eq!(store.load_meta().unwrap().unwrap().events_applied, 7);
     assert_eq!(keys_matching(&redis, &format!("{name}:staging*")), Vec::<String>::new());
+}
+
+/// The pool is stored as rows of Redis's catalogue, not of the writing process: an instance
+/// whose items came in another order (several instances share the catalogue) stores the
+/// items it sampled, and an id the catalogue lacks is dropped at restore.
+#[test]
+fn the_pool_is_stored_in_the_catalogue_rows_whatever_the_writer_numbers_its_items() {
+    let name = infra::unique("flush-pool");
+    let redis = OwnRedis::start(&name);
+    catalogue(&redis, &name);
+    let mut store = SyncStore::new(&store_config(&redis, &name)).unwrap();
+    store.attach_epoch().unwrap();
+    // This process holds i7 at its row 0, i3 at its row 1, and an item not yet stored at 2.
+    let mut whole = batch(Vec::new(), (vec![0, 1, 2], 3), PoolWrite::Whole);
+    whole.pool_ids = vec!["i7".to_owned(), "i3".to_owned(), "new".to_owned()];
+    store.write_flush(&whole).unwrap();
+    assert_eq!(store.load_meta().unwrap().unwrap().negative_pool, (vec![7, 3, u32::MAX], 3));
+    // One slot more, the newest only.
+    let mut newest = batch(Vec::new(), (vec![0, 1, 2, 0], 4), PoolWrite::Newest(1));
+    newest.pool_ids = vec!["i7".to_owned(), "i3".to_owned(), "new".to_owned(), "i7".to_owned()];
+    newest.seq = 2;
+    store.write_flush(&newest).unwrap();
+    assert_eq!(store.load_meta().unwrap().unwrap().negative_pool, (vec![7, 3, u32::MAX, 7], 4));
 }

@@ -212,6 +212,7 @@ mod store {
             },
             write_config: true,
             pool: PoolWrite::Whole,
+            pool_ids: Vec::new(),
             topic: "events".to_owned(),
             progress: vec![(0, StoredProgress { resume: applied as i64, done: Vec::new() })],
         }

@@ -135,6 +135,7 @@ impl Engine {
                 }
                 None => PoolWrite::Whole,
             },
+            pool_ids: pool.iter().map(|row| model.item_id(ItemRow(*row)).to_owned()).collect(),
             topic: self.topic.clone(),
             progress: self.progress.iter().map(|(p, progress)| (*p, progress.stored())).collect(),
             seq: self.flush_seq,

@@ -117,6 +117,7 @@ impl Engine {
                 seq: batch.seq,
                 write_config: true,
                 pool: PoolWrite::Whole,
+                pool_ids: batch.pool_ids.clone(),
                 topic: batch.topic.clone(),
                 progress: batch.progress.clone(),
             }
