@@ -86,10 +86,6 @@ fn commands(pipe: &Pipeline) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn names(pipe: &Pipeline) -> Vec<String> {
-    commands(pipe).into_iter().map(|args| args[0].clone()).collect()
-}
-
 fn build(batch: &FlushBatch, max_entities: usize) -> Vec<Pipeline> {
     transactions(&Keys::new("ns"), batch, 500, max_entities, "t0").collect()
 }
