@@ -65,6 +65,8 @@ pub struct Metrics {
     pub index_items: IntGauge,
     /// Items scored exactly because they changed since the snapshot (or cannot be indexed).
     pub index_fresh_items: IntGauge,
+    /// Flushes whose outcome was unknown (`EXEC` timed out) found committed by the next flush.
+    pub flushes_committed_late: IntCounter,
     /// Item writes of other instances merged from the change feed (`{ns}:item_changes`).
     pub item_feed_merged: IntCounter,
     /// Age of the newest change-feed entry merged when it was read, seconds: how far this
@@ -326,6 +328,10 @@ impl Metrics {
             consumer_lag,
             index_items: gauge("index_items", "Items in the HNSW snapshot")?,
             index_fresh_items: gauge("index_fresh_items", "Items scored exactly (fresh tier)")?,
+            flushes_committed_late: counter(
+                "store_flushes_committed_late_total",
+                "Flushes whose EXEC timed out, found committed by the next flush",
+            )?,
             item_feed_merged: counter(
                 "item_feed_merged_total",
                 "Item writes of other instances merged from the change feed",

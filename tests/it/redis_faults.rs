@@ -18,7 +18,8 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::faults::{
-    movielens_on_own_redis, stored_applied, wait_for_ghost_to_leave, OwnRedis, ServiceProcess,
+    movielens_on_own_redis, stored_applied, wait_for_ghost_to_leave, OwnRedis, ReplyHoldingProxy,
+    ServiceProcess,
 };
 use common::http::{get_within, metric};
 use common::infra;
@@ -171,6 +172,44 @@ fn redis_frozen_by_sigstop_folds_on_then_pauses_and_readyz_tells_the_truth() {
 
 /// The store on its own, against a redis-server of the test's own: what a flush does once the
 /// namespace is gone, and that a frozen server cannot hold a call past its deadline.
+/// A flush whose `EXEC` ran but whose answer came after the deadline (a proxy holds Redis's
+/// replies right after the fifth `EXEC`): the next flush finds it committed through the flush
+/// marker, so its item deltas and its event count are not added a second time, and nothing
+/// after it is lost: the state equals the fault-free replay.
+#[test]
+fn a_flush_answered_after_its_deadline_is_counted_once() {
+    let name = infra::unique("late-exec");
+    let mut config = infra::test_config(&name);
+    infra::create_topics(&[(&config.kafka.topic, 4), (&config.kafka.dead_letter_topic, 1)]);
+    let records = infra::movielens_records();
+    infra::produce(&config, &records);
+    let direct = config.store.url.clone();
+    let port = direct.trim_end_matches('/').rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let proxy = ReplyHoldingProxy::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        5,
+        Duration::from_millis(1500),
+    );
+    config.store.url = proxy.url();
+    config.store.command_timeout_ms = 300;
+    config.ingest.max_poll_records = 500;
+    config.ingest.flush_interval_ms = 200;
+    let service =
+        infra::Service::start(config.clone(), embedstream::ingest::StartPosition::Earliest);
+    infra::wait_caught_up(&service.url(""), 100_000, Duration::from_secs(180));
+    assert!(proxy.held(), "the proxy held the replies of an EXEC");
+    let text =
+        ureq::get(service.url("/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    let late = metric(&text, "embedstream_store_flushes_committed_late_total").unwrap_or(0.0);
+    assert!(late >= 1.0, "the late commit was recognised: {late}");
+    service.stop();
+
+    config.store.url = direct;
+    let stored = embedstream::app::load_stored_model(&config).unwrap();
+    assert_eq!(stored.events_applied(), 100_000);
+    assert_eq!(stored.digest(), infra::replay_digest(&config, &records, 4));
+}
+
 mod store {
     use std::time::Duration;
 

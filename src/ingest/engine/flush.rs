@@ -40,6 +40,7 @@ impl Engine {
         };
         let batch = self.in_doubt.remove(position).expect("position is in range");
         tracing::warn!(seq, "a flush whose outcome was unknown committed late: counted as stored");
+        self.metrics.flushes_committed_late.inc();
         self.in_doubt.retain(|other| other.seq > seq);
         let mut model = self.fold.model_mut();
         for item in &batch.items {

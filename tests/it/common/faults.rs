@@ -368,3 +368,84 @@ pub fn create_topics_on(brokers: &str, topics: &[(&str, i32)]) {
         }
     });
 }
+
+/// A TCP proxy in front of a Redis that, once, holds every reply for `hold` right after it
+/// forwarded the `nth` `EXEC` (all connections counted): the transaction runs, its answer comes
+/// after the client's deadline, as when Redis freezes between `EXEC` and its reply.
+pub struct ReplyHoldingProxy {
+    pub port: u16,
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ReplyHoldingProxy {
+    pub fn start(upstream: std::net::SocketAddr, nth: usize, hold: Duration) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = Arc::new(AtomicBool::new(false));
+        let execs = Arc::new(AtomicUsize::new(0));
+        let until: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+        let held_flag = Arc::clone(&held);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(upstream) else { continue };
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut from_server, mut to_client) = (server, client);
+                let (execs, until_in, held) =
+                    (Arc::clone(&execs), Arc::clone(&until), Arc::clone(&held_flag));
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    let mut buffer = [0u8; 65536];
+                    while let Ok(read) = from_client.read(&mut buffer) {
+                        if read == 0 || to_server.write_all(&buffer[..read]).is_err() {
+                            break;
+                        }
+                        let chunk = &buffer[..read];
+                        let seen = chunk.windows(10).filter(|w| *w == b"$4\r\nEXEC\r\n").count();
+                        if seen > 0
+                            && execs.fetch_add(seen, Ordering::SeqCst) + seen >= nth
+                            && !held.swap(true, Ordering::SeqCst)
+                        {
+                            *until_in.lock().unwrap() = Some(Instant::now() + hold);
+                        }
+                    }
+                    let _ = to_server.shutdown(std::net::Shutdown::Both);
+                });
+                let until_out = Arc::clone(&until);
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    let mut buffer = [0u8; 65536];
+                    while let Ok(read) = from_server.read(&mut buffer) {
+                        if read == 0 {
+                            break;
+                        }
+                        let wait = until_out
+                            .lock()
+                            .unwrap()
+                            .and_then(|at| at.checked_duration_since(Instant::now()));
+                        if let Some(wait) = wait {
+                            std::thread::sleep(wait);
+                        }
+                        if to_client.write_all(&buffer[..read]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_client.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { port, held }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Whether it has held the replies.
+    pub fn held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
