@@ -30,6 +30,8 @@
 //! After a loss the owner of the state rewrites all of it with [`SyncStore::rewrite_namespace`],
 //! which adopts the epoch another instance may already have recreated, or creates a new one.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
@@ -143,6 +145,18 @@ impl SyncStore {
         }
     }
 
+    /// Whether the last flush's final transaction found the flush marker as expected: no
+    /// earlier flush of this process committed, and none can any more (see [`Marker`]).
+    pub fn last_flush_checked(&self) -> bool {
+        self.final_checked
+    }
+
+    /// Whether the last flush got as far as sending `EXEC`: when it then failed (a timeout, a
+    /// dropped connection, an error reply), it may have committed.
+    pub fn last_flush_sent(&self) -> bool {
+        self.final_sent
+    }
+
     fn lost_unless_same(&self, found: Option<String>) -> Result<(), StoreError> {
         if found.is_some() && found == self.epoch {
             return Ok(());
@@ -170,14 +184,22 @@ impl SyncStore {
             key: keys.flush_marker(&stage_token),
             expected: self.committed_seq,
             seq: batch.seq,
+            checked: Arc::new(AtomicBool::new(false)),
+            sent: Arc::new(AtomicBool::new(false)),
         };
+        self.final_checked = false;
+        self.final_sent = false;
+        let (checked, sent) = (Arc::clone(&marker.checked), Arc::clone(&marker.sent));
         let mut bodies =
             transactions(&keys, batch, self.seen_bound, self.max_entities, &stage_token).peekable();
         while let Some(body) = bodies.next() {
             if bodies.peek().is_none() {
-                return self.with("flush", |connection| {
+                let outcome = self.with("flush", |connection| {
                     transaction(connection, body, expect, key, Role::Final(marker))
                 });
+                self.final_checked = checked.load(Ordering::SeqCst);
+                self.final_sent = sent.load(Ordering::SeqCst);
+                return outcome;
             }
             let staged = self.with("flush", |connection| {
                 transaction(connection, body, expect.clone(), key.clone(), Role::Staging)
@@ -201,15 +223,20 @@ const MARKER_TTL_S: u64 = 86_400;
 /// flush known to have committed, so a late commit is noticed
 /// ([`StoreError::EarlierFlushCommitted`]) instead of having its item deltas and counters
 /// added twice.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Marker {
     key: String,
     expected: Option<u64>,
     seq: u64,
+    /// Set once the marker held `expected`: every earlier flush of this process has then been
+    /// executed or discarded by Redis (one connection, in order), none committed.
+    checked: Arc<AtomicBool>,
+    /// Set when `EXEC` is about to be sent: from here on a failure leaves the outcome unknown.
+    sent: Arc<AtomicBool>,
 }
 
 /// Whether a transaction is the one that makes a flush visible.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Role {
     /// Writes staging keys only: checked against the epoch, writes no epoch.
     Staging,
@@ -246,6 +273,7 @@ async fn transaction(
             return Ok(Outcome::EarlierCommitted(committed.unwrap_or_default()));
         }
         body.cmd("SET").arg(&marker.key).arg(marker.seq).arg("EX").arg(MARKER_TTL_S).ignore();
+        marker.checked.store(true, Ordering::SeqCst);
     }
     let epoch = match expect {
         Expect::Same(epoch) if found.as_deref() == Some(epoch.as_str()) => epoch,
@@ -261,6 +289,9 @@ async fn transaction(
             epoch
         }
     };
+    if let Role::Final(marker) = &role {
+        marker.sent.store(true, Ordering::SeqCst);
+    }
     let committed: Option<()> = body.query_async(&mut connection).await?;
     Ok(if committed.is_some() { Outcome::Written(epoch) } else { Outcome::Aborted })
 }

@@ -78,6 +78,11 @@ impl Keys {
     pub fn quarantined_user(&self, id: &str) -> String {
         format!("{}:quarantine:user:{id}", self.namespace)
     }
+    /// `{ns}:quarantine:item:{id}`: a copy of a stored item whose vector could not take a
+    /// delta (not an ESV1 value of the model's dimension), kept for inspection.
+    pub fn quarantined_item(&self, id: &str) -> String {
+        format!("{}:quarantine:item:{id}", self.namespace)
+    }
     /// `{ns}:seen:{id}`: the user's seen list, oldest first.
     pub fn seen(&self, id: &str) -> String {
         format!("{}:seen:{id}", self.namespace)

@@ -95,6 +95,10 @@ pub struct SyncStore {
     pub(super) max_entities: usize,
     /// The number of the last flush known to have committed (see [`super::epoch`]).
     pub(super) committed_seq: Option<u64>,
+    /// The last flush's final transaction passed the marker check (see [`super::epoch`]).
+    pub(super) final_checked: bool,
+    /// The last flush's final transaction sent `EXEC`.
+    pub(super) final_sent: bool,
 }
 
 impl std::fmt::Debug for SyncStore {
@@ -119,6 +123,8 @@ impl SyncStore {
             seen_bound: ModelConfig::default().seen_items_per_user,
             max_entities: 10_000,
             committed_seq: None,
+            final_checked: false,
+            final_sent: false,
         })
     }
 
@@ -248,6 +254,52 @@ impl SyncStore {
             .zip(rows)
             .map(|((id, key), fields)| item_from_fields(key, id, &fields, dim))
             .collect()
+    }
+
+    /// Claims an empty namespace for a model: writes `meta` (configuration, zero counters) to
+    /// `{ns}:meta` unless it exists, in one script, so that two instances starting together
+    /// on a new namespace cannot both fold with different configurations. Returns whether the
+    /// namespace already had a model, and the configuration it now holds.
+    ///
+    /// # Errors
+    /// [`StoreError`] for Redis failures or a malformed stored configuration.
+    pub fn claim_model(&mut self, meta: &StoredMeta) -> Result<(bool, ModelConfig), StoreError> {
+        const CLAIM: &str = "\
+local existed = redis.call('EXISTS', KEYS[1])
+if existed == 0 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
+return {existed, redis.call('HGET', KEYS[1], 'model_config')}";
+        let key = self.keys.meta();
+        let command = redis::cmd("EVAL")
+            .arg(CLAIM)
+            .arg(1)
+            .arg(&key)
+            .arg("schema_version")
+            .arg(super::SCHEMA_VERSION)
+            .arg("dim")
+            .arg(meta.dim)
+            .arg("seed")
+            .arg(meta.model_config.seed)
+            .arg("model_config")
+            .arg(serde_json::to_string(&meta.model_config).unwrap_or_default())
+            .arg("events_applied")
+            .arg(meta.events_applied)
+            .arg("closed_until")
+            .arg(meta.closed_until)
+            .arg("negative_pool_next")
+            .arg(meta.negative_pool.1)
+            .to_owned();
+        let (existed, stored): (i64, Option<String>) = self
+            .with("claim_model", |mut connection| async move {
+                command.query_async(&mut connection).await
+            })?;
+        let stored = stored.ok_or_else(|| StoreError::Corrupt {
+            key: key.clone(),
+            field: "model_config",
+            reason: "missing".to_owned(),
+        })?;
+        let config =
+            serde_json::from_str(&stored).map_err(|error| corrupt(&key, "model_config", error))?;
+        Ok((existed == 1, config))
     }
 
     /// The newest entry of the item change feed (`{ns}:item_changes`), `0-0` when empty: read

@@ -80,8 +80,8 @@ const ITEM_APPLY_STRIDE: usize = 17;
 
 /// Applies changed items (issue 10; see [`crate::model::ItemDelta`]). `KEYS[1]` is the
 /// catalogue (`{ns}:items`), `KEYS[2]` the change feed (`{ns}:item_changes`), `KEYS[3..]` the
-/// items' hashes. `ARGV[1..5]`: dim, max_norm, max_bias, the writer's token, the feed's bound;
-/// then per item ([`ITEM_APPLY_STRIDE`] values): id, the version the writer last saw, the new
+/// items' hashes. `ARGV[1..6]`: dim, max_norm, max_bias, the writer's token, the feed's bound,
+/// the quarantine prefix (`{ns}:quarantine:item:`); then per item ([`ITEM_APPLY_STRIDE`] values): id, the version the writer last saw, the new
 /// state (vector and context as ESV1 values; bias, adagrad, context_adagrad, events, last_ts,
 /// popularity_log as decimals) and the delta since that version (vector and context as raw
 /// little-endian f32s; bias, adagrad, context_adagrad, events, popularity_log).
@@ -92,7 +92,11 @@ const ITEM_APPLY_STRIDE: usize = 17;
 ///   stored as it is, bit-exact, at the next version;
 /// - otherwise (another instance wrote in between): the delta is added to what is stored,
 ///   with the model's bounds (vector and context norms at most max_norm, bias within
-///   +-max_bias, non-finite sums ignored), and events added exactly.
+///   +-max_bias, non-finite sums ignored), and events added exactly;
+/// - a stored vector that is not an ESV1 value of `dim` components (a foreign or corrupt
+///   write) cannot take a delta: the hash is copied to the quarantine key, for inspection, and
+///   the new state is stored. Nothing is written before every item was read and checked, so
+///   a script error leaves no item half-applied.
 ///
 /// Every changed item's id and new version go to one change-feed entry (`writer`: the token).
 pub const ITEM_APPLY: &str = r#"
@@ -107,6 +111,9 @@ local function number(text)
   return tonumber(text) or 0
 end
 local function finite(x) return x == x and x ~= math.huge and x ~= -math.huge end
+local function is_vector(value)
+  return value and #value == 12 + 4 * dim and string.sub(value, 1, 4) == 'ESV1'
+end
 local function add_vector(stored, delta)
   local values = {struct.unpack(fmt, stored, 13)}
   local changes = {struct.unpack(fmt, delta)}
@@ -128,17 +135,30 @@ local function log_add_exp(a, b)
   local hi, lo = math.max(a, b), math.min(a, b)
   return hi + math.log(1 + math.exp(lo - hi))
 end
+local count = (#ARGV - 6) / stride
+local found = {}
+for i = 0, count - 1 do
+  local a = 6 + i * stride
+  if #ARGV[a + 11] ~= 4 * dim or #ARGV[a + 12] ~= 4 * dim then
+    return redis.error_reply('ITEM_APPLY: delta of another dimension for item ' .. ARGV[a + 1])
+  end
+  found[i] = redis.call('HMGET', KEYS[3 + i], 'version', 'vector', 'context', 'bias', 'adagrad',
+    'context_adagrad', 'last_ts', 'popularity_log')
+end
 local feed = {'writer', ARGV[4]}
-for i = 0, (#ARGV - 5) / stride - 1 do
-  local a = 5 + i * stride
+for i = 0, count - 1 do
+  local a = 6 + i * stride
   local key = KEYS[3 + i]
   local id = ARGV[a + 1]
   local seen = tonumber(ARGV[a + 2])
-  local stored = redis.call('HMGET', key, 'version', 'vector', 'context', 'bias', 'adagrad',
-    'context_adagrad', 'last_ts', 'popularity_log')
+  local stored = found[i]
   local version
-  if not stored[2] or tonumber(stored[1] or '0') == seen then
-    version = seen + 1
+  local corrupt = stored[2] and not is_vector(stored[2])
+  if corrupt then
+    redis.call('COPY', key, ARGV[6] .. id, 'REPLACE')
+  end
+  if not stored[2] or corrupt or tonumber(stored[1] or '0') == seen then
+    version = math.max(seen, tonumber(stored[1] or '0')) + 1
     if not stored[2] then
       local row = redis.call('ZSCORE', KEYS[1], id)
       if not row then
@@ -154,7 +174,7 @@ for i = 0, (#ARGV - 5) / stride - 1 do
     version = tonumber(stored[1] or '0') + 1
     local vector = add_vector(stored[2], ARGV[a + 11])
     local context = ARGV[a + 4]
-    if stored[3] then context = add_vector(stored[3], ARGV[a + 12]) end
+    if is_vector(stored[3]) then context = add_vector(stored[3], ARGV[a + 12]) end
     local bias = number(stored[4]) + number(ARGV[a + 13])
     if not finite(bias) then bias = number(stored[4]) end
     bias = math.max(-max_bias, math.min(max_bias, bias))
@@ -320,7 +340,8 @@ fn item_apply(
         .arg(meta.model_config.max_norm.to_string())
         .arg(meta.model_config.max_bias.to_string())
         .arg(writer)
-        .arg(ITEM_CHANGES_MAXLEN);
+        .arg(ITEM_CHANGES_MAXLEN)
+        .arg(keys.quarantined_item(""));
     for ItemWrite { state, delta } in items {
         command
             .arg(&state.id)

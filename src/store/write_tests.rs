@@ -177,13 +177,14 @@ fn items_are_applied_by_script_in_bounded_calls_in_the_last_transaction() {
     let calls: Vec<&Vec<String>> =
         all.iter().filter(|args| args[0] == "EVAL" && args[1] == ITEM_APPLY).collect();
     assert_eq!(calls.len(), 3, "{ITEM_APPLY_CHUNK} items per call");
-    // Script, key count, catalogue, feed, the items' keys, 5 shared values, 17 per item.
+    // Script, key count, catalogue, feed, the items' keys, 6 shared values, 17 per item.
     let first = calls[0];
     assert_eq!(first[2], (2 + ITEM_APPLY_CHUNK).to_string());
     assert_eq!(first[3..5], ["ns:items", "ns:item_changes"]);
     assert_eq!(first[5], "ns:item:i0");
-    assert_eq!(first.len(), 5 + ITEM_APPLY_CHUNK + 5 + ITEM_APPLY_CHUNK * ITEM_APPLY_STRIDE);
-    assert_eq!(calls[2].len(), 5 + 200 + 5 + 200 * ITEM_APPLY_STRIDE);
+    assert_eq!(first.len(), 5 + ITEM_APPLY_CHUNK + 6 + ITEM_APPLY_CHUNK * ITEM_APPLY_STRIDE);
+    assert_eq!(first[5 + ITEM_APPLY_CHUNK + 5], "ns:quarantine:item:");
+    assert_eq!(calls[2].len(), 5 + 200 + 6 + 200 * ITEM_APPLY_STRIDE);
     // No other per-item command, and no catalogue write outside the script.
     assert!(!all.iter().any(|args| args.len() > 1 && args[1].starts_with("ns:item:")));
     assert!(!all.iter().any(|args| args[0] == "ZADD"));

@@ -298,3 +298,55 @@ fn the_pool_is_stored_in_the_catalogue_rows_whatever_the_writer_numbers_its_item
     store.write_flush(&newest).unwrap();
     assert_eq!(store.load_meta().unwrap().unwrap().negative_pool, (vec![7, 3, u32::MAX, 7], 4));
 }
+
+/// A stored item whose vector is not an ESV1 value of the model's dimension (a foreign or
+/// corrupt write) cannot take another instance's delta: it is copied to the quarantine key and
+/// the new state is stored, and the flush goes through (before, the script failed inside the
+/// transaction, whose other writes Redis does not roll back).
+#[test]
+fn a_corrupt_stored_item_is_quarantined_and_the_flush_goes_through() {
+    use embedstream::model::{ItemDelta, ItemState};
+    use embedstream::store::ItemWrite;
+    let name = infra::unique("flush-corrupt-item");
+    let redis = OwnRedis::start(&name);
+    redis::cmd("HSET")
+        .arg(format!("{name}:item:x"))
+        .arg(&[("vector", "garbage"), ("version", "3"), ("row", "0"), ("events", "9")])
+        .query::<()>(&mut connection(&redis))
+        .unwrap();
+    let mut store = SyncStore::new(&store_config(&redis, &name)).unwrap();
+    store.attach_epoch().unwrap();
+    let mut flush = batch(Vec::new(), (Vec::new(), 0), PoolWrite::Whole);
+    let state = ItemState {
+        id: "x".to_owned(),
+        row: 0,
+        vector: vec![0.5; 64],
+        context: vec![0.25; 64],
+        adagrad: 0.0,
+        context_adagrad: 0.0,
+        bias: 0.125,
+        events: 2,
+        last_ts: 1_700_000_000_000,
+        popularity_log: 1.0,
+        version: 0,
+    };
+    let delta = ItemDelta {
+        vector: vec![0.1; 64],
+        context: vec![0.0; 64],
+        bias: 0.0,
+        adagrad: 0.0,
+        context_adagrad: 0.0,
+        events: 2,
+        popularity_log: 1.0,
+    };
+    flush.items = vec![ItemWrite { state: state.clone(), delta }];
+    store.write_flush(&flush).unwrap();
+    let stored = store.load_items_by_id(&["x".to_owned()], 64).unwrap().pop().unwrap().unwrap();
+    assert_eq!((stored.vector, stored.events, stored.version), (state.vector, 2, 4));
+    let kept: Vec<u8> = redis::cmd("HGET")
+        .arg(format!("{name}:quarantine:item:x"))
+        .arg("vector")
+        .query(&mut connection(&redis))
+        .unwrap();
+    assert_eq!(kept, b"garbage");
+}

@@ -173,9 +173,10 @@ fn redis_frozen_by_sigstop_folds_on_then_pauses_and_readyz_tells_the_truth() {
 /// The store on its own, against a redis-server of the test's own: what a flush does once the
 /// namespace is gone, and that a frozen server cannot hold a call past its deadline.
 /// A flush whose `EXEC` ran but whose answer came after the deadline (a proxy holds Redis's
-/// replies right after the fifth `EXEC`): the next flush finds it committed through the flush
-/// marker, so its item deltas and its event count are not added a second time, and nothing
-/// after it is lost: the state equals the fault-free replay.
+/// replies for 4 s right after the fifth `EXEC`, while flushes keep timing out every few
+/// hundred milliseconds, none of them sent beyond its check): the next flush that reaches Redis
+/// finds it committed through the flush marker, so its item deltas and its event count are not
+/// added a second time, and nothing after it is lost: the state equals the fault-free replay.
 #[test]
 fn a_flush_answered_after_its_deadline_is_counted_once() {
     let name = infra::unique("late-exec");
@@ -188,10 +189,13 @@ fn a_flush_answered_after_its_deadline_is_counted_once() {
     let proxy = ReplyHoldingProxy::start(
         std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         5,
-        Duration::from_millis(1500),
+        Duration::from_millis(4000),
     );
     config.store.url = proxy.url();
     config.store.command_timeout_ms = 300;
+    config.store.connect_timeout_ms = 200;
+    // Every attempt reaches the proxy (no open breaker in between).
+    config.store.breaker.failure_threshold = 1000;
     config.ingest.max_poll_records = 500;
     config.ingest.flush_interval_ms = 200;
     let service =

@@ -125,3 +125,34 @@ fn instances_joining_and_killed_mid_stream_apply_every_event_once_to_users_and_i
         member.kill();
     }
 }
+
+/// Two instances with different model configurations cannot share a namespace, also when it
+/// is new (no flush has written the configuration yet): the first claims it at start, the
+/// second is refused and exits, instead of writing item vectors of another dimension.
+#[test]
+fn an_instance_with_another_model_configuration_is_refused_on_a_new_namespace() {
+    let name = infra::unique("claim");
+    let config = infra::test_config(&name);
+    infra::create_topics(&[(&config.kafka.topic, 2), (&config.kafka.dead_letter_topic, 1)]);
+    let mut first = ServiceProcess::spawn(&config, &[]);
+    let mut store = SyncStore::new(&config.store).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.load_meta().unwrap().is_none() {
+        first.assert_running();
+        assert!(Instant::now() < deadline, "the first instance never claimed the namespace");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(store.load_meta().unwrap().unwrap().dim, 64);
+    let mut other = ServiceProcess::spawn(&config, &[("EMBEDSTREAM_MODEL__DIM", "32")]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = other.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "an instance of another dimension kept running");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!status.success());
+    first.assert_running();
+    first.kill();
+}

@@ -9,10 +9,6 @@ use crate::store::{
     FlushBatch, ItemWrite, PoolWrite, StoreError, StoredMeta, UserWrite, SCHEMA_VERSION,
 };
 
-/// Flushes whose outcome is unknown (a timeout after `EXEC` was sent) kept for recognising a
-/// late commit; older ones are dropped (each later attempt that reached Redis fenced them off).
-const IN_DOUBT_KEPT: usize = 4;
-
 impl Engine {
     /// Writes pending users, items, meta and progress in one transaction. Returns the offsets
     /// to commit to the group.
@@ -64,11 +60,16 @@ impl Engine {
         self.status.flush_failing.store(result.is_err(), Ordering::Relaxed);
         if let Err(error) = result {
             self.metrics.redis_errors.with_label_values(&["flush"]).inc();
-            if matches!(error, StoreError::Timeout { .. } | StoreError::Redis(_)) {
-                // EXEC may have been sent: the next flush finds out (see store::epoch).
-                if self.in_doubt.len() == IN_DOUBT_KEPT {
-                    self.in_doubt.pop_front();
-                }
+            // A flush that passed the marker check proves every earlier one of this process
+            // executed or discarded, none committed (see store::epoch): they are no longer in
+            // doubt. One that sent EXEC and then failed is, until a later flush finds out; so
+            // at most one flush is in doubt at a time.
+            if self.store.last_flush_checked() {
+                self.in_doubt.clear();
+            }
+            if self.store.last_flush_sent()
+                && matches!(error, StoreError::Timeout { .. } | StoreError::Redis(_))
+            {
                 self.in_doubt.push_back(batch);
             }
             return Err(error);

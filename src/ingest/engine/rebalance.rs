@@ -7,7 +7,8 @@ use super::{Engine, EngineError};
 use crate::event::EventTime;
 use crate::ingest::progress::PartitionProgress;
 use crate::ingest::StartPosition;
-use crate::store::StoreError;
+use crate::model::ModelConfig;
+use crate::store::{StoreError, StoredMeta};
 
 impl Engine {
     /// Loads the namespace's state: model-wide fields, every item (in row order), the set of
@@ -19,22 +20,36 @@ impl Engine {
         self.store.attach_epoch()?;
         // Before the items: following the feed from here misses no write made while they load.
         self.item_feed = Some(self.store.item_feed_position()?);
+        let configured = self.fold.model().config().clone();
         let Some(meta) = self.store.load_meta()? else {
+            // A new namespace: claim it for this configuration before anything is folded, so
+            // that an instance with another one, started at the same time, is refused (issue
+            // 10: it would write item vectors of another dimension).
+            let claim = StoredMeta {
+                dim: configured.dim,
+                model_config: configured.clone(),
+                events_applied: 0,
+                closed_until: self.fold.windows().closed_until(),
+                negative_pool: (Vec::new(), 0),
+                schema_version: crate::store::SCHEMA_VERSION,
+            };
+            let (existed, stored) = self.store.claim_model(&claim)?;
+            if existed {
+                // Another instance was first: restore what it holds.
+                return self.restore();
+            }
+            if stored != configured {
+                return Err(self.incompatible(&stored, &configured));
+            }
+            self.config_stored = true;
             // Users written without a model (nothing of ours does; a foreign writer could).
             self.all_users_in_memory = self.store.stored_user_count()? == 0;
             self.status.redis_ok.store(true, Ordering::Relaxed);
             self.status.restored.store(true, Ordering::Relaxed);
             return Ok(());
         };
-        let configured = self.fold.model().config().clone();
         if meta.model_config != configured {
-            return Err(StoreError::Incompatible {
-                namespace: self.store.keys().namespace().to_owned(),
-                field: "model_config",
-                stored: serde_json::to_string(&meta.model_config).unwrap_or_default(),
-                configured: serde_json::to_string(&configured).unwrap_or_default(),
-            }
-            .into());
+            return Err(self.incompatible(&meta.model_config, &configured));
         }
         let items = self.store.load_items(meta.dim)?;
         let stored_users = self.store.stored_user_count()?;
@@ -145,6 +160,16 @@ impl Engine {
         }
         self.set_assigned();
         Ok(())
+    }
+
+    fn incompatible(&self, stored: &ModelConfig, configured: &ModelConfig) -> EngineError {
+        StoreError::Incompatible {
+            namespace: self.store.keys().namespace().to_owned(),
+            field: "model_config",
+            stored: serde_json::to_string(stored).unwrap_or_default(),
+            configured: serde_json::to_string(configured).unwrap_or_default(),
+        }
+        .into()
     }
 
     fn set_assigned(&self) {
