@@ -50,22 +50,7 @@ export RUST_LOG=${EMBEDSTREAM_BENCH_LOG:-warn}
 export EMBEDSTREAM_AUTH__ENABLED=false
 redis() { redis-cli -p "$EMBEDSTREAM_REDIS_PORT" "$@"; }
 
-python3 - "$copies" "$work/events.jsonl" <<'PY'
-import json, sys
-copies, out = int(sys.argv[1]), sys.argv[2]
-rows = []
-for number, line in enumerate(open("data/ml-100k/u.data")):
-    user, item, rating, ts = line.split("\t")
-    rows.append((int(ts), number, user, item, int(rating)))
-rows.sort()
-year_ms = 365 * 24 * 3600 * 1000
-with open(out, "w") as f:
-    for copy in range(copies):
-        for ts, _, user, item, rating in rows:
-            f.write(json.dumps({"event_id": f"c{copy}-{user}-{item}", "user_id": user, "item_id": item,
-                                "event_type": "like" if rating >= 4 else "view",
-                                "ts": ts * 1000 + copy * year_ms, "rating": rating}) + "\n")
-PY
+scripts/gen-ml-copies.py "$copies" "$work/events.jsonl"
 "$bin" produce --input "$work/events.jsonl" --topic "$run_id-events" --json >/dev/null
 total=$((copies * 100000))
 ticks=$(getconf CLK_TCK)

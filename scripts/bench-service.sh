@@ -74,22 +74,7 @@ token=$("$bin" auth token --sub client:bench --scope recs:read --ttl-s 7200)
 
 if wants ingest; then
 echo "== 1. ingest: $copies x MovieLens-100k, bare consumer vs embedstream"
-python3 - "$copies" "$work/ingest.jsonl" <<'PY'
-import json, sys
-copies, out = int(sys.argv[1]), sys.argv[2]
-rows = []
-for number, line in enumerate(open("data/ml-100k/u.data")):
-    user, item, rating, ts = line.split("\t")
-    rows.append((int(ts), number, user, item, int(rating)))
-rows.sort()
-year_ms = 365 * 24 * 3600 * 1000
-with open(out, "w") as f:
-    for copy in range(copies):
-        for ts, _, user, item, rating in rows:
-            f.write(json.dumps({"event_id": f"c{copy}-{user}-{item}", "user_id": user, "item_id": item,
-                                "event_type": "like" if rating >= 4 else "view",
-                                "ts": ts * 1000 + copy * year_ms, "rating": rating}) + "\n")
-PY
+scripts/gen-ml-copies.py "$copies" "$work/ingest.jsonl"
 "$bin" produce --input "$work/ingest.jsonl" --topic "$run_id-ingest" --json
 for round in 1 2 3; do
   raw=$("$raw_consume" "$EMBEDSTREAM_KAFKA__BROKERS" "$run_id-ingest")
