@@ -77,8 +77,8 @@ pub struct Engine {
     config_stored: bool,
     /// Flush attempts so far (each flush's number, see `store::epoch`).
     flush_seq: u64,
-    /// Flushes whose outcome is unknown, oldest first (see `flush.rs`).
-    in_doubt: std::collections::VecDeque<crate::store::FlushBatch>,
+    /// The flush whose outcome is unknown, if any: at most one at a time (see `flush.rs`).
+    in_doubt: Option<crate::store::FlushBatch>,
     /// The item change feed's entry this process has merged up to (`None` before restore).
     item_feed: Option<String>,
     /// When the change feed was last read.
@@ -145,7 +145,7 @@ impl Engine {
             pending_items: BTreeSet::new(),
             config_stored: false,
             flush_seq: 0,
-            in_doubt: std::collections::VecDeque::new(),
+            in_doubt: None,
             item_feed: None,
             item_feed_read: Instant::now(),
             pool_stored_at: None,

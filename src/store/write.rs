@@ -75,16 +75,15 @@ pub const ITEM_APPLY_CHUNK: usize = 500;
 /// flush per instance. A follower further behind reloads every item.
 pub const ITEM_CHANGES_MAXLEN: usize = 4096;
 
-/// Arguments per item of [`ITEM_APPLY`].
-const ITEM_APPLY_STRIDE: usize = 17;
 
 /// Applies changed items (issue 10; see [`crate::model::ItemDelta`]). `KEYS[1]` is the
 /// catalogue (`{ns}:items`), `KEYS[2]` the change feed (`{ns}:item_changes`), `KEYS[3..]` the
 /// items' hashes. `ARGV[1..6]`: dim, max_norm, max_bias, the writer's token, the feed's bound,
-/// the quarantine prefix (`{ns}:quarantine:item:`); then per item ([`ITEM_APPLY_STRIDE`] values): id, the version the writer last saw, the new
-/// state (vector and context as ESV1 values; bias, adagrad, context_adagrad, events, last_ts,
-/// popularity_log as decimals) and the delta since that version (vector and context as raw
-/// little-endian f32s; bias, adagrad, context_adagrad, events, popularity_log).
+/// the quarantine prefix (`{ns}:quarantine:item:`); then per item (17 values): id, the version
+/// the writer last saw, the new state (vector and context as ESV1 values; bias, adagrad,
+/// context_adagrad, events, last_ts, popularity_log as decimals) and the delta since that
+/// version (vector and context as raw little-endian f32s; bias, adagrad, context_adagrad,
+/// events, popularity_log).
 ///
 /// - item absent: the new state is stored at version `seen + 1`, and an item new to the
 ///   catalogue gets the next row (`ZCARD`);
@@ -362,7 +361,6 @@ fn item_apply(
             .arg(delta.events)
             .arg(delta.popularity_log.to_string());
     }
-    debug_assert_eq!(ITEM_APPLY_STRIDE, 17);
     command.ignore();
 }
 

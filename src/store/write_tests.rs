@@ -4,6 +4,9 @@ use crate::model::ModelConfig;
 
 const DIM: usize = 4;
 
+/// Arguments per item of `ITEM_APPLY`.
+const ITEM_APPLY_STRIDE: usize = 17;
+
 fn user(id: usize, seen: usize, write: SeenWrite) -> UserWrite {
     UserWrite {
         state: UserState {

@@ -29,15 +29,16 @@ impl Engine {
     /// items' new base, the applied counter); users and the pool are rewritten idempotently by
     /// the next flush.
     fn earlier_flush_committed(&mut self, seq: u64) {
-        let Some(position) = self.in_doubt.iter().position(|batch| batch.seq == seq) else {
-            tracing::error!(seq, "a flush committed late but is no longer known: item deltas may be missing or doubled");
-            self.in_doubt.clear();
+        let Some(batch) = self.in_doubt.take().filter(|batch| batch.seq == seq) else {
+            tracing::error!(
+                seq,
+                "a flush committed late but is no longer known: item deltas may be missing or \
+                 doubled"
+            );
             return;
         };
-        let batch = self.in_doubt.remove(position).expect("position is in range");
         tracing::warn!(seq, "a flush whose outcome was unknown committed late: counted as stored");
         self.metrics.flushes_committed_late.inc();
-        self.in_doubt.retain(|other| other.seq > seq);
         let mut model = self.fold.model_mut();
         for item in &batch.items {
             model.mark_item_synced(&item.state);
@@ -65,16 +66,16 @@ impl Engine {
             // doubt. One that sent EXEC and then failed is, until a later flush finds out; so
             // at most one flush is in doubt at a time.
             if self.store.last_flush_checked() {
-                self.in_doubt.clear();
+                self.in_doubt = None;
             }
             if self.store.last_flush_sent()
                 && matches!(error, StoreError::Timeout { .. } | StoreError::Redis(_))
             {
-                self.in_doubt.push_back(batch);
+                self.in_doubt = Some(batch);
             }
             return Err(error);
         }
-        self.in_doubt.clear();
+        self.in_doubt = None;
         self.flushed_applied = batch.meta.events_applied;
         self.mark_stored(&batch);
         self.status.unflushed.store(0, Ordering::Relaxed);
