@@ -75,7 +75,6 @@ pub const ITEM_APPLY_CHUNK: usize = 500;
 /// flush per instance. A follower further behind reloads every item.
 pub const ITEM_CHANGES_MAXLEN: usize = 4096;
 
-
 /// Applies changed items (issue 10; see [`crate::model::ItemDelta`]). `KEYS[1]` is the
 /// catalogue (`{ns}:items`), `KEYS[2]` the change feed (`{ns}:item_changes`), `KEYS[3..]` the
 /// items' hashes. `ARGV[1..6]`: dim, max_norm, max_bias, the writer's token, the feed's bound,
