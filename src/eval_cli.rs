@@ -54,7 +54,7 @@ pub struct EvalArgs {
     /// kNN baseline: the user's recent items each new event co-occurs with.
     #[arg(long, default_value_t = KnnConfig::default().cooccurrence_items)]
     knn_cooccurrence_items: usize,
-    /// kNN baseline: weight of normalised popularity in its score.
+    /// kNN baseline: weight of log-scaled popularity ln(1 + n) / ln(1 + n_max) in its score.
     #[arg(long, default_value_t = KnnConfig::default().popularity_weight)]
     knn_popularity_weight: f32,
     /// kNN baseline: weight ratio of consecutive recent items when scoring (1: equal).
@@ -63,6 +63,9 @@ pub struct EvalArgs {
     /// kNN baseline: exponent of the asymmetric cosine (0.5: cosine).
     #[arg(long, default_value_t = KnnConfig::default().asymmetry)]
     knn_asymmetry: f32,
+    /// kNN baseline: added to the similarity's denominator (0: plain cosine).
+    #[arg(long, default_value_t = KnnConfig::default().shrinkage)]
+    knn_shrinkage: f32,
     /// Write the moving-average recall chart (SVG) here.
     #[arg(long, default_value = "eval-recall.svg")]
     plot: PathBuf,
@@ -116,6 +119,7 @@ pub fn run_eval(config: &Config, args: EvalArgs) -> anyhow::Result<()> {
         popularity_weight: args.knn_popularity_weight,
         recency_decay: args.knn_recency_decay,
         asymmetry: args.knn_asymmetry,
+        shrinkage: args.knn_shrinkage,
     };
     let bar = crate::progress_bar(events.len() as u64, args.json);
     let report = eval::evaluate(&events, config.model.clone(), knn_config, eval_config, &bar)?;

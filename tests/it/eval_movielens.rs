@@ -30,9 +30,9 @@ fn prequential_eval_reproduces_popularity_and_model_beats_it() {
     // issue.
     let model = report["model"]["recall_at_10"].as_f64().unwrap();
     assert!(model >= 0.180, "model recall@10 {model} below the 0.180 bar");
-    // The kNN baseline with its documented defaults measures 0.1468.
+    // The kNN baseline with its documented defaults measures 0.1610 (the issue's bar: 0.160).
     let knn = report["knn"]["recall_at_10"].as_f64().unwrap();
-    assert!(knn >= 0.140, "kNN recall@10 {knn} below the 0.140 bar");
+    assert!(knn >= 0.160, "kNN recall@10 {knn} below the 0.160 bar");
     assert!(model > knn && knn > popularity, "model {model}, kNN {knn}, popularity {popularity}");
     assert!(report["knn"]["mpr"].as_f64().unwrap() < 0.5);
     assert!(report["knn"]["ndcg_at_10"].as_f64().unwrap() > 0.0);
