@@ -341,14 +341,10 @@ impl Model {
         for slot in 0..self.negatives.len() {
             self.step_negative(self.negatives[slot], self.negative_gradients[slot]);
         }
-        for (accumulated, q_i) in self.scratch_item.iter_mut().zip(self.items.vector(positive)) {
-            *accumulated += positive_gradient * q_i;
-        }
+        vector::axpy(&mut self.scratch_item, positive_gradient, self.items.vector(positive));
         let user_rate = self.adapt(RowKind::User, user, vector::norm_squared(&self.scratch_item));
         let user_vector = self.users.vector_mut(user);
-        for (p, gradient) in user_vector.iter_mut().zip(&self.scratch_item) {
-            *p += user_rate * (gradient - reg * *p);
-        }
+        vector::regularized_step(user_vector, user_rate, 1.0, &self.scratch_item, reg);
         vector::clip_norm(user_vector, max_norm);
         let query_gradient = std::mem::take(&mut self.scratch_item);
         self.step_context(&query_gradient);
@@ -442,9 +438,7 @@ impl Model {
         let lr = self.adapt(RowKind::Item, row, gradient * gradient * self.query_norm_squared);
         let reg = self.config.regularization;
         let item_vector = self.items.vector_mut(row);
-        for (q, p) in item_vector.iter_mut().zip(&self.scratch_user) {
-            *q += lr * (gradient * p - reg * *q);
-        }
+        vector::regularized_step(item_vector, lr, gradient, &self.scratch_user, reg);
         vector::clip_norm(item_vector, self.config.max_norm);
         self.step_bias(row, gradient, lr);
     }

@@ -64,9 +64,7 @@ impl Model {
         let weights = &self.context_weights[rows_newest_first.len()];
         for (row, weight) in rows_newest_first.iter().zip(weights) {
             let context = self.context_vector(ItemRow(*row));
-            for (q, c) in query.iter_mut().zip(context) {
-                *q += weight * c;
-            }
+            vector::axpy(query, *weight, context);
         }
     }
 
@@ -97,9 +95,7 @@ impl Model {
             let lr = base * self.config.context_learning_rate_scale;
             let start = *row as usize * dim;
             let context = &mut self.contexts[start..start + dim];
-            for (c, g) in context.iter_mut().zip(gradient) {
-                *c += lr * (weight * g - reg * *c);
-            }
+            vector::regularized_step(context, lr, weight, gradient, reg);
             vector::clip_norm(context, max_norm);
         }
         self.context_rows = rows;
