@@ -7,7 +7,7 @@ use std::collections::BinaryHeap;
 
 use serde::Serialize;
 
-use crate::model::{dot, ItemRow, Model};
+use crate::model::{dot, dot_rows, ItemRow, Model};
 
 /// One ranked item.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -161,10 +161,19 @@ pub(crate) fn scan_rows(
     if query.len() != dim || dim == 0 {
         return;
     }
-    let matrix = &model.item_matrix()[start * dim..end * dim];
-    let biases = &model.item_biases()[start..end];
-    for (offset, (vector, bias)) in matrix.chunks_exact(dim).zip(biases).enumerate() {
-        top.offer(dot(query, vector) + bias, (start + offset) as u32, excluded);
+    // Blocks of rows scored in one kernel call (a few KiB of scores on the stack), then offered.
+    const BLOCK: usize = 256;
+    let mut scores = [0.0f32; BLOCK];
+    let mut block_start = start;
+    while block_start < end {
+        let block_end = (block_start + BLOCK).min(end);
+        let scores = &mut scores[..block_end - block_start];
+        dot_rows(query, &model.item_matrix()[block_start * dim..block_end * dim], scores);
+        let biases = &model.item_biases()[block_start..block_end];
+        for (offset, (score, bias)) in scores.iter().zip(biases).enumerate() {
+            top.offer(score + bias, (block_start + offset) as u32, excluded);
+        }
+        block_start = block_end;
     }
 }
 

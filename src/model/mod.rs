@@ -30,7 +30,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 pub use config::{Loss, ModelConfig, ModelConfigError, Optimizer};
 pub use state::{ItemDelta, ItemState, RestoreError, SeenWrite, UserState};
-pub use vector::{dot, log_add_exp, sigmoid};
+pub use vector::{dot, dot_rows, log_add_exp, sigmoid};
 
 use table::Table;
 

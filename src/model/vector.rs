@@ -23,6 +23,35 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     ARCH.dispatch(Dot(a, b))
 }
 
+/// `out[r] = dot(query, row r of matrix)` for the rows of the row-major `matrix` (row length
+/// `query.len()`, as many rows as `out` holds), bit-identical to [`dot`] row by row, with one
+/// dispatch for all of them (the exact scan of a catalogue).
+pub fn dot_rows(query: &[f32], matrix: &[f32], out: &mut [f32]) {
+    ARCH.dispatch(DotRows { query, matrix, out });
+}
+
+struct DotRows<'a> {
+    query: &'a [f32],
+    matrix: &'a [f32],
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for DotRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let Self { query, matrix, out } = self;
+        if query.is_empty() {
+            out.fill(0.0);
+            return;
+        }
+        for (score, row) in out.iter_mut().zip(matrix.chunks_exact(query.len())) {
+            *score = dot_lanes(query, row);
+        }
+    }
+}
+
 struct Dot<'a>(&'a [f32], &'a [f32]);
 
 impl pulp::WithSimd for Dot<'_> {
@@ -327,6 +356,13 @@ mod tests {
             let expected: Vec<f32> =
                 q0.iter().zip(&p).map(|(y, x)| y + 0.05 * (-0.8 * x - 0.03 * y)).collect();
             assert_eq!(bits(&y), bits(&expected), "regularized_step, len {len}");
+            let matrix: Vec<f32> = (0..len * 5).map(|i| (i as f32 * 0.11).sin()).collect();
+            let mut scores = [f32::NAN; 5];
+            dot_rows(&p, &matrix, &mut scores);
+            for (row, score) in scores.iter().enumerate() {
+                let expected = if len == 0 { 0.0 } else { dot(&p, &matrix[row * len..][..len]) };
+                assert_eq!(score.to_bits(), expected.to_bits(), "dot_rows row {row}, len {len}");
+            }
             let mut y = q0.clone();
             axpy(&mut y, 0.6, &p);
             let expected: Vec<f32> = q0.iter().zip(&p).map(|(y, x)| y + 0.6 * x).collect();
