@@ -15,6 +15,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 mod eval_cli;
 
+/// mimalloc instead of glibc's malloc: it returns freed pages to the operating system, so the
+/// service's resident memory after a catch-up follows its live state rather than the peak of
+/// the catch-up; built without transparent huge pages (feature `no_thp`) so that partly used
+/// 2 MiB pages are not kept resident whole (BENCHMARKS.md, "Memory per entity").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "embedstream", version, about = "Real-time stateful embedding stream processor")]
 struct Cli {
