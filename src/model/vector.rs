@@ -1,9 +1,10 @@
 //! Small dense-vector kernels of the SGD step. Plain loops over `f32` slices: the compiler
 //! vectorises them, and a fixed summation order keeps results bit-identical between runs.
 //!
-//! The two hottest kernels, [`dot`] and [`negative_step`], are compiled twice, for baseline
-//! x86-64 (SSE2) and for x86-64-v3 (AVX2), and run as the widest the CPU offers, chosen once at
-//! start by `pulp`'s runtime detection (a safe wrapper over `is_x86_feature_detected!`). Both
+//! The kernels of the training step and of the exact scan ([`dot`], [`dot_rows`],
+//! [`negative_step`], [`axpy`], [`regularized_step`]) are compiled twice, for baseline x86-64
+//! (SSE2) and for x86-64-v3 (AVX2), and run as the widest the CPU offers, chosen once at start
+//! by `pulp`'s runtime detection (a safe wrapper over `is_x86_feature_detected!`). Both
 //! versions give bit-identical results: every lane does the same IEEE operations in the same
 //! order (8 partial sums, added in lane order), and Rust never contracts a multiply and an add
 //! into an FMA on its own.
@@ -124,14 +125,7 @@ impl pulp::WithSimd for NegativeStep<'_> {
         let partial: [f32; LANES] = pulp::bytemuck::cast_slice(std::slice::from_ref(&partial))
             .try_into()
             .unwrap_or([0.0; LANES]);
-        let mut tail = 0.0f32;
-        for ((q, p), acc) in q_tail.iter_mut().zip(p_tail).zip(acc_tail.iter_mut()) {
-            let old = *q;
-            *acc -= g * old;
-            *q = old + lr * (-g * p - reg * old);
-            tail += *q * *q;
-        }
-        partial.iter().sum::<f32>() + tail
+        partial.iter().sum::<f32>() + negative_step_tail(q_tail, p_tail, acc_tail, g, lr, reg)
     }
 }
 
@@ -159,19 +153,23 @@ fn negative_step_lanes(
             partial[lane] += new * new;
         }
     }
+    let (q, p, acc) =
+        (q_chunks.into_remainder(), p_chunks.remainder(), acc_chunks.into_remainder());
+    partial.iter().sum::<f32>() + negative_step_tail(q, p, acc, g, lr, reg)
+}
+
+/// The elements after the last whole group of LANES, one at a time; returns their share of
+/// the squared norm.
+#[inline(always)]
+fn negative_step_tail(q: &mut [f32], p: &[f32], acc: &mut [f32], g: f32, lr: f32, reg: f32) -> f32 {
     let mut tail = 0.0f32;
-    for ((q, p), acc) in q_chunks
-        .into_remainder()
-        .iter_mut()
-        .zip(p_chunks.remainder())
-        .zip(acc_chunks.into_remainder().iter_mut())
-    {
+    for ((q, p), acc) in q.iter_mut().zip(p).zip(acc.iter_mut()) {
         let old = *q;
         *acc -= g * old;
         *q = old + lr * (-g * p - reg * old);
         tail += *q * *q;
     }
-    partial.iter().sum::<f32>() + tail
+    tail
 }
 
 /// `y += a x`, element by element (over the shorter length).
