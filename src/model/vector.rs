@@ -122,9 +122,8 @@ impl pulp::WithSimd for NegativeStep<'_> {
             *q = new;
             partial = simd.add_f32s(partial, simd.mul_f32s(new, new));
         }
-        let partial: [f32; LANES] = pulp::bytemuck::cast_slice(std::slice::from_ref(&partial))
-            .try_into()
-            .unwrap_or([0.0; LANES]);
+        // Same size: S::f32s holds LANES lanes (checked above).
+        let partial: [f32; LANES] = pulp::bytemuck::cast(partial);
         partial.iter().sum::<f32>() + negative_step_tail(q_tail, p_tail, acc_tail, g, lr, reg)
     }
 }
