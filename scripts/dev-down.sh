@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stop the services scripts/dev-up.sh started: exactly the processes named by its pidfiles
-# (.dev/tansu.pid, .dev/redis/redis.pid, and .dev/moto.pid of the durable-broker mode), and only
+# (.dev/tansu.pid, .dev/redis/redis.pid, .dev/moto.pid of the durable-broker mode and
+# .dev/redis-cluster/*/redis.pid of the cluster mode), and only
 # when the pid still belongs to a process of the expected name. SIGTERM, then SIGKILL after
 # EMBEDSTREAM_DEV_TIMEOUT (10 s). Safe to run twice. The broker keeps everything in memory (or in
 # moto's memory), so its topics and offsets go with it.
@@ -52,3 +53,9 @@ stop() {
 stop tansu "$dev/tansu.pid" tansu
 stop redis "$dev/redis/redis.pid" redis-server
 stop moto "$dev/moto.pid" moto_server
+# The nodes of EMBEDSTREAM_REDIS_CLUSTER=1; their cluster state (nodes.conf) goes with them.
+for pidfile in "$dev"/redis-cluster/*/redis.pid; do
+  [[ -e "$pidfile" ]] || continue
+  stop "redis cluster node $(basename "$(dirname "$pidfile")")" "$pidfile" redis-server
+  rm -f "$(dirname "$pidfile")/nodes.conf"
+done

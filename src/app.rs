@@ -164,7 +164,7 @@ impl Shared {
             model: engine.shared_model(),
             index,
             status,
-            keys: Keys::new(namespace),
+            keys: Keys::of(&config.store, namespace),
         });
         Ok(Generation {
             served,

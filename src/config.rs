@@ -181,6 +181,15 @@ impl Config {
                 "must be non-empty without spaces",
             ));
         }
+        if self.store.cluster && self.store.namespace.contains(['{', '}']) {
+            // Keys start with the hash tag `{namespace}`: a brace inside would change the tag
+            // and spread the namespace over several slots.
+            return Err(invalid(
+                "store.namespace",
+                &self.store.namespace,
+                "must not contain '{' or '}' with store.cluster",
+            ));
+        }
         if self.store.alias.contains(char::is_whitespace) {
             return Err(invalid("store.alias", &self.store.alias, "must have no spaces"));
         }
@@ -369,5 +378,23 @@ mod tests {
                 "{field}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn a_cluster_namespace_with_a_brace_is_refused_and_its_keys_share_one_hash_tag() {
+        let mut config = Config::default();
+        config.store.cluster = true;
+        config.store.namespace = "a}b".to_owned();
+        let error = config.validate().unwrap_err();
+        assert!(matches!(error, ConfigError::Invalid { field: "store.namespace", .. }), "{error}");
+        config.store.cluster = false;
+        config.validate().unwrap();
+
+        let keys =
+            crate::store::Keys::of(&StoreConfig { cluster: true, ..StoreConfig::default() }, "es");
+        assert_eq!(keys.user("u:1"), "{es}:user:u:1");
+        assert_eq!(keys.item("{x}"), "{es}:item:{x}");
+        assert_eq!(keys.meta(), "{es}:meta");
+        assert_eq!(crate::store::Keys::of(&StoreConfig::default(), "es").meta(), "es:meta");
     }
 }

@@ -21,7 +21,7 @@ pub enum SyncFlagsError {
 /// # Errors
 /// [`SyncFlagsError`].
 pub fn load_sync(
-    connection: &mut redis::Connection,
+    connection: &mut impl redis::ConnectionLike,
     key: &str,
 ) -> Result<Option<FlagsDoc>, SyncFlagsError> {
     let stored: Option<String> = redis::cmd("GET").arg(key).query(connection)?;
@@ -33,7 +33,7 @@ pub fn load_sync(
 /// # Errors
 /// [`SyncFlagsError`]; nothing is written when `doc` is not valid.
 pub fn save_sync(
-    connection: &mut redis::Connection,
+    connection: &mut impl redis::ConnectionLike,
     key: &str,
     doc: &FlagsDoc,
 ) -> Result<(), SyncFlagsError> {
@@ -49,7 +49,7 @@ pub fn save_sync(
 /// # Errors
 /// [`SyncFlagsError`]; nothing is written when the result is not valid.
 pub fn update_sync(
-    connection: &mut redis::Connection,
+    connection: &mut impl redis::ConnectionLike,
     key: &str,
     change: impl Fn(&mut FlagsDoc),
 ) -> Result<FlagsDoc, SyncFlagsError> {
@@ -98,24 +98,88 @@ pub enum FlagsAction {
 /// # Errors
 /// [`SyncFlagsError`]: Redis unreachable, or a document (given or resulting) not valid.
 pub fn run_action(store: &StoreConfig, action: FlagsAction) -> Result<FlagsDoc, SyncFlagsError> {
-    let client = redis::Client::open(store.url.as_str())?;
-    let mut connection =
-        client.get_connection_with_timeout(Duration::from_millis(store.connect_timeout_ms))?;
-    let timeout = Some(Duration::from_millis(store.command_timeout_ms));
-    connection.set_read_timeout(timeout)?;
-    connection.set_write_timeout(timeout)?;
-    let key = Keys::new(&store.namespace).flags();
+    let key = Keys::of(store, &store.namespace).flags();
+    let (connect, command) = (
+        Duration::from_millis(store.connect_timeout_ms),
+        Duration::from_millis(store.command_timeout_ms),
+    );
+    let client = if store.cluster {
+        redis::Client::open(slot_owner(store, &key, connect, command)?)?
+    } else {
+        redis::Client::open(store.url.as_str())?
+    };
+    let mut connection = client.get_connection_with_timeout(connect)?;
+    connection.set_read_timeout(Some(command))?;
+    connection.set_write_timeout(Some(command))?;
+    run_on(&mut connection, &key, action)
+}
+
+/// How to reach the master that holds `key`'s slot, asked of the cluster's seeds
+/// (`CLUSTER KEYSLOT`, `CLUSTER SLOTS`): the `WATCH`/`MULTI` of an update must run on one
+/// connection to that master, which redis's synchronous cluster connection does not offer (it
+/// refuses pipelines). A slot that moves meanwhile makes the update fail with `MOVED`: run it
+/// again.
+fn slot_owner(
+    store: &StoreConfig,
+    key: &str,
+    connect: Duration,
+    command: Duration,
+) -> Result<redis::ConnectionInfo, SyncFlagsError> {
+    use redis::IntoConnectionInfo;
+    let seeds: Vec<&str> = store.url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    // The seed's credentials and database, with the owner's address.
+    let seed = seeds.first().copied().unwrap_or_default().into_connection_info()?;
+    let mut cluster = redis::cluster::ClusterClient::builder(seeds)
+        .connection_timeout(connect)
+        .response_timeout(command)
+        .build()?
+        .get_connection()?;
+    let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query(&mut cluster)?;
+    let ranges: Vec<(i64, i64, (String, i64))> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query::<Vec<Vec<redis::Value>>>(&mut cluster)?
+        .into_iter()
+        .filter_map(|range| {
+            let mut fields = range.into_iter();
+            let start = redis::from_redis_value(fields.next()?).ok()?;
+            let end = redis::from_redis_value(fields.next()?).ok()?;
+            let node: Vec<redis::Value> = redis::from_redis_value(fields.next()?).ok()?;
+            let mut node = node.into_iter();
+            let host = redis::from_redis_value(node.next()?).ok()?;
+            let port = redis::from_redis_value(node.next()?).ok()?;
+            Some((start, end, (host, port)))
+        })
+        .collect();
+    let (host, port) = ranges
+        .into_iter()
+        .find(|(start, end, _)| (*start..=*end).contains(&slot))
+        .map(|(_, _, node)| node)
+        .ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+                "no master holds the slot",
+                format!("slot {slot}"),
+            ))
+        })?;
+    Ok(seed.set_addr(redis::ConnectionAddr::Tcp(host, u16::try_from(port).unwrap_or_default())))
+}
+
+fn run_on(
+    connection: &mut impl redis::ConnectionLike,
+    key: &str,
+    action: FlagsAction,
+) -> Result<FlagsDoc, SyncFlagsError> {
     match action {
-        FlagsAction::Get => Ok(load_sync(&mut connection, &key)?.unwrap_or_default()),
+        FlagsAction::Get => Ok(load_sync(connection, key)?.unwrap_or_default()),
         FlagsAction::Set(doc) => {
-            save_sync(&mut connection, &key, &doc)?;
+            save_sync(connection, key, &doc)?;
             Ok(doc)
         }
-        FlagsAction::Enable { name, percent } => update_sync(&mut connection, &key, |doc| {
+        FlagsAction::Enable { name, percent } => update_sync(connection, key, |doc| {
             *doc.flag_mut(name) = Flag { enabled: true, rollout_percent: percent };
         }),
         FlagsAction::Disable { name } => {
-            update_sync(&mut connection, &key, |doc| doc.flag_mut(name).enabled = false)
+            update_sync(connection, key, |doc| doc.flag_mut(name).enabled = false)
         }
     }
 }

@@ -176,7 +176,7 @@ impl RateLimiter {
         Self {
             inner: Arc::new(Inner {
                 config: config.clone(),
-                namespace: redis.keys().namespace().to_owned(),
+                namespace: redis.keys().prefix().to_owned(),
                 redis,
                 script: redis::Script::new(gcra::SCRIPT),
                 local,

@@ -169,15 +169,15 @@ impl Sessions {
     }
 
     fn key(&self, id: &str) -> String {
-        format!("{}:session:{id}", self.redis.keys().namespace())
+        format!("{}:session:{id}", self.redis.keys().prefix())
     }
 
     fn events_key(&self, id: &str) -> String {
-        format!("{}:session:{id}:events", self.redis.keys().namespace())
+        format!("{}:session:{id}:events", self.redis.keys().prefix())
     }
 
     fn user_key(&self, user_id: &str) -> String {
-        format!("{}:user_sessions:{user_id}", self.redis.keys().namespace())
+        format!("{}:user_sessions:{user_id}", self.redis.keys().prefix())
     }
 
     /// Creates a session for `user_id`, enforcing the per-user limit atomically.
@@ -190,7 +190,7 @@ impl Sessions {
             OnLimit::EvictOldest => "evict_oldest",
             OnLimit::Refuse => "refuse",
         };
-        let prefix = format!("{}:session:", self.redis.keys().namespace());
+        let prefix = format!("{}:session:", self.redis.keys().prefix());
         let (user_key, key) = (self.user_key(user_id), self.key(&id));
         let (now, ttl, max) = (
             now_ms.to_string(),

@@ -112,11 +112,19 @@ impl SyncStore {
     /// [`StoreError`] for Redis failures.
     pub fn namespaces(&mut self) -> Result<Vec<String>, StoreError> {
         self.with("namespaces", |mut connection| async move {
-            let candidates = scan(&mut connection, "*:meta", Some("hash")).await?;
+            let cluster = connection.is_cluster();
+            let candidates = connection.scan_keys("*:meta", Some("hash"), None).await?;
             let mut namespaces = Vec::new();
             for key in candidates {
                 if connection.hexists::<_, _, bool>(&key, "dim").await? {
-                    if let Some(namespace) = key.strip_suffix(":meta") {
+                    let prefix = key.strip_suffix(":meta");
+                    // With a cluster the prefix is the hash tag `{namespace}`.
+                    let namespace = if cluster {
+                        prefix.and_then(|tag| tag.strip_prefix('{')?.strip_suffix('}'))
+                    } else {
+                        prefix
+                    };
+                    if let Some(namespace) = namespace {
                         namespaces.push(namespace.to_owned());
                     }
                 }
@@ -139,7 +147,7 @@ impl SyncStore {
             let users: u64 = connection.scard(keys.users()).await?;
             let items: u64 = connection.zcard(keys.items()).await?;
             let pattern = format!("{}*", glob_escape(&keys.progress("")));
-            let progress_keys = scan(&mut connection, &pattern, None).await?;
+            let progress_keys = connection.scan_keys(&pattern, None, Some(&keys.meta())).await?;
             let mut progress = BTreeMap::new();
             for key in progress_keys {
                 let fields: BTreeMap<String, String> = connection.hgetall(&key).await?;
@@ -201,9 +209,10 @@ impl SyncStore {
             .filter(|other| other.starts_with(&format!("{namespace}:")))
             .map(|other| format!("{other}:"))
             .collect();
-        let pattern = format!("{}:*", glob_escape(&namespace));
+        let pattern = format!("{}:*", glob_escape(self.keys.prefix()));
+        let slot_key = self.keys.meta();
         self.with("drop_namespace", |mut connection| async move {
-            let keys = scan(&mut connection, &pattern, None).await?;
+            let keys = connection.scan_keys(&pattern, None, Some(&slot_key)).await?;
             let doomed: Vec<&String> = keys
                 .iter()
                 .filter(|key| !nested.iter().any(|prefix| key.starts_with(prefix.as_str())))
@@ -215,30 +224,6 @@ impl SyncStore {
             }
             Ok(deleted)
         })
-    }
-}
-
-/// Every key matching `pattern`, of type `of_type` when given (SCAN, so Redis is never
-/// blocked by a `KEYS`).
-async fn scan(
-    connection: &mut redis::aio::MultiplexedConnection,
-    pattern: &str,
-    of_type: Option<&str>,
-) -> redis::RedisResult<Vec<String>> {
-    let mut keys = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let mut command = redis::cmd("SCAN");
-        command.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
-        if let Some(of_type) = of_type {
-            command.arg("TYPE").arg(of_type);
-        }
-        let (next, batch): (u64, Vec<String>) = command.query_async(connection).await?;
-        keys.extend(batch);
-        cursor = next;
-        if cursor == 0 {
-            return Ok(keys);
-        }
     }
 }
 

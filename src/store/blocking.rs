@@ -15,17 +15,16 @@
 use std::future::Future;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
+use super::connection::{StoreClient, StoreConnection};
 
 use super::{is_outage, StoreConfig, StoreError};
 
 /// One Redis connection for a blocking caller (the ingest thread), every call under a deadline.
 pub(super) struct BlockingConnection {
-    client: redis::Client,
+    client: StoreClient,
     /// `Some` until drop (see [`Drop`]).
     runtime: Option<tokio::runtime::Runtime>,
-    connection: Option<MultiplexedConnection>,
+    connection: Option<StoreConnection>,
     connect_timeout: Duration,
     command_timeout: Duration,
 }
@@ -42,7 +41,7 @@ impl BlockingConnection {
             .build()
             .map_err(StoreError::Runtime)?;
         Ok(Self {
-            client: redis::Client::open(config.url.as_str())?,
+            client: StoreClient::new(config)?,
             runtime: Some(runtime),
             connection: None,
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
@@ -62,7 +61,7 @@ impl BlockingConnection {
         call: F,
     ) -> Result<T, StoreError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(StoreConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let Some(runtime) = self.runtime.as_ref() else {
@@ -75,10 +74,7 @@ impl BlockingConnection {
             let connection = match existing {
                 Some(connection) => connection,
                 None => {
-                    let config = AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(connect_timeout))
-                        .set_response_timeout(Some(command_timeout));
-                    let connect = client.get_multiplexed_async_connection_with_config(&config);
+                    let connect = client.connect(connect_timeout, command_timeout);
                     match tokio::time::timeout(connect_timeout, connect).await {
                         Ok(Ok(connection)) => connection,
                         Ok(Err(error)) => return (None, Err(StoreError::Redis(error))),

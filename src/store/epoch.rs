@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use redis::aio::MultiplexedConnection;
+use super::connection::StoreConnection;
 
 use super::write::transactions;
 use super::{FlushBatch, StoreError, SyncStore};
@@ -247,7 +247,7 @@ enum Role {
 /// The check, then the transaction with the epoch write last (final transactions only), on one
 /// connection within one deadline.
 async fn transaction(
-    mut connection: MultiplexedConnection,
+    mut connection: StoreConnection,
     mut body: redis::Pipeline,
     expect: Expect,
     key: String,

@@ -1,7 +1,9 @@
 //! Redis layout and codec: the durable copy of the learned state.
 //!
 //! Every key starts with the namespace (default `es`), so a rebuild can fill a new namespace and
-//! readers switch by configuration. Key layout (`{ns}` = namespace):
+//! readers switch by configuration; with `store.cluster` the prefix is the hash tag `{es}`, so
+//! that a namespace is one slot of a Redis Cluster (see [`connection`]). Key layout (`{ns}` =
+//! the prefix):
 //!
 //! | key | type | content |
 //! | --- | --- | --- |
@@ -33,11 +35,13 @@
 pub mod aliases;
 mod blocking;
 pub mod codec;
+mod connection;
 pub mod epoch;
 mod redis_async;
 mod redis_sync;
 pub mod write;
 
+pub use connection::StoreConnection;
 pub use redis_async::{is_outage, AsyncRedis, RedisUnavailable};
 
 pub use redis_sync::{
@@ -54,98 +58,118 @@ pub const SCHEMA_VERSION: u32 = 2;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     namespace: String,
+    /// What every key starts with: the namespace, or `{namespace}` (a hash tag) for a cluster.
+    prefix: String,
 }
 
 impl Keys {
-    /// Keys under `namespace`.
+    /// Keys under `namespace`, for a single Redis: `{ns}:...` is `namespace:...`.
     pub fn new(namespace: &str) -> Self {
-        Self { namespace: namespace.to_owned() }
+        Self { namespace: namespace.to_owned(), prefix: namespace.to_owned() }
+    }
+    /// Keys under `namespace` for a Redis Cluster: every key starts with the hash tag
+    /// `{namespace}`, so that all of them hash to one slot and a flush stays one transaction.
+    pub fn hash_tagged(namespace: &str) -> Self {
+        Self { namespace: namespace.to_owned(), prefix: format!("{{{namespace}}}") }
+    }
+    /// Keys of `namespace` in the layout `config` asks for (hash-tagged when `store.cluster`).
+    pub fn of(config: &StoreConfig, namespace: &str) -> Self {
+        if config.cluster {
+            Self::hash_tagged(namespace)
+        } else {
+            Self::new(namespace)
+        }
     }
     /// The namespace.
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
+    /// What every key of the namespace starts with, before its `:`: the namespace, or
+    /// `{namespace}` with a cluster.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
     /// `{ns}:meta`.
     pub fn meta(&self) -> String {
-        format!("{}:meta", self.namespace)
+        format!("{}:meta", self.prefix)
     }
     /// `{ns}:user:{id}`.
     pub fn user(&self, id: &str) -> String {
-        format!("{}:user:{id}", self.namespace)
+        format!("{}:user:{id}", self.prefix)
     }
     /// `{ns}:quarantine:user:{id}`: where a stored user record that cannot be decoded is moved
     /// (kept for inspection) before the user starts over.
     pub fn quarantined_user(&self, id: &str) -> String {
-        format!("{}:quarantine:user:{id}", self.namespace)
+        format!("{}:quarantine:user:{id}", self.prefix)
     }
     /// `{ns}:quarantine:item:{id}`: a copy of a stored item whose vector could not take a
     /// delta (not an ESV1 value of the model's dimension), kept for inspection.
     pub fn quarantined_item(&self, id: &str) -> String {
-        format!("{}:quarantine:item:{id}", self.namespace)
+        format!("{}:quarantine:item:{id}", self.prefix)
     }
     /// `{ns}:seen:{id}`: the user's seen list, oldest first.
     pub fn seen(&self, id: &str) -> String {
-        format!("{}:seen:{id}", self.namespace)
+        format!("{}:seen:{id}", self.prefix)
     }
     /// `{ns}:negative_pool`: the negative-sampling pool, u32 LE item rows.
     pub fn negative_pool(&self) -> String {
-        format!("{}:negative_pool", self.namespace)
+        format!("{}:negative_pool", self.prefix)
     }
     /// `{ns}:staging:{token}`: the names of the keys a flush of process `token` staged.
     pub fn staging(&self, token: &str) -> String {
-        format!("{}:staging:{token}", self.namespace)
+        format!("{}:staging:{token}", self.prefix)
     }
     /// `{ns}:staging:{token}:`: the prefix of a staged key's name.
     pub fn staging_prefix(&self, token: &str) -> String {
-        format!("{}:staging:{token}:", self.namespace)
+        format!("{}:staging:{token}:", self.prefix)
     }
     /// `{ns}:users`.
     pub fn users(&self) -> String {
-        format!("{}:users", self.namespace)
+        format!("{}:users", self.prefix)
     }
     /// `{ns}:item:{id}`.
     pub fn item(&self, id: &str) -> String {
-        format!("{}:item:{id}", self.namespace)
+        format!("{}:item:{id}", self.prefix)
     }
     /// `{ns}:items`.
     pub fn items(&self) -> String {
-        format!("{}:items", self.namespace)
+        format!("{}:items", self.prefix)
     }
     /// `{ns}:item_changes`: the stream of item writes every instance follows (issue 10).
     pub fn item_changes(&self) -> String {
-        format!("{}:item_changes", self.namespace)
+        format!("{}:item_changes", self.prefix)
     }
     /// `{ns}:flush:{token}`: the number of the last flush process `token` committed.
     pub fn flush_marker(&self, token: &str) -> String {
-        format!("{}:flush:{token}", self.namespace)
+        format!("{}:flush:{token}", self.prefix)
     }
     /// `{ns}:progress:{topic}`.
     pub fn progress(&self, topic: &str) -> String {
-        format!("{}:progress:{topic}", self.namespace)
+        format!("{}:progress:{topic}", self.prefix)
     }
     /// `{ns}:epoch`: the namespace epoch (see [`epoch`]).
     pub fn epoch(&self) -> String {
-        format!("{}:epoch", self.namespace)
+        format!("{}:epoch", self.prefix)
     }
     /// `{ns}:flags`: the feature-flags document (JSON string).
     pub fn flags(&self) -> String {
-        format!("{}:flags", self.namespace)
+        format!("{}:flags", self.prefix)
     }
     /// `{ns}:auth:revocations`: the pub/sub channel announcing each revoked `jti`.
     pub fn auth_revocations_channel(&self) -> String {
-        format!("{}:auth:revocations", self.namespace)
+        format!("{}:auth:revocations", self.prefix)
     }
     /// `{ns}:auth:revoked:{jti}`: a revoked access token.
     pub fn auth_revoked(&self, jti: &str) -> String {
-        format!("{}:auth:revoked:{jti}", self.namespace)
+        format!("{}:auth:revoked:{jti}", self.prefix)
     }
     /// `{ns}:auth:refresh:{sha256_hex}`: a refresh token, by the hash of its value.
     pub fn auth_refresh(&self, token_hash: &str) -> String {
-        format!("{}:auth:refresh:{token_hash}", self.namespace)
+        format!("{}:auth:refresh:{token_hash}", self.prefix)
     }
     /// `{ns}:auth:family:{id}`: the state of a refresh-token family.
     pub fn auth_family(&self, family: &str) -> String {
-        format!("{}:auth:family:{family}", self.namespace)
+        format!("{}:auth:family:{family}", self.prefix)
     }
 }
 
@@ -205,6 +229,7 @@ impl StoreError {
         match self {
             Self::Redis(error) => {
                 is_outage(error)
+                    || connection::is_cluster_redirect(error)
                     || matches!(
                         error.code(),
                         Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN")

@@ -1,5 +1,6 @@
 //! The async Redis handle of the HTTP side: one multiplexed connection (redis's
-//! `ConnectionManager`, which reconnects by itself), every call bounded by the command timeout
+//! `ConnectionManager`, which reconnects by itself; with `store.cluster`, redis's cluster
+//! connection, see `store/connection.rs`), every call bounded by the command timeout
 //! and guarded by the `redis` circuit breaker, latency and failures in the metrics.
 //!
 //! The handle exists even when Redis is down at start: the connection is made on first use
@@ -8,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use super::connection::{StoreClient, StoreConnection};
 use redis::{FromRedisValue, RedisError};
 
 use super::{Keys, StoreConfig};
@@ -46,8 +47,8 @@ pub fn is_outage(error: &RedisError) -> bool {
 }
 
 struct Inner {
-    client: redis::Client,
-    manager: tokio::sync::RwLock<Option<ConnectionManager>>,
+    client: StoreClient,
+    manager: tokio::sync::RwLock<Option<StoreConnection>>,
     breaker: Arc<CircuitBreaker>,
     keys: Keys,
     metrics: Metrics,
@@ -92,10 +93,10 @@ impl AsyncRedis {
         Ok(Self {
             timeout,
             inner: Arc::new(Inner {
-                client: redis::Client::open(config.url.as_str())?,
+                client: StoreClient::new(config)?,
                 manager: tokio::sync::RwLock::new(None),
                 breaker,
-                keys: Keys::new(&config.namespace),
+                keys: Keys::of(config, &config.namespace),
                 metrics,
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms),
                 command_timeout: timeout,
@@ -136,7 +137,9 @@ impl AsyncRedis {
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, RedisUnavailable> {
         let op = "pubsub_connect";
         let timeout = self.inner.connect_timeout;
-        match tokio::time::timeout(timeout, self.inner.client.get_async_pubsub()).await {
+        match tokio::time::timeout(timeout, self.inner.client.pubsub_client().get_async_pubsub())
+            .await
+        {
             Ok(Ok(pubsub)) => Ok(pubsub),
             Ok(Err(source)) => Err(RedisUnavailable::Failed { op, source }),
             Err(_) => Err(RedisUnavailable::Timeout { op, ms: timeout.as_millis() as u64 }),
@@ -148,7 +151,7 @@ impl AsyncRedis {
         &self.inner.breaker
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, CallError> {
+    async fn connection(&self) -> Result<StoreConnection, CallError> {
         if let Some(manager) = self.inner.manager.read().await.as_ref() {
             return Ok(manager.clone());
         }
@@ -160,11 +163,10 @@ impl AsyncRedis {
         if let Some(manager) = slot.as_ref() {
             return Ok(manager.clone());
         }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.inner.connect_timeout))
-            .set_response_timeout(Some(self.inner.command_timeout))
-            .set_number_of_retries(0);
-        let connect = self.inner.client.get_connection_manager_with_config(config);
+        let connect = self
+            .inner
+            .client
+            .connect_managed(self.inner.connect_timeout, self.inner.command_timeout);
         let manager = tokio::time::timeout(self.inner.connect_timeout, connect)
             .await
             .map_err(|_| CallError::Timeout)?
@@ -175,7 +177,7 @@ impl AsyncRedis {
 
     async fn guarded<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T, RedisUnavailable>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(StoreConnection) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let started = Instant::now();

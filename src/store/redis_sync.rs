@@ -3,7 +3,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
+use super::connection::StoreConnection;
 use serde::{Deserialize, Serialize};
 
 use super::blocking::BlockingConnection;
@@ -18,7 +18,15 @@ use crate::resilience::{CircuitBreaker, Guarded};
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Redis URL (default `redis://127.0.0.1:16379/`, the port `scripts/dev-up.sh` uses).
+    /// With `cluster`, one or more seed nodes of the cluster separated by commas
+    /// (`redis://10.0.0.1:7000/,redis://10.0.0.2:7000/`); the others are discovered.
     pub url: String,
+    /// Talk to a Redis Cluster (default false: a single server). Every key of a namespace
+    /// then starts with the hash tag `{namespace}` instead of `namespace`, so the namespace
+    /// lives in one hash slot and each flush stays one transaction; `MOVED`, `ASK` and
+    /// `TRYAGAIN` are followed (see `store/connection.rs`). A namespace written to a single
+    /// server is not read by a cluster configuration, nor the reverse (the key names differ).
+    pub cluster: bool,
     /// Key namespace (default `es`): the home of sessions, flags, auth and rate limits, and
     /// of the learned state unless `alias` is set.
     pub namespace: String,
@@ -43,6 +51,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:16379/".to_owned(),
+            cluster: false,
             namespace: "es".to_owned(),
             alias: String::new(),
             alias_poll_ms: 1000,
@@ -115,7 +124,7 @@ impl SyncStore {
     pub fn new(config: &StoreConfig) -> Result<Self, StoreError> {
         Ok(Self {
             connection: BlockingConnection::new(config)?,
-            keys: Keys::new(&config.namespace),
+            keys: Keys::of(config, &config.namespace),
             breaker: None,
             epoch: None,
             epoch_checked: None,
@@ -163,7 +172,7 @@ impl SyncStore {
         call: F,
     ) -> Result<T, StoreError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(StoreConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let Some(breaker) = self.breaker.clone() else {

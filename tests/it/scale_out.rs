@@ -1,12 +1,13 @@
 //! Several `embedstream run` processes in one consumer group (issue 10), on a topic of 6
-//! partitions fed while they run: a fourth joins, one is killed -9. Once caught up, every
-//! event is applied exactly once to its user and to its item (the counts in Redis equal the
-//! events' counts), and every surviving instance holds every item as Redis does.
+//! partitions fed while they run, on a three-master Redis Cluster: a fourth joins, the
+//! namespace's hash slot migrates to another master, one instance is killed -9. Once caught
+//! up, every event is applied exactly once to its user and to its item (the counts in Redis
+//! equal the events' counts), and every surviving instance holds every item as Redis does.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::common::faults::ServiceProcess;
+use crate::common::faults::{OwnRedisCluster, ServiceProcess};
 use crate::common::infra;
 use embedstream::store::SyncStore;
 
@@ -29,7 +30,19 @@ fn stored_item_events(store: &mut SyncStore) -> HashMap<String, u64> {
 #[test]
 fn instances_joining_and_killed_mid_stream_apply_every_event_once_to_users_and_items() {
     let name = infra::unique("scale");
-    let config = infra::test_config(&name);
+    let mut config = infra::test_config(&name);
+    let cluster = OwnRedisCluster::start(&name);
+    config.store.url = cluster.url();
+    config.store.cluster = true;
+    let slot: u16 = {
+        let seed = format!("redis://127.0.0.1:{}/", cluster.ports[0]);
+        let mut connection = redis::Client::open(seed).unwrap().get_connection().unwrap();
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(format!("{{{name}}}:meta"))
+            .query(&mut connection)
+            .unwrap()
+    };
     infra::create_topics(&[(&config.kafka.topic, 6), (&config.kafka.dead_letter_topic, 1)]);
     let records = infra::movielens_records();
     let (expected_users, expected_items) = counts(&records);
@@ -59,7 +72,15 @@ fn instances_joining_and_killed_mid_stream_apply_every_event_once_to_users_and_i
     };
     wait_for_applied(&mut store, 20_000);
     members.push(ServiceProcess::spawn(&config, &slow));
-    wait_for_applied(&mut store, 50_000);
+    // The namespace's slot moves to another master while the members flush (ASK, TRYAGAIN,
+    // then MOVED for every client).
+    wait_for_applied(&mut store, 35_000);
+    let from = cluster.owner(slot);
+    let to = *cluster.ports.iter().find(|port| **port != from).unwrap();
+    let moved = cluster.migrate_slot(slot, to, 10);
+    assert!(moved > 1000, "only {moved} keys in the namespace's slot");
+    assert_eq!(cluster.owner(slot), to);
+    wait_for_applied(&mut store, 60_000);
     members.remove(1).kill();
     feeder.join().unwrap();
 

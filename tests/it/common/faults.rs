@@ -68,6 +68,7 @@ impl ServiceProcess {
                 config.kafka.session_timeout_ms.to_string(),
             )
             .env("EMBEDSTREAM_STORE__URL", &config.store.url)
+            .env("EMBEDSTREAM_STORE__CLUSTER", config.store.cluster.to_string())
             .env("EMBEDSTREAM_STORE__NAMESPACE", &config.store.namespace)
             .envs(super::auth::service_env(config))
             .env("EMBEDSTREAM_WINDOW__IDLE_TIMEOUT_MS", config.window.idle_timeout_ms.to_string())
@@ -243,6 +244,192 @@ impl OwnRedis {
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of the test's own: three masters (Debian's redis-server with
+/// `--cluster-enabled yes`) on free ports, slots spread by `redis-cli --cluster create`, no
+/// replicas, no persistence.
+pub struct OwnRedisCluster {
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl OwnRedisCluster {
+    pub fn start(name: &str) -> Self {
+        let dir = root().join(format!(".dev-fault-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cluster = Self { ports: Vec::new(), dir, children: Vec::new() };
+        for _ in 0..3 {
+            let port = free_port();
+            let node_dir = cluster.dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (scripts/dev-up.sh installs it)");
+            cluster.children.push(child);
+            cluster.ports.push(port);
+        }
+        for port in &cluster.ports {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !ping(*port) {
+                assert!(Instant::now() < deadline, "redis on {port} never answered PING");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let nodes: Vec<String> =
+            cluster.ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli is installed");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.ports.iter().all(|port| cluster.info(*port).contains("cluster_state:ok")) {
+            assert!(Instant::now() < deadline, "the cluster never reached cluster_state:ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// The seed nodes, as `store.url` takes them with `store.cluster`.
+    pub fn url(&self) -> String {
+        self.ports
+            .iter()
+            .map(|port| format!("redis://127.0.0.1:{port}/"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn connection(port: u16) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap()
+    }
+
+    fn info(&self, port: u16) -> String {
+        redis::cmd("CLUSTER").arg("INFO").query(&mut Self::connection(port)).unwrap_or_default()
+    }
+
+    fn node_id(port: u16) -> String {
+        redis::cmd("CLUSTER").arg("MYID").query(&mut Self::connection(port)).unwrap()
+    }
+
+    /// The port of the master that owns `slot`.
+    pub fn owner(&self, slot: u16) -> u16 {
+        let ranges: Vec<(u16, u16, (String, u16))> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query::<Vec<redis::Value>>(&mut Self::connection(self.ports[0]))
+            .unwrap()
+            .into_iter()
+            .map(|range| {
+                let fields: Vec<redis::Value> = redis::from_redis_value(range).unwrap();
+                let start: u16 = redis::from_redis_value_ref(&fields[0]).unwrap();
+                let end: u16 = redis::from_redis_value_ref(&fields[1]).unwrap();
+                let node: Vec<redis::Value> = redis::from_redis_value_ref(&fields[2]).unwrap();
+                let host: String = redis::from_redis_value_ref(&node[0]).unwrap();
+                let port: u16 = redis::from_redis_value_ref(&node[1]).unwrap();
+                (start, end, (host, port))
+            })
+            .collect();
+        ranges
+            .iter()
+            .find(|(start, end, _)| (*start..=*end).contains(&slot))
+            .expect("slot covered")
+            .2
+             .1
+    }
+
+    /// Moves `slot` to the master on port `to` while clients keep writing, the way
+    /// `redis-cli --cluster reshard` does: IMPORTING on the target, MIGRATING on the source,
+    /// `MIGRATE` its keys `batch` at a time (clients meanwhile get `ASK` for keys already moved
+    /// and `TRYAGAIN` for commands whose keys are split), then the slot's new owner announced
+    /// to every master. Returns the number of keys moved.
+    pub fn migrate_slot(&self, slot: u16, to: u16, batch: usize) -> usize {
+        let from = self.owner(slot);
+        assert_ne!(from, to, "slot {slot} is already on {to}");
+        let (from_id, to_id) = (Self::node_id(from), Self::node_id(to));
+        let (mut source, mut target) = (Self::connection(from), Self::connection(to));
+        let () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("IMPORTING")
+            .arg(&from_id)
+            .query(&mut target)
+            .unwrap();
+        let () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("MIGRATING")
+            .arg(&to_id)
+            .query(&mut source)
+            .unwrap();
+        let mut moved = 0;
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(batch)
+                .query(&mut source)
+                .unwrap();
+            if keys.is_empty() {
+                break;
+            }
+            let () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(10_000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query(&mut source)
+                .unwrap();
+            moved += keys.len();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for port in [to, from] {
+            let () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&to_id)
+                .query(&mut Self::connection(port))
+                .unwrap();
+        }
+        for port in &self.ports {
+            if *port != to && *port != from {
+                let () = redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg("NODE")
+                    .arg(&to_id)
+                    .query(&mut Self::connection(*port))
+                    .unwrap();
+            }
+        }
+        moved
+    }
+}
+
+impl Drop for OwnRedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
