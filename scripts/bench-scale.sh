@@ -10,7 +10,9 @@
 # Usage: scripts/bench-scale.sh [copies of ml-100k, default 5] [instance counts, default "1 2 3"]
 # Environment: EMBEDSTREAM_BENCH_BIN (a binary to use instead of building release);
 # EMBEDSTREAM_BENCH_REDIS_PORT / _KAFKA_PORT / _HTTP_PORT (default 46379, 49092, 48080: the
-# instances listen on it and the next ports).
+# instances listen on it and the next ports); EMBEDSTREAM_BENCH_REDIS_CLUSTER=1: a three-master
+# Redis Cluster (dev-up.sh, ports REDIS_PORT to REDIS_PORT + 2) with store.cluster, Redis
+# traffic summed over its masters.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -40,15 +42,28 @@ cleanup() {
   scripts/dev-down.sh >/dev/null
 }
 trap cleanup EXIT
+cluster=${EMBEDSTREAM_BENCH_REDIS_CLUSTER:-0}
+export EMBEDSTREAM_REDIS_CLUSTER=$cluster
 scripts/dev-up.sh "$run_id-events:6" "$run_id-dlq:1" >/dev/null
 export EMBEDSTREAM_KAFKA__BROKERS="127.0.0.1:$EMBEDSTREAM_KAFKA_PORT"
 export EMBEDSTREAM_KAFKA__DEAD_LETTER_TOPIC="$run_id-dlq"
 export EMBEDSTREAM_KAFKA__SESSION_TIMEOUT_MS=6000
-export EMBEDSTREAM_STORE__URL="redis://127.0.0.1:$EMBEDSTREAM_REDIS_PORT/"
+if [[ "$cluster" == 1 ]]; then
+  nodes=("$EMBEDSTREAM_REDIS_PORT" "$((EMBEDSTREAM_REDIS_PORT + 1))" "$((EMBEDSTREAM_REDIS_PORT + 2))")
+  export EMBEDSTREAM_STORE__CLUSTER=true
+  export EMBEDSTREAM_STORE__URL="redis://127.0.0.1:${nodes[0]}/,redis://127.0.0.1:${nodes[1]}/,redis://127.0.0.1:${nodes[2]}/"
+  meta_key() { echo "{$1}:meta"; }
+else
+  nodes=("$EMBEDSTREAM_REDIS_PORT")
+  export EMBEDSTREAM_STORE__URL="redis://127.0.0.1:$EMBEDSTREAM_REDIS_PORT/"
+  meta_key() { echo "$1:meta"; }
+fi
 export RUST_LOG=${EMBEDSTREAM_BENCH_LOG:-warn}
 # Ingest only: nobody calls the HTTP side here.
 export EMBEDSTREAM_AUTH__ENABLED=false
-redis() { redis-cli -p "$EMBEDSTREAM_REDIS_PORT" "$@"; }
+# -c follows cluster redirects; each_node runs a command on every master.
+redis() { redis-cli -c -p "$EMBEDSTREAM_REDIS_PORT" "$@"; }
+each_node() { for port in "${nodes[@]}"; do redis-cli -p "$port" "$@"; done; }
 
 scripts/gen-ml-copies.py "$copies" "$work/events.jsonl"
 "$bin" produce --input "$work/events.jsonl" --topic "$run_id-events" --json >/dev/null
@@ -60,7 +75,7 @@ echo "| instances | until all applied, s | events/s | CPU of each instance, s | 
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for n in $counts; do
   namespace="$run_id-n$n"
-  redis CONFIG RESETSTAT >/dev/null
+  each_node CONFIG RESETSTAT >/dev/null
   pids=()
   start=$(date +%s.%N)
   for i in $(seq "$n"); do
@@ -69,7 +84,7 @@ for n in $counts; do
     pids+=($!)
   done
   while :; do
-    applied=$(redis HGET "$namespace:meta" events_applied)
+    applied=$(redis HGET "$(meta_key "$namespace")" events_applied)
     [[ ${applied:-0} -ge $total ]] && break
     for pid in "${pids[@]}"; do
       kill -0 "$pid" 2>/dev/null || { echo "instance $pid exited; log: $work" >&2; exit 1; }
@@ -82,8 +97,8 @@ for n in $counts; do
     # utime + stime (fields 14 and 15 of /proc/PID/stat), in clock ticks.
     cpu+=("$(awk '{ print $14 + $15 }' "/proc/$pid/stat")")
   done
-  bytes=$(redis INFO stats | awk -F: '/^total_net_input_bytes/ { print $2 }' | tr -d '\r')
-  calls=$(redis INFO commandstats | awk -F'[:=,]' '/^cmdstat_eval:/ { print $3 }' | tr -d '\r')
+  bytes=$(each_node INFO stats | awk -F: '/^total_net_input_bytes/ { s += $2 } END { print s }')
+  calls=$(each_node INFO commandstats | awk -F'[:=,]' '/^cmdstat_eval:/ { s += $3 } END { print s + 0 }')
   # Let the followers read the last writes, then take their lag histograms.
   sleep 1
   for i in $(seq "$n"); do

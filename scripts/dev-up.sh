@@ -13,7 +13,8 @@
 # EMBEDSTREAM_REDIS_CLUSTER=1 (a three-master Redis Cluster instead of one Redis, see below).
 #
 # Redis Cluster (EMBEDSTREAM_REDIS_CLUSTER=1): three redis-server processes with
-# --cluster-enabled yes on EMBEDSTREAM_REDIS_PORT, +1 and +2 (state in .dev/redis-cluster/PORT/),
+# --cluster-enabled yes on EMBEDSTREAM_REDIS_PORT, +1 and +2, each with its cluster bus on its
+# port + 10000 (state in .dev/redis-cluster/PORT/),
 # joined by `redis-cli --cluster create --cluster-replicas 0` (16384 slots over three masters, no
 # replicas, no persistence). The printed REDIS_URL then lists the three nodes separated by commas
 # and REDIS_CLUSTER=true: run embedstream with EMBEDSTREAM_STORE__URL="$REDIS_URL"
@@ -73,7 +74,8 @@ done
 [[ "$redis_port" != "$kafka_port" ]] || die "Redis and Kafka ports must differ ($redis_port)"
 [[ "$redis_cluster" == 0 || "$redis_cluster" == 1 ]] || die "EMBEDSTREAM_REDIS_CLUSTER must be 0 or 1, got '$redis_cluster'"
 if [[ "$redis_cluster" == 1 ]]; then
-  ((redis_port + 2 < 65536)) || die "the cluster needs ports $redis_port to $((redis_port + 2))"
+  # Each node also listens on its cluster bus port, its port + 10000.
+  ((redis_port + 10002 < 65536)) || die "the cluster needs ports $redis_port to $((redis_port + 2)) and their bus ports (+10000), below 65536"
   ((kafka_port < redis_port || kafka_port > redis_port + 2)) \
     || die "the Kafka port $kafka_port is among the cluster's ports $redis_port-$((redis_port + 2))"
 fi
@@ -184,6 +186,8 @@ start_cluster_node() {
   fi
   rm -f "$dir/redis.pid"
   port_open "$port" && die "127.0.0.1:$port is already in use by another process (set EMBEDSTREAM_REDIS_PORT)"
+  port_open "$((port + 10000))" \
+    && die "127.0.0.1:$((port + 10000)), the cluster bus port of node $port, is already in use by another process (set EMBEDSTREAM_REDIS_PORT)"
   log "starting redis-server (cluster node) on 127.0.0.1:$port"
   redis-server --bind 127.0.0.1 --port "$port" --daemonize yes \
     --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \

@@ -263,7 +263,7 @@ impl OwnRedisCluster {
         let _ = std::fs::remove_dir_all(&dir);
         let mut cluster = Self { ports: Vec::new(), dir, children: Vec::new() };
         for _ in 0..3 {
-            let port = free_port();
+            let port = cluster_node_port();
             let node_dir = cluster.dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
             let child = Command::new("redis-server")
@@ -421,6 +421,28 @@ impl OwnRedisCluster {
             }
         }
         moved
+    }
+}
+
+/// A free port for a cluster node whose bus port (port + 10000, which Redis Cluster opens
+/// too) is valid and free as well: an ephemeral port from the kernel may be above 55535.
+fn cluster_node_port() -> u16 {
+    loop {
+        let Ok(listener) = TcpListener::bind("127.0.0.1:0") else { continue };
+        let port = listener.local_addr().unwrap().port();
+        if port > 55_535 {
+            // Try the range below instead: a port picked at random there, checked free.
+            let candidate = 20_000 + port % 30_000;
+            if TcpListener::bind(("127.0.0.1", candidate)).is_ok()
+                && TcpListener::bind(("127.0.0.1", candidate + 10_000)).is_ok()
+            {
+                return candidate;
+            }
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
     }
 }
 
