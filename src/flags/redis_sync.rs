@@ -126,7 +126,7 @@ fn slot_owner(
     command: Duration,
 ) -> Result<redis::ConnectionInfo, SyncFlagsError> {
     use redis::IntoConnectionInfo;
-    let seeds: Vec<&str> = store.url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let seeds = store.seeds();
     // The seed's credentials and database, with the owner's address.
     let seed = seeds.first().copied().unwrap_or_default().into_connection_info()?;
     let mut cluster = redis::cluster::ClusterClient::builder(seeds)

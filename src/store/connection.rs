@@ -94,8 +94,7 @@ impl StoreClient {
         if !config.cluster {
             return Ok(Self::Single(redis::Client::open(config.url.as_str())?));
         }
-        let seeds: Vec<&str> =
-            config.url.split(',').map(str::trim).filter(|seed| !seed.is_empty()).collect();
+        let seeds = config.seeds();
         let Some(first) = seeds.first() else {
             return Err(
                 (redis::ErrorKind::InvalidClientConfig, "store.url names no seed node").into()

@@ -47,6 +47,13 @@ pub struct StoreConfig {
     pub breaker: crate::resilience::BreakerConfig,
 }
 
+impl StoreConfig {
+    /// The seed nodes of a cluster: `url` split at commas, blanks dropped.
+    pub fn seeds(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).filter(|seed| !seed.is_empty()).collect()
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
