@@ -311,7 +311,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            // `run` ends with the status of a halted ingest engine (3 or 4, see README).
+            let status = error
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<embedstream::ingest::ConsumerError>())
+                .map_or(1, embedstream::ingest::ConsumerError::exit_status);
+            ExitCode::from(u8::try_from(status).unwrap_or(1))
         }
     }
 }

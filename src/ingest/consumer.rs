@@ -129,11 +129,40 @@ impl IngestContext {
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let partitions = self.partitions(tpl);
         tracing::info!(?partitions, "partitions revoked: flushing before giving them up");
-        if let Err(error) = lock(&self.engine).on_revoke(&partitions) {
-            // The in-memory state is now ahead of Redis for partitions another member may own:
-            // the only safe continuation is a restart from the durable state.
-            tracing::error!(%error, "flush on revoke failed; exiting to restart from redis");
-            std::process::exit(3);
+        // Transient failures are retried as on assign, for `ingest.assign_timeout_ms` (not
+        // while stopping: the final flush has just failed the same way).
+        let bounded = crate::resilience::RetryConfig {
+            base_ms: 100,
+            cap_ms: 5000,
+            max_attempts: u32::MAX,
+            max_elapsed_ms: self.assign_timeout_ms,
+        };
+        let flushed = crate::resilience::retry_blocking(
+            &bounded,
+            "revoke",
+            |error: &crate::store::StoreError| error.is_transient() && !self.cancel.is_cancelled(),
+            || lock(&self.engine).on_revoke(&partitions),
+        );
+        if let Err(error) = flushed {
+            let mut engine = lock(&self.engine);
+            if self.cancel.is_cancelled() {
+                // Stopping: nothing of the revoked partitions is written after this (the
+                // consumer is leaving), and what was not flushed is re-read by their next
+                // owner from the progress stored with the state.
+                tracing::warn!(%error, ?partitions, "flush on revoke failed while stopping; unflushed events will be re-read");
+            } else if engine.halted().is_none() {
+                // The in-memory state is now ahead of Redis for partitions another member may
+                // own: writing any of it later could overwrite that member's work. Stop
+                // writing for good; a restart resumes from the durable state.
+                engine.halt(
+                    super::engine::EXIT_REVOKE_FLUSH_FAILED,
+                    format!("the flush on revoking partitions {partitions:?} failed: {error}"),
+                );
+            }
+            drop(engine);
+            if !self.cancel.is_cancelled() {
+                self.cancel.cancel();
+            }
         }
         let result = match consumer.rebalance_protocol() {
             RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
@@ -307,6 +336,9 @@ fn run_session(
                 }
             }
             let commit = engine.tick(now);
+            if engine.halted().is_some() {
+                cancel.cancel();
+            }
             let pause = engine.backpressure();
             (commit, pause, engine.keep_fetching(now))
         };
@@ -337,21 +369,28 @@ fn run_session(
             break;
         }
     }
-    tracing::info!("consumer stopping: final flush");
     let final_flush = {
         let mut engine = lock(engine);
         engine.drain_dead_letters();
-        engine.flush()
+        // A halted engine writes nothing more (see `Halt`).
+        engine.halted().is_none().then(|| {
+            tracing::info!("consumer stopping: final flush");
+            engine.flush()
+        })
     };
     match final_flush {
-        Ok(offsets) => commit_offsets(&consumer, &kafka.topic, &offsets),
-        Err(error) => {
+        Some(Ok(offsets)) => commit_offsets(&consumer, &kafka.topic, &offsets),
+        Some(Err(error)) => {
             tracing::warn!(%error, "final flush failed; unflushed events will be re-read")
         }
+        None => {}
     }
     consumer.unsubscribe();
     // Serve the revoke callback of the unsubscribe before the consumer goes.
     let _ = consumer.poll(Duration::from_millis(100));
+    if let Some(halt) = lock(engine).halted() {
+        return Err(ConsumerError::Halted(halt.clone()));
+    }
     let fatal = consumer.context().fatal.lock().ok().and_then(|mut fatal| fatal.take());
     match fatal {
         Some(reason) => Err(ConsumerError::Assign(reason)),
@@ -383,6 +422,19 @@ pub enum ConsumerError {
     /// An assignment could not be resolved (stored progress unreadable).
     #[error("{0}")]
     Assign(String),
+    /// The engine halted: it stopped writing for good (see [`super::engine::Halt`]).
+    #[error("{0}")]
+    Halted(super::engine::Halt),
+}
+
+impl ConsumerError {
+    /// The exit status `embedstream run` ends with: the halt's own (3 or 4), else 1.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            Self::Halted(halt) => halt.exit_status,
+            Self::Kafka(_) | Self::Assign(_) => 1,
+        }
+    }
 }
 
 /// Pauses every assigned partition while `pause` holds, except those in `keep` (the ones holding

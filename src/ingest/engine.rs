@@ -56,6 +56,30 @@ impl EngineError {
     }
 }
 
+/// Exit status of `embedstream run` when the flush on a partition revoke failed while the
+/// service was running: the in-memory state is ahead of Redis for partitions another member
+/// may now own, so this one stops writing (see [`Halt`]) and a restart resumes from Redis.
+pub const EXIT_REVOKE_FLUSH_FAILED: i32 = 3;
+
+/// Why the engine stopped writing for good: from then on every flush is refused (nothing it
+/// holds may reach Redis), the consumer stops, and `embedstream run` exits with `exit_status`
+/// ([`EXIT_REVOKE_FLUSH_FAILED`] or [`EXIT_NAMESPACE_LOST`]). Library code never ends the
+/// process itself: an engine embedded in another program (or a test) reports the halt the
+/// same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Halt {
+    /// The process exit status that tells an operator what happened.
+    pub exit_status: i32,
+    /// What happened, for the log and the error.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Halt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ingest halted (exit status {}): {}", self.exit_status, self.reason)
+    }
+}
+
 /// The fold, the store and the per-partition progress: everything the consumer thread drives.
 pub struct Engine {
     fold: Fold,
@@ -105,6 +129,8 @@ pub struct Engine {
     dead_letters_in_flight: std::collections::VecDeque<super::dlq::InFlight>,
     /// Since when admitted records have waited with nothing applied (`None`: nothing waits).
     waiting_since: Option<Instant>,
+    /// Set once the engine must never write again (see [`Halt`]).
+    halted: Option<Halt>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -164,6 +190,7 @@ impl Engine {
             dead_letters_in_flight: std::collections::VecDeque::new(),
             all_users_in_memory: true,
             drain_at_end: false,
+            halted: None,
         })
     }
 
@@ -331,5 +358,20 @@ impl Engine {
     /// The status shared with the HTTP side.
     pub fn status(&self) -> Arc<Status> {
         Arc::clone(&self.status)
+    }
+
+    /// Why the engine stopped writing, once it has (the consumer then stops).
+    pub fn halted(&self) -> Option<&Halt> {
+        self.halted.as_ref()
+    }
+
+    /// Stops every later write (the first halt's reason stands) and logs why.
+    pub fn halt(&mut self, exit_status: i32, reason: impl Into<String>) {
+        if self.halted.is_some() {
+            return;
+        }
+        let reason = reason.into();
+        tracing::error!(exit_status, %reason, "ingest halted: nothing more is written to redis");
+        self.halted = Some(Halt { exit_status, reason });
     }
 }

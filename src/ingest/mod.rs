@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 
 pub use consumer::{run_consumer, wall_ms, ConsumerError};
 pub use dlq::{DeadLetterError, DeadLetters, SourceRecord, DLQ_HEADERS};
-pub use engine::{Engine, EngineError, StartAt, EXIT_NAMESPACE_LOST};
+pub use engine::{
+    Engine, EngineError, Halt, StartAt, EXIT_NAMESPACE_LOST, EXIT_REVOKE_FLUSH_FAILED,
+};
 pub use progress::{PartitionProgress, StoredProgress};
 pub use status::{PauseReason, Status, StatusSnapshot};
 

@@ -211,6 +211,10 @@ pub enum StoreError {
     /// A flush was attempted before [`SyncStore::attach_epoch`].
     #[error("flush to namespace {namespace} before its epoch was read")]
     NotAttached { namespace: String },
+    /// This writer was fenced off for good (the ingest engine halted: a failed flush on revoke,
+    /// or state Redis lost that lived only there); nothing was written.
+    #[error("writes to namespace {namespace} are fenced off: {reason}")]
+    Fenced { namespace: String, reason: String },
     /// The namespace holds a model of another shape.
     #[error(
         "namespace {namespace} holds a model with {field} = {stored}, configured {configured}"
@@ -244,6 +248,7 @@ impl StoreError {
             | Self::Incompatible { .. }
             | Self::Runtime(_)
             | Self::NotAttached { .. }
+            | Self::Fenced { .. }
             | Self::AliasedNamespace { .. } => false,
         }
     }

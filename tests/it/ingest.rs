@@ -306,6 +306,35 @@ fn an_incremental_assign_keeps_applied_users_that_wait_for_the_flush() {
     }
 }
 
+/// A halted engine (a failed flush on revoke, or a namespace Redis lost while users lived only
+/// there) writes nothing more, however much it has applied: `flush` is refused with
+/// `Fenced`, a due tick writes nothing, and the halt's exit status is kept for `run`.
+#[test]
+fn a_halted_engine_writes_nothing_more() {
+    let name = infra::unique("halted");
+    let mut config = infra::test_config(&name);
+    config.ingest.flush_interval_ms = 3_600_000;
+    let mut driven = Driven::new(config);
+    let base = now_ms() - 60_000;
+    driven.engine.on_assign(&[0], 0).unwrap();
+    driven.send(0, "before", "i1", base, 0);
+    driven.send(0, "before", "i2", base + 5_000, 0);
+    driven.engine.tick(0);
+    driven.engine.flush().unwrap();
+    assert_eq!(driven.stored_user_events("before"), Some(1));
+
+    driven.engine.halt(embedstream::ingest::EXIT_REVOKE_FLUSH_FAILED, "test");
+    driven.send(0, "after", "i3", base + 10_000, 0);
+    driven.engine.tick(0);
+    assert_eq!(driven.engine.shared_model().read().events_applied(), 2, "folding goes on");
+    let refused = driven.engine.flush().unwrap_err();
+    assert!(matches!(refused, embedstream::store::StoreError::Fenced { .. }), "{refused}");
+    assert_eq!(driven.stored_user_events("before"), Some(1));
+    assert_eq!(driven.stored_user_events("after"), None, "nothing written after the halt");
+    let halt = driven.engine.halted().unwrap();
+    assert_eq!(halt.exit_status, 3);
+}
+
 /// Issue 9.2: the user cache keeps the most recently applied users, evicting the least
 /// recently applied after a flush, and evicted users reload from Redis bit-identically.
 #[test]

@@ -1,8 +1,9 @@
 //! Redis lost the namespace (restarted without its data, `FLUSHALL`, `FLUSHDB`): the flush
 //! that notices it (see [`crate::store::epoch`]) rewrites the whole in-memory state and
 //! progress in one transaction before anything else is written, or, when part of the state
-//! lives only in Redis (users evicted from memory, or never loaded since a restore), stops the
-//! process with [`EXIT_NAMESPACE_LOST`] so that a restart rebuilds the namespace from the topic.
+//! lives only in Redis (users evicted from memory, or never loaded since a restore), halts the
+//! engine ([`super::Halt`]: nothing more is written, `run` exits with [`EXIT_NAMESPACE_LOST`])
+//! so that a restart rebuilds the namespace from the topic.
 //! Partial state is never written on top of an empty namespace (issue 9, item 3).
 
 use std::sync::atomic::Ordering;
@@ -23,6 +24,12 @@ impl Engine {
     /// [`StoreError`] when neither could be written; the caller keeps the state for the next
     /// attempt.
     pub(super) fn write_checked(&mut self, batch: &FlushBatch) -> Result<(), StoreError> {
+        if let Some(halt) = &self.halted {
+            return Err(StoreError::Fenced {
+                namespace: self.store.keys().namespace().to_owned(),
+                reason: halt.reason.clone(),
+            });
+        }
         if !self.status.namespace_lost.load(Ordering::Relaxed) {
             match self.store.write_flush(batch) {
                 Err(error @ StoreError::NamespaceLost { .. }) => self.namespace_lost(&error),
@@ -61,13 +68,15 @@ impl Engine {
     pub(super) fn stop_if_namespace_lost(&mut self) -> Result<(), StoreError> {
         match self.store.check_epoch() {
             Err(error @ StoreError::NamespaceLost { .. }) => {
-                tracing::error!(
-                    %error,
-                    exit_status = EXIT_NAMESPACE_LOST,
-                    "redis lost the namespace during a rebalance: stopping; a restart rebuilds \
-                     the namespace from the topic"
+                let reason = format!(
+                    "{error}; found during a rebalance: a restart rebuilds the namespace from \
+                     the topic"
                 );
-                std::process::exit(EXIT_NAMESPACE_LOST);
+                self.halt(EXIT_NAMESPACE_LOST, reason.clone());
+                Err(StoreError::Fenced {
+                    namespace: self.store.keys().namespace().to_owned(),
+                    reason,
+                })
             }
             other => other,
         }
@@ -88,17 +97,21 @@ impl Engine {
     }
 
     fn rewrite_namespace(&mut self, batch: &FlushBatch) -> Result<(), StoreError> {
+        if !self.all_users_in_memory {
+            let reason = format!(
+                "redis lost namespace {} and part of the state was only there ({} users in \
+                 memory, others evicted): a restart rebuilds the namespace from the topic",
+                self.store.keys().namespace(),
+                self.fold.model().user_count()
+            );
+            self.halt(EXIT_NAMESPACE_LOST, reason.clone());
+            return Err(StoreError::Fenced {
+                namespace: self.store.keys().namespace().to_owned(),
+                reason,
+            });
+        }
         let whole = {
             let model = self.fold.model();
-            if !self.all_users_in_memory {
-                tracing::error!(
-                    users_in_memory = model.user_count(),
-                    exit_status = EXIT_NAMESPACE_LOST,
-                    "redis lost the namespace and part of the state was only there (users not in \
-                     memory): stopping; a restart rebuilds the namespace from the topic"
-                );
-                std::process::exit(EXIT_NAMESPACE_LOST);
-            }
             FlushBatch {
                 users: (0..model.user_count() as u32)
                     .map(|row| UserWrite {

@@ -584,6 +584,7 @@ pub fn create_topics_on(brokers: &str, topics: &[(&str, i32)]) {
 pub struct ReplyHoldingProxy {
     pub port: u16,
     held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    execs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ReplyHoldingProxy {
@@ -596,6 +597,7 @@ impl ReplyHoldingProxy {
         let execs = Arc::new(AtomicUsize::new(0));
         let until: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
         let held_flag = Arc::clone(&held);
+        let execs_seen = Arc::clone(&execs);
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -646,7 +648,12 @@ impl ReplyHoldingProxy {
                 });
             }
         });
-        Self { port, held }
+        Self { port, held, execs: execs_seen }
+    }
+
+    /// `EXEC`s seen so far.
+    pub fn execs(&self) -> usize {
+        self.execs.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
