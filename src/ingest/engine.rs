@@ -95,7 +95,7 @@ pub struct Engine {
     pending_users: BTreeSet<String>,
     /// Users in memory, least recently applied first: eviction pops from the front (O(1) per
     /// evicted user, instead of sorting every user after every flush).
-    recent_users: LruCache<String, ()>,
+    recent_users: LruCache<Box<str>, ()>,
     pending_items: BTreeSet<u32>,
     /// The model configuration is in Redis in the current layout (written once, not per flush).
     config_stored: bool,

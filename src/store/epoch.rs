@@ -36,7 +36,7 @@ use std::time::Instant;
 
 use super::connection::StoreConnection;
 
-use super::write::transactions;
+use super::write::{encoded_len, transactions, LARGE_TRANSACTION_BYTES};
 use super::{FlushBatch, StoreError, SyncStore};
 
 /// What the epoch-checked transaction found.
@@ -193,17 +193,25 @@ impl SyncStore {
         let mut bodies =
             transactions(&keys, batch, self.seen_bound, self.max_entities, &stage_token).peekable();
         while let Some(body) = bodies.next() {
+            let large = encoded_len(&body) > LARGE_TRANSACTION_BYTES;
             if bodies.peek().is_none() {
                 let outcome = self.with("flush", |connection| {
                     transaction(connection, body, expect, key, Role::Final(marker))
                 });
+                if large {
+                    self.release_connection();
+                }
                 self.final_checked = checked.load(Ordering::SeqCst);
                 self.final_sent = sent.load(Ordering::SeqCst);
                 return outcome;
             }
             let staged = self.with("flush", |connection| {
                 transaction(connection, body, expect.clone(), key.clone(), Role::Staging)
-            })?;
+            });
+            if large {
+                self.release_connection();
+            }
+            let staged = staged?;
             if !matches!(staged, Outcome::Written(_)) {
                 return Ok(staged);
             }

@@ -172,6 +172,12 @@ impl SyncStore {
         self.epoch_checked.is_some_and(|at| at.elapsed() < interval)
     }
 
+    /// Drops the connection after a large command, giving its buffers back (see
+    /// [`BlockingConnection::release`]).
+    pub(super) fn release_connection(&mut self) {
+        self.connection.release();
+    }
+
     /// Runs `call` under the deadline and the breaker.
     pub(super) fn with<T, F, Fut>(
         &mut self,

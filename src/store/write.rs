@@ -319,6 +319,34 @@ pub fn transactions<'a>(
     })
 }
 
+/// A transaction larger than this, encoded, is sent on a connection that is dropped
+/// afterwards ([`super::SyncStore`]): the connection's write buffer keeps the capacity of the
+/// largest command it carried, and a flush's last transaction holds every changed item (about
+/// 1.2 KB each at dim 64), so one catch-up flush of 100,000 items would otherwise keep about
+/// 128 MiB for the life of the process. Below it, the connection is kept.
+pub const LARGE_TRANSACTION_BYTES: usize = 1 << 20;
+
+/// The size of `pipe` in RESP, as sent (without the `MULTI`/`EXEC` of an atomic pipeline).
+pub fn encoded_len(pipe: &Pipeline) -> usize {
+    fn header(length: usize) -> usize {
+        // "*<n>\r\n" or "$<n>\r\n"
+        3 + length.checked_ilog10().unwrap_or(0) as usize + 1
+    }
+    pipe.cmd_iter()
+        .map(|cmd| {
+            header(cmd.args_iter().len())
+                + cmd
+                    .args_iter()
+                    .map(|arg| match arg {
+                        redis::Arg::Simple(bytes) => header(bytes.len()) + bytes.len() + 2,
+                        // A cursor (unused here) or a future kind: a short number.
+                        _ => header(1) + 3,
+                    })
+                    .sum::<usize>()
+        })
+        .sum()
+}
+
 /// One `ITEM_APPLY` call for a chunk of items.
 fn item_apply(
     pipe: &mut Pipeline,

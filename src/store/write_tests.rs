@@ -252,3 +252,17 @@ fn a_flush_within_the_bound_is_one_transaction_without_staging() {
         .iter()
         .any(|args| args.len() > 1 && args[1].contains("staging")));
 }
+
+#[test]
+fn encoded_len_is_the_size_sent() {
+    let large = batch(
+        (0..30).map(|id| user(id, 3, SeenWrite::Whole)).collect(),
+        (0..700).map(item).collect(),
+    );
+    for pipe in build(&large, 10) {
+        // The packed form adds MULTI ("*1\r\n$5\r\nMULTI\r\n") and EXEC ("*1\r\n$4\r\nEXEC\r\n").
+        assert_eq!(encoded_len(&pipe) + 15 + 14, pipe.get_packed_pipeline().len());
+    }
+    let last = build(&large, 10).pop().unwrap();
+    assert!(encoded_len(&last) > 700 * 4 * DIM * 4, "every item's state and delta");
+}

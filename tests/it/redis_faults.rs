@@ -371,6 +371,39 @@ mod store {
         redis::cmd("FLUSHALL").query::<()>(&mut client.get_connection().unwrap()).unwrap();
     }
 
+    /// Issue 9.7: a connection's write buffer keeps the capacity of the largest command it
+    /// carried (40 MiB live after a catch-up whose flushes held 20,000 items each), so the
+    /// connection of a transaction larger than `LARGE_TRANSACTION_BYTES` is dropped after it;
+    /// a small flush keeps its connection.
+    #[test]
+    fn the_connection_of_a_large_flush_is_dropped_and_a_small_flush_keeps_its_own() {
+        let name = infra::unique("store-release");
+        let redis = OwnRedis::start(&name);
+        let mut store = SyncStore::new(&store_config(&redis, &name)).unwrap();
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut admin = client.get_connection().unwrap();
+        let mut accepted = || -> u64 {
+            let info: String = redis::cmd("INFO").arg("stats").query(&mut admin).unwrap();
+            info.lines()
+                .find_map(|line| line.strip_prefix("total_connections_received:"))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap()
+        };
+        store.attach_epoch().unwrap();
+        store.write_flush(&batch(3, 1)).unwrap();
+        let before = accepted();
+        store.write_flush(&batch(3, 2)).unwrap();
+        store.ping().unwrap();
+        assert_eq!(accepted(), before, "a small flush keeps its connection");
+        // About 2 MB: 5,000 users of dimension 64 in one transaction.
+        store.write_flush(&batch(5_000, 3)).unwrap();
+        store.ping().unwrap();
+        assert_eq!(accepted(), before + 1, "the large flush's connection was dropped");
+        store.ping().unwrap();
+        assert_eq!(accepted(), before + 1, "and the next one is kept");
+        assert_eq!(store.user_ids().unwrap().len(), 5_000);
+    }
+
     #[test]
     fn a_flush_into_a_flushed_namespace_writes_nothing_and_a_rewrite_attaches_everyone() {
         let name = infra::unique("store-epoch");

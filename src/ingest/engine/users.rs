@@ -55,7 +55,7 @@ impl Engine {
         for row in users {
             let id = model.user_id(row);
             if self.recent_users.get(id).is_none() {
-                self.recent_users.put(id.to_owned(), ());
+                self.recent_users.put(id.into(), ());
             }
             if !self.pending_users.contains(id) {
                 self.pending_users.insert(id.to_owned());
@@ -71,7 +71,7 @@ impl Engine {
         let mut model = self.fold.model_mut();
         while model.user_count() > capacity {
             let Some((id, ())) = self.recent_users.pop_lru() else { break };
-            if self.pending_users.contains(&id) {
+            if self.pending_users.contains(&*id) {
                 self.recent_users.put(id, ());
                 break;
             }
