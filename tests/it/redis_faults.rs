@@ -110,14 +110,7 @@ fn redis_flushed_while_users_live_only_in_redis_stops_the_service_and_a_restart_
     assert_eq!(stored, 0, "nothing partial was written after the flush ({stored} applied)");
 
     wait_for_ghost_to_leave(&config);
-    // The restart joins a group of its own: progress lives in Redis with the state, so the
-    // group does not change what is resumed. (The development broker, tansu 0.6, left the old
-    // group without an assignment for 15 minutes once both of its members had left in the
-    // middle of a rebalance: seen 2026-12-05, not a behaviour of Kafka's coordinator, which
-    // expires members by their session timeout.)
-    let mut restart_config = config.clone();
-    restart_config.kafka.group_id = format!("{}-restart", config.kafka.group_id);
-    let mut restarted = ServiceProcess::spawn(&restart_config, &[]);
+    let mut restarted = ServiceProcess::spawn(&config, &[]);
     let ready = restarted.wait_caught_up(records.len() as u64, Duration::from_secs(120));
     assert!(restarted.terminate(Duration::from_secs(30)), "clean shutdown");
     assert_stored_equals_replay(&config, &records, &ready.to_string());
