@@ -5,6 +5,8 @@
 # once it is caught up and quiet, next to the RSS of the same service caught up on an empty
 # topic and the raw vectors (users x dim + items x (2 dim + 1) float32: p_u; q_i, c_i, b_i).
 # Usage: scripts/bench-memory.sh [USERS, default 1000000] [ITEMS, default 100000] [EVENTS_PER_USER, default 2]
+# A binary built with `--features heap-stats` also reports its live heap (bytes allocated and
+# not freed) next to the RSS: the gap is what the allocator keeps resident beyond the live data.
 # Environment: EMBEDSTREAM_BENCH_BIN (a binary to use instead of building the release one);
 # EMBEDSTREAM_BENCH_REDIS_PORT / _KAFKA_PORT / _HTTP_PORT (default 46379, 49092, 48080).
 set -euo pipefail
@@ -50,10 +52,11 @@ base="http://127.0.0.1:$http_port"
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # Runs the service on topic $1 until caught up with at least $2 events applied, waits 10 s of
-# quiet (index rebuilds, flushes), prints its VmRSS in KiB, and stops it.
+# quiet (index rebuilds, flushes), prints its VmRSS in KiB and its live heap in KiB (0 unless
+# the binary has the heap-stats feature), and stops it.
 measure() {
   local topic=$1 want=$2
-  "$bin" run --topic "$topic" --group "$topic" --namespace "$topic" \
+  EMBEDSTREAM_HEAP_STATS_FILE="$work/$topic.heap" "$bin" run --topic "$topic" --group "$topic" --namespace "$topic" \
     --listen "127.0.0.1:$http_port" >"$work/$topic.log" 2>&1 &
   service_pid=$!
   local started=$SECONDS
@@ -66,7 +69,9 @@ measure() {
   done
   echo "   caught up after $((SECONDS - started)) s" >&2
   sleep 10
-  rss_kib "$service_pid"
+  local live=0
+  [[ -s $work/$topic.heap ]] && live=$(($(cat "$work/$topic.heap") / 1024))
+  echo "$(rss_kib "$service_pid") $live"
   kill "$service_pid" && wait "$service_pid" 2>/dev/null || true
   service_pid=""
 }
@@ -77,9 +82,9 @@ echo "== the service on an empty topic"
 empty=$(measure "$run_id-empty" 0)
 echo "== the service on the population"
 full=$(measure "$run_id-full" 1)
-python3 - "$users" "$items" "$empty" "$full" <<'PY'
+python3 - "$users" "$items" $empty $full <<'PY'
 import sys
-users, items, empty_kib, full_kib = (int(v) for v in sys.argv[1:])
+users, items, empty_kib, empty_live_kib, full_kib, full_live_kib = (int(v) for v in sys.argv[1:])
 dim = 64
 raw = users * dim * 4 + items * (2 * dim + 1) * 4
 grown = (full_kib - empty_kib) * 1024
@@ -87,4 +92,10 @@ print(f"RSS empty {empty_kib / 1024:.0f} MiB, with the population {full_kib / 10
 print(f"raw vectors {raw / 2**20:.0f} MiB; growth {grown / 2**20:.0f} MiB = {grown / raw:.2f}x raw")
 per_entity = (grown - raw) / (users + items)
 print(f"beyond the raw vectors: {per_entity:.0f} bytes per entity ({users + items} entities)")
+if full_live_kib:
+    live = (full_live_kib - empty_live_kib) * 1024
+    print(f"live heap empty {empty_live_kib / 1024:.0f} MiB, with the population {full_live_kib / 1024:.0f} MiB: "
+          f"growth {live / 2**20:.0f} MiB = {live / raw:.2f}x raw, "
+          f"{(live - raw) / (users + items):.0f} bytes per entity beyond the raw vectors; "
+          f"resident beyond the live heap {(full_kib - full_live_kib) / 1024:.0f} MiB")
 PY

@@ -19,9 +19,35 @@ mod eval_cli;
 /// service's resident memory after a catch-up follows its live state rather than the peak of
 /// the catch-up; built without transparent huge pages (feature `no_thp`) so that partly used
 /// 2 MiB pages are not kept resident whole (BENCHMARKS.md, "Memory per entity").
-#[cfg(feature = "mimalloc")]
+#[cfg(all(feature = "mimalloc", not(feature = "heap-stats")))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// With the `heap-stats` feature (benchmarks only, off by default): the same allocator, counting
+/// the bytes allocated and not yet freed (the live heap), which [`report_live_heap`] writes out.
+#[cfg(all(feature = "mimalloc", feature = "heap-stats"))]
+#[global_allocator]
+static ALLOCATOR: cap::Cap<mimalloc::MiMalloc> = cap::Cap::new(mimalloc::MiMalloc, usize::MAX);
+
+#[cfg(all(not(feature = "mimalloc"), feature = "heap-stats"))]
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
+/// With the `heap-stats` feature and `EMBEDSTREAM_HEAP_STATS_FILE` set: a thread that writes the
+/// live heap, in bytes, to that file every second (replacing its content), so that
+/// `scripts/bench-memory.sh` can set it beside the RSS (BENCHMARKS.md, "Memory per entity").
+#[cfg(feature = "heap-stats")]
+fn report_live_heap() {
+    let Some(path) = std::env::var_os("EMBEDSTREAM_HEAP_STATS_FILE") else { return };
+    std::thread::spawn(move || loop {
+        let live = ALLOCATOR.allocated();
+        if let Err(error) = std::fs::write(&path, format!("{live}\n")) {
+            eprintln!("heap-stats: cannot write {}: {error}", PathBuf::from(&path).display());
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    });
+}
 
 /// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (mimalloc.h; the version is pinned
 /// by Cargo.lock). Checked at start against the option's documented default.
@@ -338,6 +364,8 @@ enum FlagsCommand {
 fn main() -> ExitCode {
     #[cfg(feature = "mimalloc")]
     purge_freed_memory_at_once();
+    #[cfg(feature = "heap-stats")]
+    report_live_heap();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match run(cli) {
