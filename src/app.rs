@@ -220,6 +220,7 @@ impl Shared {
             if let Some(seconds) = served.index.rebuild(&served.model) {
                 build_metrics.index_rebuild_duration.observe(seconds);
                 build_metrics.index_items.set(served.index.snapshot_len() as i64);
+                build_metrics.index_bytes.set(served.index.snapshot_bytes() as i64);
             }
         })
         .await
@@ -234,6 +235,7 @@ impl Shared {
                 move |index, seconds| {
                     rebuild_metrics.index_rebuild_duration.observe(seconds);
                     rebuild_metrics.index_items.set(index.snapshot_len() as i64);
+                    rebuild_metrics.index_bytes.set(index.snapshot_bytes() as i64);
                 },
             )
             .context("starting the index rebuild thread")?;

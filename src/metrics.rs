@@ -63,6 +63,8 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Items in the HNSW snapshot.
     pub index_items: IntGauge,
+    /// Bytes the HNSW snapshot holds (item vectors and links).
+    pub index_bytes: IntGauge,
     /// Items scored exactly because they changed since the snapshot (or cannot be indexed).
     pub index_fresh_items: IntGauge,
     /// Flushes whose outcome was unknown (`EXEC` timed out) found committed by the next flush.
@@ -327,6 +329,10 @@ impl Metrics {
             )?,
             consumer_lag,
             index_items: gauge("index_items", "Items in the HNSW snapshot")?,
+            index_bytes: gauge(
+                "index_bytes",
+                "Bytes the HNSW snapshot holds (item vectors and links, USearch's count)",
+            )?,
             index_fresh_items: gauge("index_fresh_items", "Items scored exactly (fresh tier)")?,
             flushes_committed_late: counter(
                 "store_flushes_committed_late_total",

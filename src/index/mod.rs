@@ -1,8 +1,10 @@
 //! The ANN index over item vectors: an immutable HNSW snapshot plus an exactly-scored fresh
 //! tier, re-ranked exactly against the current model.
 //!
-//! hnsw_rs 0.3.5 cannot delete or update a point, returns zero and NaN vectors first, panics on
-//! infinities or a wrong dimension, and must not insert while searching (DESIGN.md). So:
+//! The graph (Unum's USearch) is built once per snapshot and only searched after: rebuilding
+//! from a copy keeps queries off a graph under construction, and vectors that are not finite
+//! or are zero never enter it (DESIGN.md; hnsw_rs, used before, could not take them either).
+//! So:
 //!
 //! - a snapshot is built in the background from a copy of the item vectors, never modified
 //!   after, and swapped in atomically ([`Index::rebuild`]);
@@ -51,8 +53,9 @@ pub struct IndexConfig {
     /// Catalogues of at most this many items are ranked by an exact scan of every item, never
     /// by the HNSW graph (Qdrant's `full_scan_threshold`): below it a scan of the contiguous
     /// item matrix is cheaper than a graph search plus the re-scoring of its candidates
-    /// (default 50,000: on the development machine the scan was faster at every measured size
-    /// up to 50,000 items, BENCHMARKS.md, "Ranking"; 0 = always the graph once built).
+    /// (default 25,000: on the development machine the scan and the graph path cost the same
+    /// between 20,000 and 30,000 items, BENCHMARKS.md, "Ranking"; 0 = always the graph once
+    /// built).
     pub full_scan_threshold: usize,
     /// HNSW candidates fetched per requested result (default 4; >= 1).
     pub oversampling: usize,
@@ -89,7 +92,7 @@ pub struct IndexConfig {
 impl Default for IndexConfig {
     fn default() -> Self {
         Self {
-            full_scan_threshold: 50_000,
+            full_scan_threshold: 25_000,
             oversampling: 4,
             max_connections: 16,
             ef_construction: 200,
@@ -167,6 +170,11 @@ impl Index {
     /// Items in the current snapshot.
     pub fn snapshot_len(&self) -> usize {
         self.current().map_or(0, |snapshot| snapshot.len())
+    }
+
+    /// Bytes the current snapshot's graph holds (vectors and links, as USearch counts them).
+    pub fn snapshot_bytes(&self) -> usize {
+        self.current().map_or(0, |snapshot| snapshot.memory_bytes())
     }
 
     /// Items in the fresh tier (changed since the snapshot's copy, or not indexable).
@@ -344,30 +352,18 @@ impl Index {
         })
     }
 
-    /// The graph's candidates for a top `k`: at least `k x oversampling` rows not in
-    /// `excluded` when the graph has them. The first search asks for `k x oversampling` rows
-    /// and each further one for twice as many, only while too few survive the exclusion (a
-    /// user whose seen items crowd the top), up to `k x oversampling + |excluded|`, the fixed
-    /// request every query used to make (a search of ef 540 for a user with 500 seen items).
+    /// The graph's candidates for a top `k`: `k x oversampling` rows not in `excluded`, the
+    /// exclusion applied inside the graph search (a user with 500 seen items used to search
+    /// with ef 540 or more, then drop them). `None` when the search failed.
     fn graph_candidates(
         &self,
         snapshot: &Snapshot,
         query: &[f32],
         k: usize,
         excluded: &Excluded,
-    ) -> Vec<u32> {
-        let target = k.saturating_mul(self.config.oversampling.max(1));
-        let most = target.saturating_add(excluded.len()).min(snapshot.len()).max(target);
-        let mut wanted = target;
-        loop {
-            let mut hits = snapshot.search(query, wanted, self.config.ef_search);
-            let found = hits.len();
-            hits.retain(|row| !excluded.contains(*row));
-            if hits.len() >= target || found < wanted || wanted >= most {
-                return hits;
-            }
-            wanted = wanted.saturating_mul(2).min(most);
-        }
+    ) -> Option<Vec<u32>> {
+        let wanted = k.saturating_mul(self.config.oversampling.max(1));
+        snapshot.search(query, wanted, |row| !excluded.contains(row))
     }
 
     /// Top `k` items for query vector `query` by s = query.q + b, skipping `excluded`: an exact
@@ -390,12 +386,14 @@ impl Index {
             item_count > self.config.full_scan_threshold
                 && outside as f64 <= self.config.exact_scan_share * item_count as f64
         });
-        let Some(snapshot) = snapshot else {
+        let hits = snapshot.as_ref().and_then(|snapshot| {
+            self.graph_candidates(snapshot, query, k, excluded).map(|hits| (snapshot, hits))
+        });
+        let Some((snapshot, mut hits)) = hits else {
             let items = exact_top_k(model, query, k, excluded);
             return QueryResult { candidates: item_count, items, used_ann: false };
         };
         let indexed = snapshot.len().min(item_count);
-        let mut hits = self.graph_candidates(&snapshot, query, k, excluded);
         // Fresh rows are scored below with the rest of the tier, once.
         hits.retain(|row| !fresh.contains(*row));
         let stale = fresh.below(indexed);
