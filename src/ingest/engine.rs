@@ -1,6 +1,5 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use lru::LruCache;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -93,9 +92,6 @@ pub struct Engine {
     /// Users whose changes were collected from the model but are not yet in Redis, by id:
     /// rows move when users are evicted, ids do not. Never evicted while pending.
     pending_users: BTreeSet<String>,
-    /// Users in memory, least recently applied first: eviction pops from the front (O(1) per
-    /// evicted user, instead of sorting every user after every flush).
-    recent_users: LruCache<Box<str>, ()>,
     pending_items: BTreeSet<u32>,
     /// The model configuration is in Redis in the current layout (written once, not per flush).
     config_stored: bool,
@@ -167,7 +163,6 @@ impl Engine {
             assigned: BTreeSet::new(),
             eof: BTreeSet::new(),
             pending_users: BTreeSet::new(),
-            recent_users: LruCache::unbounded(),
             pending_items: BTreeSet::new(),
             config_stored: false,
             flush_seq: 0,

@@ -19,6 +19,7 @@
 mod config;
 mod digest;
 mod query;
+mod recency;
 mod state;
 mod sync;
 mod table;
@@ -94,6 +95,9 @@ pub struct Model {
     dirty_items: state::DirtySet,
     /// What Redis held of each item at its last write or read (see [`sync`]).
     synced: sync::ItemSync,
+    /// Users by when they were last collected for a flush ([`Model::touch_user`]), for the
+    /// ingest's eviction of the least recent.
+    user_recency: recency::Recency,
 }
 
 impl Model {
@@ -127,6 +131,7 @@ impl Model {
             dirty_users: state::DirtySet::default(),
             dirty_items: state::DirtySet::default(),
             synced: sync::ItemSync::default(),
+            user_recency: recency::Recency::default(),
             config,
         })
     }

@@ -320,6 +320,7 @@ impl Model {
             return false;
         }
         let moved = self.users.swap_remove(row);
+        self.user_recency.swap_remove(row, moved, self.users.len());
         self.user_seen.swap_remove(row as usize);
         self.seen_unstored.swap_remove(row as usize);
         if let Some(moved_from) = moved {
@@ -333,6 +334,23 @@ impl Model {
             }
         }
         true
+    }
+
+    /// Marks the user as the most recently applied (O(1)); [`Model::least_recent_user`] then
+    /// finds it last.
+    pub fn touch_user(&mut self, row: UserRow) {
+        self.user_recency.touch(row.0);
+    }
+
+    /// The user touched least recently ([`Model::touch_user`]) and still in memory.
+    pub fn least_recent_user(&self) -> Option<UserRow> {
+        self.user_recency.least_recent().map(UserRow)
+    }
+
+    /// Takes the user out of the recency order: [`Model::least_recent_user`] skips it until it
+    /// is touched again.
+    pub fn forget_user_recency(&mut self, row: UserRow) {
+        self.user_recency.remove(row.0);
     }
 
     /// Drops every user without unsaved changes from memory, except those `keep` names (users

@@ -107,9 +107,6 @@ impl Engine {
         self.stop_if_namespace_lost()?;
         let pending = &self.pending_users;
         let evicted = self.fold.model_mut().evict_clean_users(|id| pending.contains(id));
-        for id in &evicted {
-            self.recent_users.pop(id.as_str());
-        }
         self.all_users_in_memory &= evicted.is_empty();
         let mut starts = Vec::new();
         for partition in partitions {

@@ -53,10 +53,8 @@ impl Engine {
         let (users, items): (Vec<UserRow>, Vec<ItemRow>) = model.take_dirty();
         self.index.note_changed(items.iter().copied());
         for row in users {
+            model.touch_user(row);
             let id = model.user_id(row);
-            if self.recent_users.get(id).is_none() {
-                self.recent_users.put(id.into(), ());
-            }
             if !self.pending_users.contains(id) {
                 self.pending_users.insert(id.to_owned());
             }
@@ -70,12 +68,16 @@ impl Engine {
         let capacity = self.config.user_cache_capacity;
         let mut model = self.fold.model_mut();
         while model.user_count() > capacity {
-            let Some((id, ())) = self.recent_users.pop_lru() else { break };
-            if self.pending_users.contains(&*id) {
-                self.recent_users.put(id, ());
+            let Some(row) = model.least_recent_user() else { break };
+            let id = model.user_id(row).to_owned();
+            if self.pending_users.contains(&id) {
                 break;
             }
-            model.evict_user(&id);
+            if !model.evict_user(&id) {
+                // Changed since its collection: it is touched again at the next one.
+                model.forget_user_recency(row);
+                continue;
+            }
             self.all_users_in_memory = false;
         }
     }
