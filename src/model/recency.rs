@@ -48,22 +48,31 @@ impl Recency {
         self.next[row as usize] = NONE;
     }
 
+    /// Puts `row` between `prev` and `next` (`NONE` for an end of the list).
+    fn link(&mut self, row: u32, prev: u32, next: u32) {
+        if self.prev.len() <= row as usize {
+            self.prev.resize(row as usize + 1, NONE);
+            self.next.resize(row as usize + 1, NONE);
+        }
+        self.prev[row as usize] = prev;
+        self.next[row as usize] = next;
+        match prev {
+            NONE => self.head = row,
+            prev => self.next[prev as usize] = row,
+        }
+        match next {
+            NONE => self.tail = row,
+            next => self.prev[next as usize] = row,
+        }
+    }
+
     /// Makes `row` the most recent.
     pub(crate) fn touch(&mut self, row: u32) {
         if self.tail == row {
             return;
         }
-        if self.prev.len() <= row as usize {
-            self.prev.resize(row as usize + 1, NONE);
-            self.next.resize(row as usize + 1, NONE);
-        }
         self.unlink(row);
-        self.prev[row as usize] = self.tail;
-        match self.tail {
-            NONE => self.head = row,
-            tail => self.next[tail as usize] = row,
-        }
-        self.tail = row;
+        self.link(row, self.tail, NONE);
     }
 
     /// The least recently touched row, if any row is in the list.
@@ -81,26 +90,11 @@ impl Recency {
     /// `len` is the table's length after the removal.
     pub(crate) fn swap_remove(&mut self, row: u32, moved_from: Option<u32>, len: usize) {
         self.unlink(row);
-        if let Some(last) = moved_from {
-            if self.linked(last) {
-                let (prev, next) = (self.prev[last as usize], self.next[last as usize]);
-                if self.prev.len() <= row as usize {
-                    self.prev.resize(row as usize + 1, NONE);
-                    self.next.resize(row as usize + 1, NONE);
-                }
-                self.prev[row as usize] = prev;
-                self.next[row as usize] = next;
-                match prev {
-                    NONE => self.head = row,
-                    prev => self.next[prev as usize] = row,
-                }
-                match next {
-                    NONE => self.tail = row,
-                    next => self.prev[next as usize] = row,
-                }
-                self.prev[last as usize] = NONE;
-                self.next[last as usize] = NONE;
-            }
+        if let Some(last) = moved_from.filter(|last| self.linked(*last)) {
+            let (prev, next) = (self.prev[last as usize], self.next[last as usize]);
+            self.prev[last as usize] = NONE;
+            self.next[last as usize] = NONE;
+            self.link(row, prev, next);
         }
         self.prev.truncate(len);
         self.next.truncate(len);
