@@ -29,6 +29,13 @@ mkdir -p "$work"
 cp "${EMBEDSTREAM_BIN:-${CARGO_TARGET_DIR:-$root/target}/it/embedstream}" "$work/embedstream"
 bin="$work/embedstream"
 scripts/fetch-movielens.sh >/dev/null
+# The load generator: Debian's wrk, installed when missing.
+if ! command -v wrk >/dev/null; then
+  as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y -q --no-install-recommends wrk >/dev/null \
+    || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q --no-install-recommends wrk >/dev/null; }
+fi
 service_pid="" producer_pid=""
 cleanup() {
   [[ -n "$producer_pid" ]] && kill "$producer_pid" 2>/dev/null
