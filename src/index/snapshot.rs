@@ -19,11 +19,19 @@ impl ItemsCopy {
     }
 }
 
-/// Search contexts the graph holds (USearch's thread slots): each concurrent search takes one,
-/// and a search that finds none fails ([`Snapshot::search`] returns `None`, and the query falls
-/// back to the exact scan). A context is a visited-set of one bit an item plus two candidate
-/// queues, about 13 KB at 100,000 items.
+/// Search contexts the graph holds (USearch's thread slots), at least: each concurrent search
+/// takes one, and a search that finds none fails ([`Snapshot::search`] returns `None`, and the
+/// query falls back to the exact scan). Rankings run on the HTTP runtime's worker threads (one
+/// per core), so the graph holds the larger of this and twice the cores. A context is a
+/// visited-set of one bit an item plus two candidate queues, about 13 KB at 100,000 items.
 const SEARCH_CONTEXTS: usize = 64;
+
+/// The search contexts a graph holds beside its build threads: [`SEARCH_CONTEXTS`] or twice
+/// the cores, whichever is larger.
+fn search_contexts() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    SEARCH_CONTEXTS.max(2 * cores)
+}
 
 /// An immutable HNSW graph (Unum's USearch) over augmented item vectors.
 pub(super) struct Snapshot {
@@ -99,7 +107,7 @@ impl Snapshot {
             multi: false,
         })
         .map_err(|error| error.to_string())?;
-        let threads = rayon::current_num_threads().max(SEARCH_CONTEXTS);
+        let threads = rayon::current_num_threads().max(search_contexts());
         graph
             .reserve_capacity_and_threads(indexable.len(), threads)
             .map_err(|error| error.to_string())?;
@@ -165,5 +173,77 @@ impl Snapshot {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::{ItemsCopy, Snapshot};
+    use crate::index::IndexConfig;
+
+    fn snapshot(items: usize, dim: usize) -> Snapshot {
+        let value = |n: usize| ((n * 7919 % 1000) as f32 / 500.0) - 1.0;
+        let mut vectors: Vec<f32> = (0..items * dim).map(|n| value(n + 1)).collect();
+        // Row 3 is zero and row 5 not finite: neither may enter the graph.
+        vectors[3 * dim..4 * dim].fill(0.0);
+        vectors[5 * dim] = f32::NAN;
+        let copy =
+            ItemsCopy { dim, vectors, biases: (0..items).map(|n| value(n) / 10.0).collect() };
+        Snapshot::build(copy, &IndexConfig::default()).expect("a graph")
+    }
+
+    #[test]
+    fn the_filter_applies_inside_the_search_and_bad_vectors_stay_out() {
+        let snapshot = snapshot(2_000, 8);
+        assert_eq!(snapshot.len(), 2_000);
+        assert_eq!(snapshot.unindexed(), &[3, 5]);
+        let query = [0.3, -0.2, 0.5, 0.1, 0.0, -0.4, 0.2, 0.6];
+        let all = snapshot.search(&query, 40, |_| true).expect("a search");
+        assert_eq!(all.len(), 40);
+        assert!(!all.contains(&3) && !all.contains(&5));
+        let excluded: Vec<u32> = all[..20].to_vec();
+        let kept = snapshot.search(&query, 40, |row| !excluded.contains(&row)).expect("a search");
+        assert_eq!(kept.len(), 40, "the filter must not shrink the answer");
+        assert!(kept.iter().all(|row| !excluded.contains(row)));
+        assert_eq!(snapshot.search(&[f32::INFINITY; 8], 10, |_| true), Some(Vec::new()));
+        assert_eq!(snapshot.search(&query[..4], 10, |_| true), Some(Vec::new()));
+        assert!(snapshot.memory_bytes() > 0);
+    }
+
+    /// More concurrent searches than the graph has contexts (each held open by a slow filter):
+    /// each answers, or fails cleanly (`None`, the caller scans exactly); none returns a wrong
+    /// row.
+    #[test]
+    fn more_concurrent_searches_than_contexts_answer_or_fail_cleanly() {
+        let snapshot = snapshot(2_000, 8);
+        let query = [0.3, -0.2, 0.5, 0.1, 0.0, -0.4, 0.2, 0.6];
+        let expected = snapshot.search(&query, 10, |_| true).expect("a search");
+        let slow = |_| {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+            true
+        };
+        let (answered, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|scope| {
+            for _ in 0..super::search_contexts() + 136 {
+                scope.spawn(|| {
+                    for _ in 0..3 {
+                        match snapshot.search(&query, 10, slow) {
+                            Some(hits) => {
+                                assert_eq!(hits, expected);
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            None => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let (answered, failed) = (answered.into_inner(), failed.into_inner());
+        assert_eq!(answered + failed, 3 * (super::search_contexts() + 136));
+        assert!(answered > 0 && failed > 0, "{answered} answered, {failed} failed");
     }
 }
