@@ -2,7 +2,7 @@
 # Where the service's memory goes (BENCHMARKS.md, "Memory per entity"): heaptrack of
 # `embedstream run` caught up on a generated population (scripts/gen-population.py), killed
 # with SIGKILL once caught up and quiet, so that heaptrack's "leaked" is the live heap then;
-# prints the live heap by the innermost function of ours (or of hnsw_rs, lru, librdkafka,
+# prints the live heap by the innermost function of ours (or of USearch, librdkafka,
 # redis) that allocated it.
 # Usage: scripts/heap-profile.sh [USERS, default 200000] [ITEMS, default 20000] [EVENTS_PER_USER, default 2]
 # Needs heaptrack (Debian: apt-get install heaptrack). The binary is built with
@@ -63,7 +63,7 @@ for line in open(sys.argv[1]):
     stack, _, size = line.rstrip().rpartition(" ")
     frames = stack.split(";")
     owner = next((f for f in reversed(frames)
-                  if re.search(r"embedstream::|hnsw_rs::|lru::|rd_kafka|redis::", f)), frames[-1])
+                  if re.search(r"embedstream::|usearch::|rd_kafka|redis::", f)), frames[-1])
     live[re.sub(r"::h[0-9a-f]{16}$", "", owner)[:120]] += int(size)
 print(f"live heap {sum(live.values()) / 2**20:.1f} MiB")
 for owner, size in live.most_common(12):
