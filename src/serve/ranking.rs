@@ -30,7 +30,7 @@ use crate::flags::Decisions;
 use crate::index::{exact_top_k, Excluded};
 use crate::model::{ItemRow, Model, UserState};
 use crate::resilience::BreakerState;
-use crate::session::{blend, session_vector, Session};
+use crate::session::{blend, session_vector, valid_session_id, Session};
 
 /// The response header of a stale answer.
 pub const STALE_HEADER: HeaderName = HeaderName::from_static("x-embedstream-stale");
@@ -139,6 +139,18 @@ pub(super) async fn lookup_profile(
     Ok(ProfileLookup { profile, stale: lookup.stale })
 }
 
+/// A ranking request's `session_id` is 32 lower-case hex digits (the contract's pattern), checked
+/// before any flag or lookup: malformed is a bad request (`code`: `invalid_parameter` in a
+/// query, `invalid_body` in a body), never a session that does not exist.
+fn check_session_id(session_id: Option<&str>, code: ErrorCode) -> Result<(), ApiError> {
+    match session_id {
+        Some(id) if !valid_session_id(id) => {
+            Err(ApiError::new(code, "session_id must be 32 lower-case hex digits"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The session named by the request, when blending applies. A session of another user, or one
 /// that does not exist, is a 404; Redis unavailable skips blending (stale).
 async fn load_session(
@@ -228,6 +240,7 @@ pub(super) async fn recommendations(
 ) -> Result<Response, ApiError> {
     let params = query(params)?;
     check_k(params.k, &state)?;
+    check_session_id(params.session_id.as_deref(), ErrorCode::InvalidParameter)?;
     let served = state.served();
     let decisions = state.flags.decide(&user_id);
     let mut fallbacks = Vec::new();
@@ -338,6 +351,7 @@ pub(super) async fn scores(
         ));
     }
     check_item_ids(&request.item_ids)?;
+    check_session_id(request.session_id.as_deref(), ErrorCode::InvalidBody)?;
     let served = state.served();
     let decisions = state.flags.decide(&user_id);
     let mut fallbacks = Vec::new();

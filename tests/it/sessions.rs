@@ -117,6 +117,29 @@ async fn another_users_session_is_not_found_and_a_user_cannot_name_another_user(
     assert_eq!(own.status, 404, "u3's session does not blend into u4: {}", own.body);
 }
 
+/// The ranking routes' `session_id` is 32 lower-case hex digits, as the contract says: a
+/// malformed one is a bad request (400), not a session that does not exist (404).
+#[tokio::test]
+async fn a_malformed_session_id_on_the_ranking_routes_is_a_bad_request() {
+    let config = config("sess-malformed");
+    let app = router(app_state(&config));
+    let u6 = token(&config, "u6", "recs:read");
+    let long = "a".repeat(129);
+    for bad in ["", "XYZ", "0123456789ABCDEF0123456789abcdef", long.as_str()] {
+        let path = format!("/v1/users/u6/recommendations?session_id={bad}");
+        let answer = call(&app, Method::GET, &path, &u6, None).await;
+        assert_eq!(answer.status, 400, "{bad:?}: {}", answer.body);
+        assert_eq!(answer.body["error"]["code"], "invalid_parameter", "{bad:?}");
+        let body = json!({ "item_ids": ["i1"], "session_id": bad });
+        let answer = call(&app, Method::POST, "/v1/users/u6/scores", &u6, Some(body)).await;
+        assert_eq!(answer.status, 400, "{bad:?}: {}", answer.body);
+        assert_eq!(answer.body["error"]["code"], "invalid_body", "{bad:?}");
+    }
+    // Well formed but unknown: not found.
+    let path = format!("/v1/users/u6/recommendations?session_id={}", "0".repeat(32));
+    assert_eq!(call(&app, Method::GET, &path, &u6, None).await.status, 404);
+}
+
 #[tokio::test]
 async fn session_events_blend_into_the_ranking_and_the_flag_turns_it_off() {
     let mut config = config("sess-blend");
