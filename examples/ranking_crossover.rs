@@ -3,8 +3,9 @@
 //! index settings), the mean time of one top-10 query by `exact_top_k` (every item) and by
 //! `Index::top_k` on a fresh snapshot (`full_scan_threshold = 0`), 50 seen items excluded.
 //!
-//! Usage: `ranking_crossover [--exact-only] [sizes...]` (default 1682 5000 10000 20000 50000
-//! 100000); `--exact-only` times the exact scan alone, without building the index.
+//! Usage: `ranking_crossover [--exact-only] [--exact-head=N] [sizes...]` (default 1682 5000
+//! 10000 20000 50000 100000); `--exact-only` times the exact scan alone, without building the
+//! index; `--exact-head=N` sets `index.exact_head` (default 512).
 
 use std::time::Instant;
 
@@ -30,6 +31,10 @@ fn main() {
     let sizes: Vec<u64> = std::env::args().skip(1).filter_map(|arg| arg.parse().ok()).collect();
     // `--exact-only`: time the exact scan alone (no HNSW build, which dominates at 100,000).
     let exact_only = std::env::args().any(|arg| arg == "--exact-only");
+    // `--exact-head=N`: `index.exact_head` (default: the configuration's).
+    let exact_head = std::env::args()
+        .find_map(|arg| arg.strip_prefix("--exact-head=").and_then(|n| n.parse().ok()))
+        .unwrap_or(IndexConfig::default().exact_head);
     let sizes =
         if sizes.is_empty() { vec![1_682, 5_000, 10_000, 20_000, 50_000, 100_000] } else { sizes };
     let dim = 64;
@@ -55,7 +60,11 @@ fn main() {
                 .expect("restore");
         }
         let model = embedstream::model::ModelLock::new(model);
-        let index = Index::new(IndexConfig { full_scan_threshold: 0, ..IndexConfig::default() });
+        let index = Index::new(IndexConfig {
+            full_scan_threshold: 0,
+            exact_head,
+            ..IndexConfig::default()
+        });
         let build = if exact_only { 0.0 } else { index.rebuild(&model).unwrap_or(0.0) };
         let model = model.read();
         let users: Vec<Vec<f32>> =

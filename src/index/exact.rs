@@ -133,6 +133,34 @@ impl TopK {
         self.heap.into_sorted_vec().into_iter().map(|entry| entry.row).collect()
     }
 
+    /// Best first (ties by lower row), each score recomputed from the model's current
+    /// vectors and the list re-sorted: for candidates scored from a copy that may have moved
+    /// since it was taken ([`super::snapshot::Snapshot::score_head`]), so a stale copy costs
+    /// recall, never a wrong score. Rows whose current score is not finite are dropped.
+    pub(crate) fn into_current_items(self, model: &Model, query: &[f32]) -> Vec<ScoredItem> {
+        let mut entries: Vec<Entry> = self
+            .heap
+            .into_vec()
+            .into_iter()
+            .filter(|entry| (entry.row as usize) < model.item_count())
+            .map(|entry| {
+                let item = ItemRow(entry.row);
+                let score = dot(query, model.item_vector(item)) + model.item_bias(item);
+                Entry { score, row: entry.row }
+            })
+            .filter(|entry| entry.score.is_finite())
+            .collect();
+        entries.sort_unstable();
+        entries
+            .into_iter()
+            .map(|entry| ScoredItem {
+                item_id: model.item_id(ItemRow(entry.row)).to_owned(),
+                score: entry.score,
+                row: entry.row,
+            })
+            .collect()
+    }
+
     /// Best first, ties by lower row.
     pub(crate) fn into_items(self, model: &Model) -> Vec<ScoredItem> {
         self.heap

@@ -1,5 +1,6 @@
+use super::exact::{Excluded, TopK};
 use super::IndexConfig;
-use crate::model::{ItemRow, Model};
+use crate::model::{dot_rows, ItemRow, Model};
 
 /// Item vectors and biases copied out of the model.
 pub(super) struct ItemsCopy {
@@ -33,13 +34,23 @@ fn search_contexts() -> usize {
     SEARCH_CONTEXTS.max(2 * cores)
 }
 
-/// An immutable HNSW graph (Unum's USearch) over augmented item vectors.
+/// An immutable HNSW graph (Unum's USearch) over augmented item vectors, and the head of
+/// largest-norm items every query scores exactly instead.
 pub(super) struct Snapshot {
-    graph: usearch::Index,
+    /// `None` when every indexable item is in the head.
+    graph: Option<usearch::Index>,
     dim: usize,
     len: usize,
-    /// Radius M of the sphere every augmented item lies on.
+    /// Radius M of the sphere every augmented item of the graph lies on.
     radius: f32,
+    /// The `index.exact_head` indexable rows of largest |[q, b]|, ascending: left out of the
+    /// graph (see [`Snapshot::build`]).
+    head: Vec<u32>,
+    /// The head's vectors as copied, row-major in `head`'s order, and its biases: scored by one
+    /// blocked kernel instead of row by row across the whole item matrix (scattered rows cost
+    /// a cache miss each: 512 of them took about 30 µs a query, BENCHMARKS.md "Ranking").
+    head_vectors: Vec<f32>,
+    head_biases: Vec<f32>,
     unindexed: Vec<u32>,
 }
 
@@ -48,6 +59,7 @@ impl std::fmt::Debug for Snapshot {
         f.debug_struct("Snapshot")
             .field("len", &self.len)
             .field("radius", &self.radius)
+            .field("head", &self.head.len())
             .field("unindexed", &self.unindexed.len())
             .finish()
     }
@@ -56,12 +68,21 @@ impl std::fmt::Debug for Snapshot {
 impl Snapshot {
     /// Builds the graph on the calling rayon pool's threads; `None` when no item can be
     /// indexed or USearch refuses (it then logs why, and queries scan exactly).
+    ///
+    /// The `index.exact_head` items of largest |[q, b]| stay out of the graph, and M is the
+    /// largest norm of the rest. The augmentation [q, b, sqrt(M^2 - |q|^2 - b^2)] gives every
+    /// item whose norm is far below M a last coordinate close to M: when a few items' norms
+    /// dwarf the rest (a popular head, as learned embeddings of real streams have), nearly
+    /// every item sits near the same pole and greedy search misses the large-norm items that
+    /// hold most top-10 lists (an attack run: 68 of 5,055 users with none of their exact top
+    /// 10; zipf-like norms, 0.40 mean recall@10). Those are few, so scoring them exactly costs
+    /// 10 to 40 µs a query at 512. Norm ranges as in norm-ranging LSH (Yan et al. 2018) were
+    /// measured too: slower and less accurate than the head.
     pub(super) fn build(copy: ItemsCopy, config: &IndexConfig) -> Option<Self> {
         let dim = copy.dim;
         let len = copy.biases.len();
         let mut indexable = Vec::with_capacity(len);
         let mut unindexed = Vec::new();
-        let mut max_norm_squared = 0.0f32;
         for row in 0..len {
             let vector = &copy.vectors[row * dim..(row + 1) * dim];
             let bias = copy.biases[row];
@@ -70,7 +91,6 @@ impl Snapshot {
             let non_zero = vector.iter().any(|x| *x != 0.0);
             if finite && non_zero && norm_squared.is_finite() {
                 indexable.push((row, norm_squared));
-                max_norm_squared = max_norm_squared.max(norm_squared);
             } else {
                 unindexed.push(row as u32);
             }
@@ -78,11 +98,38 @@ impl Snapshot {
         if indexable.is_empty() {
             return None;
         }
-        let built = Self::graph(&copy, &indexable, max_norm_squared, config);
-        match built {
-            Ok(graph) => Some(Self { graph, dim, len, radius: max_norm_squared.sqrt(), unindexed }),
+        let head_len = config.exact_head.min(indexable.len());
+        if head_len > 0 && head_len < indexable.len() {
+            indexable.select_nth_unstable_by(head_len - 1, |a, b| b.1.total_cmp(&a.1));
+        }
+        let mut head: Vec<u32> = indexable[..head_len].iter().map(|(row, _)| *row as u32).collect();
+        head.sort_unstable();
+        let mut head_vectors = Vec::with_capacity(head.len() * dim);
+        for row in &head {
+            let row = *row as usize;
+            head_vectors.extend_from_slice(&copy.vectors[row * dim..(row + 1) * dim]);
+        }
+        let head_biases = head.iter().map(|row| copy.biases[*row as usize]).collect();
+        let rest = &indexable[head_len..];
+        let snapshot = |graph, radius| Self {
+            graph,
+            dim,
+            len,
+            radius,
+            head,
+            head_vectors,
+            head_biases,
+            unindexed,
+        };
+        if rest.is_empty() {
+            return Some(snapshot(None, 0.0));
+        }
+        let max_norm_squared =
+            rest.iter().map(|(_, norm_squared)| *norm_squared).fold(0.0, f32::max);
+        match Self::graph(&copy, rest, max_norm_squared, config) {
+            Ok(graph) => Some(snapshot(Some(graph), max_norm_squared.sqrt())),
             Err(error) => {
-                tracing::error!(%error, items = indexable.len(), "index build failed");
+                tracing::error!(%error, items = rest.len(), "index build failed");
                 None
             }
         }
@@ -129,14 +176,58 @@ impl Snapshot {
         self.len
     }
 
+    /// Rows every query scores exactly instead of searching for them (ascending).
+    #[cfg(test)]
+    pub(super) fn head(&self) -> &[u32] {
+        &self.head
+    }
+
+    /// Offers `top` every head row for which `keep` holds, scored against `query` from the
+    /// snapshot's copy of its vector; returns how many were offered. The copy is current for
+    /// rows not changed since it was taken (the caller leaves the fresh tier out); the caller
+    /// re-scores what it keeps against the model ([`TopK::into_current_items`]), for changes
+    /// not yet noted.
+    pub(super) fn score_head(
+        &self,
+        query: &[f32],
+        keep: impl Fn(u32) -> bool,
+        excluded: &Excluded,
+        top: &mut TopK,
+    ) -> usize {
+        if query.len() != self.dim || self.dim == 0 {
+            return 0;
+        }
+        const BLOCK: usize = 256;
+        let mut scores = [0.0f32; BLOCK];
+        let mut offered = 0;
+        for (block, rows) in self.head.chunks(BLOCK).enumerate() {
+            let start = block * BLOCK;
+            let scores = &mut scores[..rows.len()];
+            let vectors = &self.head_vectors[start * self.dim..(start + rows.len()) * self.dim];
+            dot_rows(query, vectors, scores);
+            let biases = &self.head_biases[start..start + rows.len()];
+            for ((row, score), bias) in rows.iter().zip(scores.iter()).zip(biases) {
+                if keep(*row) {
+                    top.offer(score + bias, *row, excluded);
+                    offered += 1;
+                }
+            }
+        }
+        offered
+    }
+
     /// Rows that could not be indexed.
     pub(super) fn unindexed(&self) -> &[u32] {
         &self.unindexed
     }
 
-    /// Bytes the graph holds (vectors and links), as USearch counts them.
+    /// Bytes the graph holds (vectors and links, as USearch counts them) and the head's rows,
+    /// vectors and biases.
     pub(super) fn memory_bytes(&self) -> usize {
-        self.graph.memory_usage()
+        self.graph.as_ref().map_or(0, usearch::Index::memory_usage)
+            + std::mem::size_of_val(self.head.as_slice())
+            + std::mem::size_of_val(self.head_vectors.as_slice())
+            + std::mem::size_of_val(self.head_biases.as_slice())
     }
 
     /// Rows of the `wanted` nearest augmented points to user vector `user` for which `keep`
@@ -149,6 +240,7 @@ impl Snapshot {
         wanted: usize,
         keep: impl Fn(u32) -> bool,
     ) -> Option<Vec<u32>> {
+        let Some(graph) = &self.graph else { return Some(Vec::new()) };
         if user.iter().any(|x| !x.is_finite()) || wanted == 0 {
             return Some(Vec::new());
         }
@@ -166,7 +258,7 @@ impl Snapshot {
             let scale = self.radius / norm;
             query.iter_mut().for_each(|x| *x *= scale);
         }
-        match self.graph.filtered_search(&query, wanted, |key| keep(key as u32)) {
+        match graph.filtered_search(&query, wanted, |key| keep(key as u32)) {
             Ok(matches) => Some(matches.keys.into_iter().map(|key| key as u32).collect()),
             Err(error) => {
                 tracing::warn!(%error, "graph search failed, scanning exactly");
@@ -184,6 +276,10 @@ mod tests {
     use crate::index::IndexConfig;
 
     fn snapshot(items: usize, dim: usize) -> Snapshot {
+        with_head(items, dim, IndexConfig::default().exact_head)
+    }
+
+    fn with_head(items: usize, dim: usize, exact_head: usize) -> Snapshot {
         let value = |n: usize| ((n * 7919 % 1000) as f32 / 500.0) - 1.0;
         let mut vectors: Vec<f32> = (0..items * dim).map(|n| value(n + 1)).collect();
         // Row 3 is zero and row 5 not finite: neither may enter the graph.
@@ -191,7 +287,48 @@ mod tests {
         vectors[5 * dim] = f32::NAN;
         let copy =
             ItemsCopy { dim, vectors, biases: (0..items).map(|n| value(n) / 10.0).collect() };
-        Snapshot::build(copy, &IndexConfig::default()).expect("a graph")
+        Snapshot::build(copy, &IndexConfig { exact_head, ..IndexConfig::default() })
+            .expect("a snapshot")
+    }
+
+    /// The head holds the rows of largest |[q, b]| and the graph only the rest: a search never
+    /// returns a head row, and the graph's sphere is the rest's largest norm.
+    #[test]
+    fn the_largest_norm_rows_are_the_head_and_stay_out_of_the_graph() {
+        let dim = 8;
+        let value = |n: usize| ((n * 7919 % 1000) as f32 / 500.0) - 1.0;
+        let mut vectors: Vec<f32> = (0..1_000 * dim).map(|n| value(n + 1) / 10.0).collect();
+        // Rows 10, 20, ..., 100 are ten times longer than the rest.
+        for row in (10..=100).step_by(10) {
+            vectors[row * dim..(row + 1) * dim].iter_mut().for_each(|x| *x *= 10.0);
+        }
+        let biases = vec![0.0; 1_000];
+        let norm =
+            |row: usize| vectors[row * dim..(row + 1) * dim].iter().map(|x| x * x).sum::<f32>();
+        let largest_rest = (0..1_000).filter(|row| row % 10 != 0 || *row > 100 || *row == 0);
+        let radius = largest_rest.map(norm).fold(0.0, f32::max).sqrt();
+        let copy = ItemsCopy { dim, vectors: vectors.clone(), biases };
+        let snapshot =
+            Snapshot::build(copy, &IndexConfig { exact_head: 10, ..IndexConfig::default() })
+                .expect("a snapshot");
+        assert_eq!(snapshot.head(), &[10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
+        assert!((snapshot.radius - radius).abs() < 1e-6, "{} against {radius}", snapshot.radius);
+        let query = &vectors[10 * dim..11 * dim];
+        let hits = snapshot.search(query, 200, |_| true).expect("a search");
+        assert_eq!(hits.len(), 200);
+        assert!(hits.iter().all(|row| !snapshot.head().contains(row)), "{hits:?}");
+    }
+
+    /// A catalogue no larger than the head needs no graph: every indexable row is scored
+    /// exactly, and a search answers with no candidates.
+    #[test]
+    fn a_catalogue_within_the_head_has_no_graph() {
+        let snapshot = with_head(300, 8, 512);
+        assert_eq!(snapshot.len(), 300);
+        assert_eq!(snapshot.unindexed(), &[3, 5]);
+        assert_eq!(snapshot.head().len(), 298);
+        assert!(!snapshot.head().contains(&3) && !snapshot.head().contains(&5));
+        assert_eq!(snapshot.search(&[0.1; 8], 10, |_| true), Some(Vec::new()));
     }
 
     #[test]
