@@ -113,6 +113,9 @@ fn below_the_full_scan_threshold_readiness_and_rankings_do_not_wait_for_the_grap
     // Builds on rayon's global pool, which this test holds (the default is a pool of the
     // index's own, which would build regardless).
     config.index.build_threads = 0;
+    // Every item goes into the graph: with the default exact head (512 items) this catalogue
+    // of 9 would need no graph, and the snapshot would not wait for the pool.
+    config.index.exact_head = 0;
     // Every thread of the global pool waits until the end: no snapshot can be built.
     let (release, wait) = std::sync::mpsc::channel::<()>();
     let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));
