@@ -3,14 +3,16 @@
 //! index settings), the mean time of one top-10 query by `exact_top_k` (every item) and by
 //! `Index::top_k` on a fresh snapshot (`full_scan_threshold = 0`), 50 seen items excluded.
 //!
-//! Usage: `ranking_crossover [--exact-only] [--exact-head=N] [sizes...]` (default 1682 5000
-//! 10000 20000 50000 100000); `--exact-only` times the exact scan alone, without building the
-//! index; `--exact-head=N` sets `index.exact_head` (default 512).
+//! Usage: `ranking_crossover [--exact-only] [--exact-head=N] [--similar] [sizes...]` (default
+//! 1682 5000 10000 20000 50000 100000); `--exact-only` times the exact scan alone, without
+//! building the index; `--exact-head=N` sets `index.exact_head` (default 512); `--similar`
+//! times similar items instead (k = 10, 500 items asked for): the scan of every item, the
+//! index's answer from a ready list, and the same after 1% of the items were noted as changed.
 
 use std::time::Instant;
 
-use embedstream::index::{exact_top_k, Excluded, Index, IndexConfig};
-use embedstream::model::{ItemState, Model, ModelConfig};
+use embedstream::index::{exact_top_k, similar_items, Excluded, Index, IndexConfig};
+use embedstream::model::{ItemRow, ItemState, Model, ModelConfig};
 
 fn noise(seed: u64) -> f32 {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x2545_F491_4F6C_DD1D);
@@ -39,7 +41,11 @@ fn main() {
         if sizes.is_empty() { vec![1_682, 5_000, 10_000, 20_000, 50_000, 100_000] } else { sizes };
     let dim = 64;
     let queries = 2_000u64;
-    println!("items,build_s,exact_us,index_us,index_candidates");
+    if std::env::args().any(|arg| arg == "--similar") {
+        println!("items,scan_us,ready_us,ready_candidates,ready_after_1pct_us,after_candidates");
+    } else {
+        println!("items,build_s,exact_us,index_us,index_candidates");
+    }
     for items in sizes {
         let mut model = Model::new(ModelConfig { dim, ..ModelConfig::default() }).expect("model");
         for item in 0..items {
@@ -65,6 +71,10 @@ fn main() {
             exact_head,
             ..IndexConfig::default()
         });
+        if std::env::args().any(|arg| arg == "--similar") {
+            time_similar(&index, &model.read(), items);
+            continue;
+        }
         let build = if exact_only { 0.0 } else { index.rebuild(&model).unwrap_or(0.0) };
         let model = model.read();
         let users: Vec<Vec<f32>> =
@@ -94,4 +104,27 @@ fn main() {
         );
         assert!(sink > 0);
     }
+}
+
+/// Similar items for 500 items, k = 10: mean µs of the scan, of the ready list's answer, and of
+/// that answer after 1% of the items were noted as changed (each then scored too).
+fn time_similar(index: &Index, model: &Model, items: u64) {
+    let asked: Vec<ItemRow> = (0..500).map(|n| ItemRow(((n * 104_729) % items) as u32)).collect();
+    let mean_us = |run: &mut dyn FnMut(ItemRow) -> usize| {
+        let started = Instant::now();
+        let candidates: usize = asked.iter().map(|item| run(*item)).sum();
+        (started.elapsed().as_secs_f64() * 1e6 / asked.len() as f64, candidates / asked.len())
+    };
+    let (scan_us, _) = mean_us(&mut |item| similar_items(model, item, 10).len());
+    for item in &asked {
+        index.similar_items(model, *item, 10);
+    }
+    let (ready_us, ready_candidates) =
+        mean_us(&mut |item| index.similar_items(model, item, 10).candidates);
+    index.note_changed((0..items / 100).map(|n| ItemRow(((n * 7_919 + 13) % items) as u32)));
+    let (after_us, after_candidates) =
+        mean_us(&mut |item| index.similar_items(model, item, 10).candidates);
+    println!(
+        "{items},{scan_us:.1},{ready_us:.1},{ready_candidates},{after_us:.1},{after_candidates}"
+    );
 }

@@ -237,19 +237,34 @@ pub fn popular_top_k(model: &Model, k: usize, excluded: &Excluded) -> Vec<Scored
     top.into_items(model)
 }
 
-/// Top k items by cosine similarity of item vectors to `item` (itself excluded).
+/// Cosine similarity of `target` (whose norm is `target_norm`) and `vector`; NaN when either
+/// is zero (a [`TopK`] drops it).
+#[inline]
+pub(crate) fn cosine(target: &[f32], target_norm: f32, vector: &[f32]) -> f32 {
+    let norm = dot(vector, vector).sqrt() * target_norm;
+    if norm > 0.0 {
+        dot(target, vector) / norm
+    } else {
+        f32::NAN
+    }
+}
+
+/// Top k items by cosine similarity of item vectors to `item` (itself excluded), by a scan of
+/// every item: the ground truth of the ready lists ([`super::Index::similar_items`]).
 pub fn similar_items(model: &Model, item: ItemRow, k: usize) -> Vec<ScoredItem> {
+    let mut top = TopK::new(k);
+    scan_similar(model, item, &mut top);
+    top.into_items(model)
+}
+
+/// Offers every item but `item` to `top`, scored by cosine similarity to `item`.
+pub(crate) fn scan_similar(model: &Model, item: ItemRow, top: &mut TopK) {
     let target = model.item_vector(item);
     let target_norm = dot(target, target).sqrt();
     let itself = Excluded::from_rows([item.0]);
-    let mut top = TopK::new(k);
-    let dim = model.dim();
-    for (row, vector) in model.item_matrix().chunks_exact(dim.max(1)).enumerate() {
-        let norm = dot(vector, vector).sqrt() * target_norm;
-        let cosine = if norm > 0.0 { dot(target, vector) / norm } else { f32::NAN };
-        top.offer(cosine, row as u32, &itself);
+    for (row, vector) in model.item_matrix().chunks_exact(model.dim().max(1)).enumerate() {
+        top.offer(cosine(target, target_norm, vector), row as u32, &itself);
     }
-    top.into_items(model)
 }
 
 #[cfg(test)]

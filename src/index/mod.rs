@@ -27,6 +27,7 @@
 mod exact;
 mod fresh;
 mod popular;
+mod similar;
 mod snapshot;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -41,6 +42,8 @@ pub use exact::{exact_top_k, popular_top_k, similar_items, Excluded, ScoredItem}
 use fresh::{Fresh, FreshView};
 use popular::PopularList;
 pub use popular::POPULAR_CACHED;
+use similar::SimilarList;
+pub use similar::{SimilarAnswer, SIMILAR_CACHED};
 use snapshot::Snapshot;
 
 /// How often the maintenance thread ([`Index::keep_converged`]) looks at the fresh tier.
@@ -99,6 +102,12 @@ pub struct IndexConfig {
     /// of the CPU and the fold ran at a seventh of its speed. 0: rayon's global pool, every
     /// core.
     pub build_threads: usize,
+    /// Items whose similar-items list is kept ready (default 10,000; 0: every request scans).
+    /// A list holds the item's vector and its [`SIMILAR_CACHED`] (100) most similar rows or
+    /// the k asked for if more, about 0.8 KB at dim 64; the least used lists make way (S3-FIFO,
+    /// `quick_cache`). A kept list answers by scoring only its own items and the items changed
+    /// since it was made (`src/index/similar.rs`).
+    pub similar_lists: usize,
 }
 
 impl Default for IndexConfig {
@@ -115,6 +124,7 @@ impl Default for IndexConfig {
             exact_scan_share: 0.2,
             rebuild_interval_ms: 5000,
             build_threads: 1,
+            similar_lists: 10_000,
         }
     }
 }
@@ -135,6 +145,8 @@ pub struct Index {
     pool: Option<rayon::ThreadPool>,
     /// The most popular items, kept ready by the maintenance thread.
     popular: RwLock<Arc<PopularList>>,
+    /// Similar-items lists by item row (`None`: `similar_lists` is 0).
+    similar: Option<quick_cache::sync::Cache<u32, Arc<SimilarList>>>,
 }
 
 /// What a query returned and how.
@@ -163,8 +175,11 @@ impl Index {
                     .ok()
             })
             .flatten();
+        let similar =
+            (config.similar_lists > 0).then(|| quick_cache::sync::Cache::new(config.similar_lists));
         Self {
             pool,
+            similar,
             config,
             snapshot: RwLock::new(None),
             popular: RwLock::new(Arc::new(PopularList::default())),
@@ -295,6 +310,7 @@ impl Index {
         if let (Some(built), Ok(mut fresh)) = (built, self.fresh.lock()) {
             // Interactions noted while building stay fresh; everything else is in the new graph.
             fresh.rows.retain(|_, sequence| *sequence > noted_before_copy);
+            fresh.generation += 1;
             let sequence = fresh.sequence;
             fresh.rows.extend(built.unindexed().iter().map(|row| (*row, sequence)));
             // The new graph goes out before its smaller tier, and queries read the tier
@@ -331,6 +347,25 @@ impl Index {
         let list = self.popular.read().map(|list| Arc::clone(&list)).ok();
         list.and_then(|list| list.top_k(model, k, excluded))
             .unwrap_or_else(|| popular_top_k(model, k, excluded))
+    }
+
+    /// Top `k` items by cosine similarity of item vectors to `item` (itself left out), exact:
+    /// from the item's ready list when it can answer (its items and the items changed since it
+    /// was made, re-scored), else by a scan of every item that leaves a new list ready
+    /// (`src/index/similar.rs`). Called under the model's read lock.
+    pub fn similar_items(&self, model: &Model, item: ItemRow, k: usize) -> SimilarAnswer {
+        let view = self.view();
+        let Some(lists) = &self.similar else {
+            let items = similar_items(model, item, k);
+            return SimilarAnswer { items, ready_list: false, candidates: model.item_count() - 1 };
+        };
+        if let Some(answer) = lists.get(&item.0).and_then(|list| list.answer(model, item, k, &view))
+        {
+            return answer;
+        }
+        let (list, answer) = SimilarList::scan(model, item, k, k.max(SIMILAR_CACHED), &view);
+        lists.insert(item.0, Arc::new(list));
+        answer
     }
 
     /// Rebuilds whenever [`Index::needs_rebuild`] says so, busy or quiet, on a thread of its
@@ -514,6 +549,107 @@ mod tests {
         }
         let scores: Vec<f32> = result.items.iter().map(|item| item.score).collect();
         assert!(scores.windows(2).all(|pair| pair[0] >= pair[1]), "best first: {scores:?}");
+    }
+
+    /// Ready similar-items lists must answer exactly as the scan does while the fold moves
+    /// items (noted as the engine notes them), items are added, and rebuilds empty the tier.
+    #[test]
+    fn ready_similar_lists_answer_as_the_scan_does_through_updates_and_rebuilds() {
+        use super::{similar_items, SIMILAR_CACHED};
+        use crate::model::{ItemRow, Model, ModelConfig, ModelLock};
+        let model = ModelLock::new(Model::new(ModelConfig::default()).unwrap());
+        let mut event = 0i64;
+        let mut fold = |model: &ModelLock, user: i64, item: i64| {
+            model.write().apply(
+                &format!("e{event}"),
+                &format!("u{user}"),
+                &format!("i{item}"),
+                event,
+                1.0,
+            );
+            event += 1;
+        };
+        for n in 0..6_000 {
+            fold(&model, n % 97, (n * 7) % 2_000);
+        }
+        let config = IndexConfig {
+            full_scan_threshold: 0,
+            rebuild_interval_ms: 0,
+            rebuild_min_fresh: 1,
+            ..IndexConfig::default()
+        };
+        let index = Index::new(config);
+        let note = |model: &ModelLock| index.note_changed(model.write().take_dirty().1);
+        note(&model);
+        index.rebuild(&model).unwrap();
+        let targets: Vec<ItemRow> = [0, 7, 99, 1_000, 1_999].into_iter().map(ItemRow).collect();
+        let check = |model: &ModelLock, round: usize| {
+            let model = model.read();
+            let mut ready = 0;
+            for item in &targets {
+                for k in [1, 10, 60, 150] {
+                    let answer = index.similar_items(&model, *item, k);
+                    let exact = similar_items(&model, *item, k);
+                    assert_eq!(answer.items, exact, "round {round}, item {}, k {k}", item.0);
+                    if answer.ready_list {
+                        ready += 1;
+                        assert!(
+                            answer.candidates < model.item_count() / 2,
+                            "{}",
+                            answer.candidates
+                        );
+                    }
+                }
+            }
+            ready
+        };
+        // k = 1 scans and leaves a list of 100 that answers k = 10 and 60; k = 150 is beyond
+        // it and scans again, leaving a list of 150 that answers everything after.
+        assert_eq!(check(&model, 0), 2 * targets.len());
+        assert_eq!(check(&model, 0), 4 * targets.len());
+        const { assert!(SIMILAR_CACHED < 150) };
+        let mut ready = 0;
+        for round in 1..=12 {
+            // A few events a round (each moves its item and sampled negatives), one of them on
+            // an item added this round; round 6 rebuilds the snapshot, emptying the tier.
+            fold(&model, round as i64, 2_000 + round as i64);
+            fold(&model, round as i64 + 1, (round as i64 * 131) % 2_000);
+            note(&model);
+            if round == 6 {
+                index.rebuild(&model).unwrap();
+            }
+            ready += check(&model, round);
+        }
+        assert!(ready > 4 * targets.len() * 12 / 2, "lists answered {ready} times");
+    }
+
+    #[test]
+    fn a_moved_target_or_a_rebuild_makes_the_list_scan_again() {
+        use crate::model::{ItemRow, Model, ModelConfig, ModelLock};
+        let model = ModelLock::new(Model::new(ModelConfig::default()).unwrap());
+        for n in 0..600 {
+            model.write().apply(&format!("e{n}"), "u", &format!("i{}", n % 300), n, 1.0);
+        }
+        let config = IndexConfig { full_scan_threshold: 0, ..IndexConfig::default() };
+        let index = Index::new(config);
+        index.note_changed(model.write().take_dirty().1);
+        let item = ItemRow(5);
+        assert!(!index.similar_items(&model.read(), item, 10).ready_list);
+        assert!(index.similar_items(&model.read(), item, 10).ready_list);
+        // The target moves (not noted yet: its own vector tells).
+        model.write().apply("moved", "u", "i5", 1_000, 1.0);
+        assert!(!index.similar_items(&model.read(), item, 10).ready_list);
+        assert!(index.similar_items(&model.read(), item, 10).ready_list);
+        // A rebuild takes rows out of the tier: what changed since the list is unknown.
+        index.note_changed(model.write().take_dirty().1);
+        index.rebuild(&model).unwrap();
+        assert!(!index.similar_items(&model.read(), item, 10).ready_list);
+        // Off: every request scans.
+        let off = Index::new(IndexConfig { similar_lists: 0, ..IndexConfig::default() });
+        for _ in 0..2 {
+            let answer = off.similar_items(&model.read(), item, 10);
+            assert!(!answer.ready_list && answer.candidates == 299);
+        }
     }
 
     #[test]

@@ -10,7 +10,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState, ErrorCode};
-use crate::index::similar_items;
 use crate::model::{ItemRow, Model};
 
 type ApiResult = Result<Json<Value>, ApiError>;
@@ -205,9 +204,13 @@ pub(super) async fn similar(
     let served = state.served();
     let model = served.read();
     let (item_id, row) = item_row(&model, path)?;
-    Ok(Json(
-        json!({ "item_id": item_id, "k": params.k, "items": similar_items(&model, row, params.k) }),
-    ))
+    let answer = served.index.similar_items(&model, row, params.k);
+    Ok(Json(json!({
+        "item_id": item_id,
+        "k": params.k,
+        "items": answer.items,
+        "index": { "ready_list": answer.ready_list, "candidates": answer.candidates },
+    })))
 }
 
 pub(super) async fn item(State(state): State<AppState>, path: ItemPath) -> ApiResult {

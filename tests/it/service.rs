@@ -67,8 +67,14 @@ fn movielens_through_kafka_equals_replay_and_is_served() {
     let (status, item) = get_json(&service.url("/v1/items/242"));
     assert_eq!(status, 200);
     assert_eq!(item["dim"], 64);
-    let (status, _) = get_json(&service.url("/v1/items/242/similar?k=3"));
-    assert_eq!(status, 200);
+    let (status, similar) = get_json(&service.url("/v1/items/242/similar?k=3"));
+    assert_eq!(status, 200, "{similar}");
+    assert_eq!(similar["items"].as_array().unwrap().len(), 3);
+    assert_eq!(similar["index"], json!({ "ready_list": false, "candidates": 1_681 }));
+    // Caught up and quiet: the repeat is answered by the item's ready list, with the same items.
+    let (_, again) = get_json(&service.url("/v1/items/242/similar?k=3"));
+    assert_eq!(again["index"]["ready_list"], json!(true), "{again}");
+    assert_eq!(again["items"], similar["items"]);
     let (status, user) = get_json(&service.url("/v1/users/196"));
     assert_eq!(status, 200);
     assert_eq!(user["vector"].as_array().unwrap().len(), 64);
