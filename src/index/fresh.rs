@@ -17,15 +17,27 @@ impl Fresh {
     /// The view queries read: built by the writer after each change, so that a query neither
     /// locks the writers out nor hashes the tier.
     pub(super) fn view(&self) -> FreshView {
-        let mut entries: Vec<(u32, u64)> =
-            self.rows.iter().map(|(row, sequence)| (*row, *sequence)).collect();
-        entries.sort_unstable_by_key(|(row, _)| *row);
-        let words = entries.last().map_or(0, |(last, _)| *last as usize / 64 + 1);
+        // No sort: the bitset orders the rows. Each row's place is the number of fresh rows
+        // below it (a prefix count of the words before its own plus a popcount inside it).
+        let words = self.rows.keys().max().map_or(0, |last| *last as usize / 64 + 1);
         let mut bits = vec![0u64; words];
-        for (row, _) in &entries {
+        for row in self.rows.keys() {
             bits[*row as usize / 64] |= 1 << (row % 64);
         }
-        let (rows, sequences) = entries.into_iter().unzip();
+        let mut below = Vec::with_capacity(words);
+        let mut count = 0u32;
+        for word in &bits {
+            below.push(count);
+            count += word.count_ones();
+        }
+        let mut rows = vec![0u32; self.rows.len()];
+        let mut sequences = vec![0u64; self.rows.len()];
+        for (row, sequence) in &self.rows {
+            let (word, bit) = (*row as usize / 64, row % 64);
+            let place = below[word] + (bits[word] & ((1u64 << bit) - 1)).count_ones();
+            rows[place as usize] = *row;
+            sequences[place as usize] = *sequence;
+        }
         FreshView { rows, sequences, bits, sequence: self.sequence, generation: self.generation }
     }
 }
