@@ -247,6 +247,9 @@ impl Model {
             self.item_popularity_log.push(f64::NEG_INFINITY);
             self.sync_new_item(item);
         }
+        // What Redis holds of the items this event changes is kept before they change: here the
+        // event's item, in `bpr_step` its negatives and context rows.
+        self.preserve_synced(item);
         let weight = if weight.is_finite() && weight > 0.0 {
             weight.min(self.config.max_event_weight)
         } else {
@@ -330,6 +333,13 @@ impl Model {
         let max_norm = self.config.max_norm;
 
         self.load_query(user);
+        for slot in 0..self.negatives.len() + self.context_rows.len() {
+            let row = match self.negatives.get(slot) {
+                Some(row) => *row,
+                None => self.context_rows[slot - self.negatives.len()],
+            };
+            self.preserve_synced(row);
+        }
         self.query_norm_squared = vector::norm_squared(&self.scratch_user);
         let positive_score = dot(&self.scratch_user, self.items.vector(positive))
             + self.item_bias[positive as usize];

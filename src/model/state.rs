@@ -112,6 +112,21 @@ pub struct ItemDelta {
     pub popularity_log: f64,
 }
 
+impl ItemDelta {
+    /// No change (of an item of dimension `dim`).
+    pub fn none(dim: usize) -> Self {
+        Self {
+            vector: vec![0.0; dim],
+            context: vec![0.0; dim],
+            bias: 0.0,
+            adagrad: 0.0,
+            context_adagrad: 0.0,
+            events: 0,
+            popularity_log: f64::NEG_INFINITY,
+        }
+    }
+}
+
 /// A restore that does not fit the model.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RestoreError {
