@@ -218,9 +218,7 @@ impl Shared {
                 return;
             }
             if let Some(seconds) = served.index.rebuild(&served.model) {
-                build_metrics.index_rebuild_duration.observe(seconds);
-                build_metrics.index_items.set(served.index.snapshot_len() as i64);
-                build_metrics.index_bytes.set(served.index.snapshot_bytes() as i64);
+                build_metrics.index_built(&served.index, seconds);
             }
         })
         .await
@@ -232,11 +230,7 @@ impl Shared {
             .keep_converged(
                 Arc::clone(&generation.served.model),
                 generation.cancel.clone(),
-                move |index, seconds| {
-                    rebuild_metrics.index_rebuild_duration.observe(seconds);
-                    rebuild_metrics.index_items.set(index.snapshot_len() as i64);
-                    rebuild_metrics.index_bytes.set(index.snapshot_bytes() as i64);
-                },
+                move |index, seconds| rebuild_metrics.index_built(index, seconds),
             )
             .context("starting the index rebuild thread")?;
         Ok(())

@@ -369,6 +369,13 @@ impl Metrics {
         })
     }
 
+    /// Records an index build of `seconds` and the snapshot it left.
+    pub fn index_built(&self, index: &crate::index::Index, seconds: f64) {
+        self.index_rebuild_duration.observe(seconds);
+        self.index_items.set(index.snapshot_len() as i64);
+        self.index_bytes.set(index.snapshot_bytes() as i64);
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();

@@ -135,25 +135,11 @@ fn slot_owner(
         .build()?
         .get_connection()?;
     let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query(&mut cluster)?;
-    let ranges: Vec<(i64, i64, (String, i64))> = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query::<Vec<Vec<redis::Value>>>(&mut cluster)?
+    let reply: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut cluster)?;
+    let (host, port) = crate::store::slot_ranges(reply)?
         .into_iter()
-        .filter_map(|range| {
-            let mut fields = range.into_iter();
-            let start = redis::from_redis_value(fields.next()?).ok()?;
-            let end = redis::from_redis_value(fields.next()?).ok()?;
-            let node: Vec<redis::Value> = redis::from_redis_value(fields.next()?).ok()?;
-            let mut node = node.into_iter();
-            let host = redis::from_redis_value(node.next()?).ok()?;
-            let port = redis::from_redis_value(node.next()?).ok()?;
-            Some((start, end, (host, port)))
-        })
-        .collect();
-    let (host, port) = ranges
-        .into_iter()
-        .find(|(start, end, _)| (*start..=*end).contains(&slot))
-        .map(|(_, _, node)| node)
+        .find(|range| u16::try_from(slot).is_ok_and(|slot| range.slots.contains(&slot)))
+        .map(|range| range.master)
         .ok_or_else(|| {
             redis::RedisError::from((
                 redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
@@ -161,7 +147,7 @@ fn slot_owner(
                 format!("slot {slot}"),
             ))
         })?;
-    Ok(seed.set_addr(redis::ConnectionAddr::Tcp(host, u16::try_from(port).unwrap_or_default())))
+    Ok(seed.set_addr(redis::ConnectionAddr::Tcp(host, port)))
 }
 
 fn run_on(

@@ -277,30 +277,50 @@ impl StoreConnection {
 /// The address of every master of the cluster, from `CLUSTER SLOTS` (each slot range:
 /// start, end, then the master's host, port and id, then its replicas).
 async fn masters(cluster: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
-    let ranges: Vec<Value> = redis::from_redis_value(
-        cluster
-            .route_command(
-                redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
-            )
-            .await?,
-    )?;
+    let reply = cluster
+        .route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+        )
+        .await?;
     let mut masters = Vec::new();
-    for range in ranges {
-        let fields: Vec<Value> = redis::from_redis_value(range)?;
-        if let Some(master) = fields.into_iter().nth(2) {
-            let node: Vec<Value> = redis::from_redis_value(master)?;
-            let mut node = node.into_iter();
-            if let (Some(host), Some(port)) = (node.next(), node.next()) {
-                let host: String = redis::from_redis_value(host)?;
-                let port: u16 = redis::from_redis_value(port)?;
-                if !masters.contains(&(host.clone(), port)) {
-                    masters.push((host, port));
-                }
-            }
+    for range in slot_ranges(reply)? {
+        if !masters.contains(&range.master) {
+            masters.push(range.master);
         }
     }
     Ok(masters)
+}
+
+/// One range of a `CLUSTER SLOTS` reply: its first and last slot and its master's host and
+/// port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SlotRange {
+    pub(crate) slots: std::ops::RangeInclusive<u16>,
+    pub(crate) master: (String, u16),
+}
+
+/// The ranges of a `CLUSTER SLOTS` reply (`[[first, last, [host, port, ...], replicas...],
+/// ...]`, <https://redis.io/docs/latest/commands/cluster-slots/>); a range whose fields do not
+/// parse is left out.
+///
+/// # Errors
+/// The reply is not an array.
+pub(crate) fn slot_ranges(reply: Value) -> RedisResult<Vec<SlotRange>> {
+    let ranges: Vec<Vec<Value>> = redis::from_redis_value(reply)?;
+    Ok(ranges
+        .into_iter()
+        .filter_map(|range| {
+            let mut fields = range.into_iter();
+            let first: u16 = redis::from_redis_value(fields.next()?).ok()?;
+            let last: u16 = redis::from_redis_value(fields.next()?).ok()?;
+            let node: Vec<Value> = redis::from_redis_value(fields.next()?).ok()?;
+            let mut node = node.into_iter();
+            let host: String = redis::from_redis_value(node.next()?).ok()?;
+            let port: u16 = redis::from_redis_value(node.next()?).ok()?;
+            Some(SlotRange { slots: first..=last, master: (host, port) })
+        })
+        .collect())
 }
 
 impl ConnectionLike for StoreConnection {
@@ -336,7 +356,7 @@ impl ConnectionLike for StoreConnection {
 
 #[cfg(test)]
 mod tests {
-    use super::is_cluster_redirect;
+    use super::{is_cluster_redirect, slot_ranges, SlotRange};
 
     fn error(reply: &[u8]) -> redis::RedisError {
         redis::parse_redis_value(reply).unwrap().extract_error().unwrap_err()
@@ -355,5 +375,27 @@ mod tests {
         )));
         assert!(!is_cluster_redirect(&error(b"-ERR syntax error\r\n")));
         assert!(!is_cluster_redirect(&redis::RedisError::from(std::io::Error::other("reset"))));
+    }
+
+    #[test]
+    fn cluster_slots_replies_give_each_range_and_its_master() {
+        use redis::Value;
+        let bulk = |text: &str| Value::BulkString(text.as_bytes().to_vec());
+        let node = |port: i64| Value::Array(vec![bulk("10.0.0.1"), Value::Int(port), bulk("id")]);
+        let reply = Value::Array(vec![
+            Value::Array(vec![Value::Int(0), Value::Int(5460), node(7000), node(7003)]),
+            Value::Array(vec![Value::Int(5461), Value::Int(10922)]),
+            Value::Array(vec![Value::Int(10923), Value::Int(16383), node(7002)]),
+        ]);
+        let ranges = slot_ranges(reply).unwrap();
+        assert_eq!(
+            ranges,
+            [
+                SlotRange { slots: 0..=5460, master: ("10.0.0.1".to_owned(), 7000) },
+                SlotRange { slots: 10923..=16383, master: ("10.0.0.1".to_owned(), 7002) },
+            ],
+            "the range without a master is left out"
+        );
+        assert!(slot_ranges(Value::Int(1)).is_err());
     }
 }

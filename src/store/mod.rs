@@ -41,6 +41,7 @@ mod redis_async;
 mod redis_sync;
 pub mod write;
 
+pub(crate) use connection::slot_ranges;
 pub use connection::StoreConnection;
 pub use redis_async::{is_outage, AsyncRedis, RedisUnavailable};
 
