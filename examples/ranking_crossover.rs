@@ -7,7 +7,10 @@
 //! 1682 5000 10000 20000 50000 100000); `--exact-only` times the exact scan alone, without
 //! building the index; `--exact-head=N` sets `index.exact_head` (default 512); `--similar`
 //! times similar items instead (k = 10, 500 items asked for): the scan of every item, the
-//! index's answer from a ready list, and the same after 1% of the items were noted as changed.
+//! index's answer from a ready list, and the same after 1% of the items were noted as changed;
+//! `--fresh-shares=0.1,0.2,...` then times the graph path with those shares of the items in the
+//! fresh tier (noted as changed, so scored row by row), `exact_scan_share` lifted to 1 so that
+//! the graph answers throughout: where it meets the exact scan is the break-even share.
 
 use std::time::Instant;
 
@@ -37,6 +40,12 @@ fn main() {
     let exact_head = std::env::args()
         .find_map(|arg| arg.strip_prefix("--exact-head=").and_then(|n| n.parse().ok()))
         .unwrap_or(IndexConfig::default().exact_head);
+    let fresh_shares: Vec<f64> = std::env::args()
+        .find_map(|arg| {
+            arg.strip_prefix("--fresh-shares=")
+                .map(|list| list.split(',').filter_map(|share| share.parse().ok()).collect())
+        })
+        .unwrap_or_default();
     let sizes =
         if sizes.is_empty() { vec![1_682, 5_000, 10_000, 20_000, 50_000, 100_000] } else { sizes };
     let dim = 64;
@@ -69,6 +78,11 @@ fn main() {
         let index = Index::new(IndexConfig {
             full_scan_threshold: 0,
             exact_head,
+            exact_scan_share: if fresh_shares.is_empty() {
+                IndexConfig::default().exact_scan_share
+            } else {
+                1.0
+            },
             ..IndexConfig::default()
         });
         if std::env::args().any(|arg| arg == "--similar") {
@@ -103,6 +117,24 @@ fn main() {
             candidates / queries as usize
         );
         assert!(sink > 0);
+        let mut noted = 0u64;
+        for share in &fresh_shares {
+            let target = ((share * items as f64) as u64).min(items);
+            index.note_changed((noted..target).map(|n| ItemRow(((n * 7_919 + 13) % items) as u32)));
+            noted = noted.max(target);
+            let started = Instant::now();
+            let mut candidates = 0usize;
+            for (user, excluded) in users.iter().zip(&excluded) {
+                let result = index.top_k(&model, user, 10, excluded);
+                assert!(result.used_ann);
+                candidates += result.candidates;
+            }
+            let index_us = started.elapsed().as_secs_f64() * 1e6 / queries as f64;
+            println!(
+                "fresh share {share}: index {index_us:.1} us, {} candidates",
+                candidates / queries as usize
+            );
+        }
     }
 }
 

@@ -85,13 +85,13 @@ pub struct IndexConfig {
     /// ... and at least this many items (default 256).
     pub rebuild_min_fresh: usize,
     /// Rank by the exact scan, even above `full_scan_threshold`, while the items scored outside
-    /// the graph are more than this share of all items (default 0.2). Under bulk ingest every
+    /// the graph are more than this share of all items (default 0.1). Under bulk ingest every
     /// event moves 33 items and the tier outgrows the graph faster than rebuilds catch up (seen:
     /// 99,791 of 100,000 items); scoring them row by row, plus the graph search, then costs more
-    /// than one contiguous scan. Chosen with hnsw_rs (a graph query over 100,000 items took
-    /// 1.1 ms against 1.6 ms for the scan); with USearch the query takes 0.1 ms against 0.75 ms
-    /// (BENCHMARKS.md, "Ranking"), so the break-even share is higher: not re-measured, the
-    /// default stays on the side of the scan.
+    /// than one contiguous scan. Measured with USearch (`ranking_crossover --fresh-shares`,
+    /// BENCHMARKS.md "Ranking"): the graph path with the tier at a share s costs as much as the
+    /// scan at s = 0.10 to 0.12 (50,000 items) and about 0.15 (100,000); a row scored on its own
+    /// costs five to eight times a row of the contiguous scan.
     pub exact_scan_share: f64,
     /// Least time between the starts of two rebuilds, ms (default 5000): under bulk ingest
     /// every event touches 17 items, and back-to-back rebuilds would take a core from the fold.
@@ -121,7 +121,7 @@ impl Default for IndexConfig {
             ef_search: 64,
             rebuild_fresh_share: 0.1,
             rebuild_min_fresh: 256,
-            exact_scan_share: 0.2,
+            exact_scan_share: 0.1,
             rebuild_interval_ms: 5000,
             build_threads: 1,
             similar_lists: 10_000,
