@@ -102,11 +102,12 @@ pub struct IndexConfig {
     /// of the CPU and the fold ran at a seventh of its speed. 0: rayon's global pool, every
     /// core.
     pub build_threads: usize,
-    /// Items whose similar-items list is kept ready (default 10,000; 0: every request scans).
-    /// A list holds the item's vector and its [`SIMILAR_CACHED`] (100) most similar rows or
-    /// the k asked for if more, about 0.8 KB at dim 64; the least used lists make way (S3-FIFO,
-    /// `quick_cache`). A kept list answers by scoring only its own items and the items changed
-    /// since it was made (`src/index/similar.rs`).
+    /// Similar-items lists kept ready, in lists of [`SIMILAR_CACHED`] (100) rows: a list kept
+    /// for a larger k counts once per 100 rows (default 10,000; 0: every request scans). A
+    /// 100-row list holds the item's vector and its rows, about 0.8 KB at dim 64, so at most
+    /// about 8 MB; the least used lists make way (S3-FIFO, `quick_cache`). A kept list answers
+    /// by scoring only its own items and the items changed since it was made
+    /// (`src/index/similar.rs`).
     pub similar_lists: usize,
 }
 
@@ -146,7 +147,7 @@ pub struct Index {
     /// The most popular items, kept ready by the maintenance thread.
     popular: RwLock<Arc<PopularList>>,
     /// Similar-items lists by item row (`None`: `similar_lists` is 0).
-    similar: Option<quick_cache::sync::Cache<u32, Arc<SimilarList>>>,
+    similar: Option<quick_cache::sync::Cache<u32, Arc<SimilarList>, similar::ListWeight>>,
 }
 
 /// What a query returned and how.
@@ -175,8 +176,10 @@ impl Index {
                     .ok()
             })
             .flatten();
-        let similar =
-            (config.similar_lists > 0).then(|| quick_cache::sync::Cache::new(config.similar_lists));
+        let similar = (config.similar_lists > 0).then(|| {
+            let units = config.similar_lists;
+            quick_cache::sync::Cache::with_weighter(units, units as u64, similar::ListWeight)
+        });
         Self {
             pool,
             similar,
@@ -621,6 +624,30 @@ mod tests {
             ready += check(&model, round);
         }
         assert!(ready > 4 * targets.len() * 12 / 2, "lists answered {ready} times");
+    }
+
+    /// `index.similar_lists` bounds rows kept, not lists: a list for k = 1000 counts ten.
+    #[test]
+    fn lists_kept_for_a_large_k_count_for_more() {
+        use crate::model::{ItemRow, Model, ModelConfig, ModelLock};
+        let model = ModelLock::new(Model::new(ModelConfig::default()).unwrap());
+        for n in 0..1_500 {
+            model.write().apply(&format!("e{n}"), "u", &format!("i{n}"), n, 1.0);
+        }
+        for (units, kept_at_most) in [(20, 2), (10_000, 5)] {
+            let index = Index::new(IndexConfig { similar_lists: units, ..IndexConfig::default() });
+            let model = model.read();
+            for row in 0..5 {
+                assert!(!index.similar_items(&model, ItemRow(row), 1_000).ready_list);
+            }
+            let ready =
+                (0..5).filter(|row| index.similar_items(&model, ItemRow(*row), 1_000).ready_list);
+            let ready = ready.count();
+            assert!(ready <= kept_at_most, "{units} units: {ready} lists of 1,000 kept");
+            if units == 10_000 {
+                assert_eq!(ready, 5);
+            }
+        }
     }
 
     #[test]

@@ -30,6 +30,17 @@ pub struct SimilarAnswer {
     pub candidates: usize,
 }
 
+/// Weighs a list by the [`SIMILAR_CACHED`]-row units it holds (at least one), so that lists
+/// kept for a large k count for more: `index.similar_lists` bounds the units, not the lists.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ListWeight;
+
+impl quick_cache::Weighter<u32, std::sync::Arc<SimilarList>> for ListWeight {
+    fn weight(&self, _row: &u32, list: &std::sync::Arc<SimilarList>) -> u64 {
+        list.rows.len().div_ceil(SIMILAR_CACHED).max(1) as u64
+    }
+}
+
 /// One item's most similar items when the tier's notes stood at `sequence`.
 #[derive(Debug)]
 pub(super) struct SimilarList {
