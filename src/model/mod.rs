@@ -245,7 +245,7 @@ impl Model {
             self.contexts.resize(self.contexts.len() + self.config.dim, 0.0);
             self.context_adagrad.push(0.0);
             self.item_popularity_log.push(f64::NEG_INFINITY);
-            self.sync_new_item(item);
+            self.sync_new_item();
         }
         // What Redis holds of the items this event changes is kept before they change: here the
         // event's item, in `bpr_step` its negatives and context rows.
@@ -333,12 +333,11 @@ impl Model {
         let max_norm = self.config.max_norm;
 
         self.load_query(user);
-        for slot in 0..self.negatives.len() + self.context_rows.len() {
-            let row = match self.negatives.get(slot) {
-                Some(row) => *row,
-                None => self.context_rows[slot - self.negatives.len()],
-            };
-            self.preserve_synced(row);
+        for slot in 0..self.negatives.len() {
+            self.preserve_synced(self.negatives[slot]);
+        }
+        for slot in 0..self.context_rows.len() {
+            self.preserve_synced(self.context_rows[slot]);
         }
         self.query_norm_squared = vector::norm_squared(&self.scratch_user);
         let positive_score = dot(&self.scratch_user, self.items.vector(positive))

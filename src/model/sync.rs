@@ -180,6 +180,7 @@ impl Model {
         if !self.synced.is_held(row) && index < self.items.len() {
             let dim = self.config.dim;
             let scalars = self.current_scalars(index);
+            // The field, not `context_vector`: `self.synced` is borrowed mutably beside it.
             let context = &self.contexts[index * dim..(index + 1) * dim];
             self.synced.hold(row, self.items.vector(row), context, scalars);
         }
@@ -192,7 +193,7 @@ impl Model {
         let dim = self.config.dim;
         let unchanged = self.current_scalars(index) == scalars
             && self.items.vector(row) == vector
-            && self.contexts[index * dim..(index + 1) * dim] == *context;
+            && self.context_vector(ItemRow(row)) == context;
         if unchanged {
             self.synced.release(row, dim);
         } else {
@@ -203,17 +204,9 @@ impl Model {
     /// Records a new item (created by an event, not yet in Redis) as synced at its initial
     /// state, version 0: its first flush sends the whole state and, should another instance
     /// have created it meanwhile from the same seeded initial vector, the change since then.
-    pub(crate) fn sync_new_item(&mut self, row: u32) {
-        let state = self.item_state(ItemRow(row));
+    /// The item is created at that state, so it needs no copy until its first change.
+    pub(crate) fn sync_new_item(&mut self) {
         self.synced.version.push(0);
-        let initial = Scalars {
-            bias: 0.0,
-            adagrad: 0.0,
-            context_adagrad: 0.0,
-            events: 0,
-            popularity_log: f64::NEG_INFINITY,
-        };
-        self.settle_synced(row, &state.vector, &state.context, initial);
     }
 
     /// Records a restored item as synced at the state Redis holds.
@@ -458,6 +451,30 @@ mod tests {
         assert!((added_log(now, before) - 3.0_f64.ln()).abs() < 1e-12);
         assert_eq!(added_log(now, f64::NEG_INFINITY), now);
         assert_eq!(added_log(before, before), f64::NEG_INFINITY);
+    }
+
+    /// A new item is synced at its initial state, version 0: its first delta is everything
+    /// its events did (counts, bias, popularity), and a flush of it leaves no copy behind.
+    #[test]
+    fn a_new_item_s_delta_is_its_whole_change_since_creation() {
+        let mut model = Model::new(ModelConfig { dim: 8, ..ModelConfig::default() }).unwrap();
+        model.apply("e0", "u", "old", 0, 1.0);
+        model.apply("e1", "u", "new", 1, 1.0);
+        let row = model.item_row("new").unwrap();
+        let state = model.item_state(row);
+        let delta = model.item_delta(row);
+        assert_eq!(state.version, 0);
+        assert_eq!(delta.events, state.events);
+        assert_eq!(delta.bias, state.bias);
+        assert_eq!(delta.popularity_log, state.popularity_log);
+        assert!(delta.vector.iter().any(|x| *x != 0.0), "the event moved q");
+        let (_, dirty) = model.take_dirty();
+        for row in dirty {
+            let state = model.item_state(row);
+            model.mark_item_synced(&state);
+        }
+        assert_eq!(model.synced.changed_len(), 0);
+        assert_eq!(model.item_delta(row), ItemDelta::none(8));
     }
 
     /// A catch-up changes every item, a flush then syncs most of them: the slab of copies is
