@@ -1,6 +1,7 @@
 //! Where the exact scan stops being cheaper than the HNSW index (BENCHMARKS.md, "Ranking"):
 //! for catalogues of several sizes (synthetic clustered item vectors, dim 64, the default
-//! index settings), the mean time of one top-10 query by `exact_top_k` (every item) and by
+//! index settings), the mean time of one top-10 query by `exact_top_k` (every item), by
+//! `bounded_top_k` (the same answer from the 8-bit copy, with the rows it re-scored) and by
 //! `Index::top_k` on a fresh snapshot (`full_scan_threshold = 0`), 50 seen items excluded.
 //!
 //! Usage: `ranking_crossover [--exact-only] [--exact-head=N] [--similar] [sizes...]` (default
@@ -11,10 +12,12 @@
 //! `--fresh-shares=0.1,0.2,...` then times the graph path with those shares of the items in the
 //! fresh tier (noted as changed, so scored row by row), `exact_scan_share` lifted to 1 so that
 //! the graph answers throughout: where it meets the exact scan is the break-even share.
+//! `--events-between=N` (with `--exact-only`) then times the bounded scan with N events folded
+//! before each of 200 queries (the items they moved are re-quantised by the query).
 
 use std::time::Instant;
 
-use embedstream::index::{exact_top_k, similar_items, Excluded, Index, IndexConfig};
+use embedstream::index::{bounded_top_k, exact_top_k, similar_items, Excluded, Index, IndexConfig};
 use embedstream::model::{ItemRow, ItemState, Model, ModelConfig};
 
 fn noise(seed: u64) -> f32 {
@@ -40,6 +43,10 @@ fn main() {
     let exact_head = std::env::args()
         .find_map(|arg| arg.strip_prefix("--exact-head=").and_then(|n| n.parse().ok()))
         .unwrap_or(IndexConfig::default().exact_head);
+    // `--events-between=N`: also time the bounded scan with N events folded before each query.
+    let events_between: u64 = std::env::args()
+        .find_map(|arg| arg.strip_prefix("--events-between=").and_then(|n| n.parse().ok()))
+        .unwrap_or(0);
     let fresh_shares: Vec<f64> = std::env::args()
         .find_map(|arg| {
             arg.strip_prefix("--fresh-shares=")
@@ -53,7 +60,7 @@ fn main() {
     if std::env::args().any(|arg| arg == "--similar") {
         println!("items,scan_us,ready_us,ready_candidates,ready_after_1pct_us,after_candidates");
     } else {
-        println!("items,build_s,exact_us,index_us,index_candidates");
+        println!("items,build_s,exact_us,bounded_us,bounded_rescored,index_us,index_candidates");
     }
     for items in sizes {
         let mut model = Model::new(ModelConfig { dim, ..ModelConfig::default() }).expect("model");
@@ -74,6 +81,7 @@ fn main() {
                 })
                 .expect("restore");
         }
+        model.requantize();
         let model = embedstream::model::ModelLock::new(model);
         let index = Index::new(IndexConfig {
             full_scan_threshold: 0,
@@ -90,7 +98,8 @@ fn main() {
             continue;
         }
         let build = if exact_only { 0.0 } else { index.rebuild(&model).unwrap_or(0.0) };
-        let model = model.read();
+        let lock = model;
+        let model = lock.read();
         let users: Vec<Vec<f32>> =
             (0..queries).map(|user| clustered(dim, user * 13 + 5, 0.3)).collect();
         let excluded: Vec<Excluded> = (0..queries)
@@ -105,6 +114,14 @@ fn main() {
         }
         let exact_us = started.elapsed().as_secs_f64() * 1e6 / queries as f64;
         let started = Instant::now();
+        let mut rescored = 0usize;
+        for (user, excluded) in users.iter().zip(&excluded) {
+            let (items, scored) = bounded_top_k(&model, user, 10, excluded);
+            sink += items.len();
+            rescored += scored;
+        }
+        let bounded_us = started.elapsed().as_secs_f64() * 1e6 / queries as f64;
+        let started = Instant::now();
         let mut candidates = 0usize;
         for (user, excluded) in users.iter().zip(&excluded).filter(|_| !exact_only) {
             let result = index.top_k(&model, user, 10, excluded);
@@ -113,10 +130,53 @@ fn main() {
         }
         let index_us = started.elapsed().as_secs_f64() * 1e6 / queries as f64;
         println!(
-            "{items},{build:.1},{exact_us:.1},{index_us:.1},{}",
+            "{items},{build:.1},{exact_us:.1},{bounded_us:.1},{},{index_us:.1},{}",
+            rescored / queries as usize,
             candidates / queries as usize
         );
         assert!(sink > 0);
+        if events_between > 0 {
+            // Under ingest: events folded between two queries (untimed) move 17 or more items
+            // each, and the next query re-quantises them before it scans.
+            drop(model);
+            let (mut elapsed, mut again) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+            let (mut stale, mut rescored) = (0, 0);
+            for (query, (user, excluded)) in users.iter().zip(&excluded).enumerate().take(200) {
+                {
+                    let mut writer = lock.write();
+                    for n in 0..events_between {
+                        let event = query as u64 * events_between + n;
+                        writer.apply(
+                            &format!("x{event}"),
+                            &format!("u{}", event % 5_000),
+                            &format!("i{}", (event * 7_919) % items),
+                            1,
+                            1.0,
+                        );
+                    }
+                }
+                let reader = lock.read();
+                stale += reader.unquantized_items();
+                let started = Instant::now();
+                let (items, scored) = bounded_top_k(&reader, user, 10, excluded);
+                elapsed += started.elapsed();
+                sink += items.len();
+                rescored += scored;
+                let started = Instant::now();
+                sink += bounded_top_k(&reader, user, 10, excluded).0.len();
+                again += started.elapsed();
+            }
+            println!(
+                "{events_between} events between queries: bounded {:.1} us ({} rows re-quantised, \
+                 {} re-scored), the same query again {:.1} us",
+                elapsed.as_secs_f64() * 1e6 / 200.0,
+                stale / 200,
+                rescored / 200,
+                again.as_secs_f64() * 1e6 / 200.0
+            );
+            assert!(sink > 0);
+            continue;
+        }
         let mut noted = 0u64;
         for share in &fresh_shares {
             let target = ((share * items as f64) as u64).min(items);

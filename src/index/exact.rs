@@ -7,6 +7,8 @@ use std::collections::BinaryHeap;
 
 use serde::Serialize;
 
+use crate::model::quantized::{rounding_slack, QuantizedQuery};
+use crate::model::vector::dot_i8_rows;
 use crate::model::{dot, dot_rows, ItemRow, Model};
 
 /// One ranked item.
@@ -114,6 +116,16 @@ impl TopK {
         }
         self.heap.len() < self.k
             || self.heap.peek().is_some_and(|worst| Entry { score, row }.beats(worst))
+    }
+
+    /// The score a candidate must reach to be kept once `k` are held (the worst kept);
+    /// negative infinity before.
+    #[inline]
+    fn floor(&self) -> f32 {
+        match self.heap.peek() {
+            Some(worst) if self.heap.len() == self.k => worst.score,
+            _ => f32::NEG_INFINITY,
+        }
     }
 
     /// Offers a candidate not in `excluded`.
@@ -228,6 +240,95 @@ pub fn exact_top_k(model: &Model, user: &[f32], k: usize, excluded: &Excluded) -
     top.into_items(model)
 }
 
+/// The same answer as [`exact_top_k`] from a scan of the item matrix's 8-bit copy (a quarter
+/// of the bytes: the float scan of a large catalogue waits on memory) with exact float
+/// re-scoring of the rows that may belong in the top k. Each row's integer estimate comes with
+/// a bound on its distance from the float score (`model/quantized.rs`); the scan keeps the k
+/// best lower bounds and re-scores the rows whose upper bound reaches the k-th of them (rows
+/// with a value that is not finite have an infinite bound and are always re-scored). The rows
+/// changed since the last query are re-quantised first. Returns the items and the number of
+/// rows re-scored in float. With more than a 64th of the rows changed since the copy was
+/// brought up to date (bulk ingest between two index ticks), it scans the floats instead.
+pub fn bounded_top_k(
+    model: &Model,
+    query: &[f32],
+    k: usize,
+    excluded: &Excluded,
+) -> (Vec<ScoredItem>, usize) {
+    let dim = model.dim();
+    // Re-quantising a changed row costs about 50 times scanning one (it is read from memory
+    // at random): past a 64th of the catalogue, the float scan is cheaper.
+    let quantized = model.quantized_items(model.item_count() / 64);
+    let quantized_query = QuantizedQuery::new(query);
+    let (Some(quantized), Some(quantized_query)) = (quantized, quantized_query) else {
+        return (exact_top_k(model, query, k, excluded), model.item_count());
+    };
+    if query.len() != dim || dim == 0 || k == 0 {
+        return (exact_top_k(model, query, k, excluded), model.item_count());
+    }
+    let rows = model.item_count().min(quantized.scales.len());
+    let biases = model.item_biases();
+    let (t, td, eq, qn) = (
+        quantized_query.scale,
+        quantized_query.norm_of_codes,
+        quantized_query.error,
+        quantized_query.norm,
+    );
+    let slack = rounding_slack(dim);
+    let mut lower = TopK::new(k);
+    let mut floor = f32::NEG_INFINITY;
+    let mut candidates: Vec<(f32, u32)> = Vec::new();
+    const BLOCK: usize = 256;
+    let (mut integers, mut estimates, mut widths) = ([0i32; BLOCK], [0f32; BLOCK], [0f32; BLOCK]);
+    let mut block_start = 0;
+    while block_start < rows {
+        let block_end = (block_start + BLOCK).min(rows);
+        let block = block_start..block_end;
+        let integers = &mut integers[..block.len()];
+        dot_i8_rows(
+            &quantized_query.codes,
+            &quantized.codes[block.start * dim..block.end * dim],
+            integers,
+        );
+        // Bounds for the whole block first (a loop the compiler vectorises), then the rare
+        // row that may reach the top k.
+        for ((((estimate, width), integer), (scale, error)), (norm, bias)) in estimates
+            .iter_mut()
+            .zip(widths.iter_mut())
+            .zip(integers.iter())
+            .zip(quantized.scales[block.clone()].iter().zip(&quantized.errors[block.clone()]))
+            .zip(quantized.norms[block.clone()].iter().zip(&biases[block.clone()]))
+        {
+            *estimate = t * scale * *integer as f32 + bias;
+            *width = td * error + eq * norm + slack * (qn * norm + bias.abs());
+        }
+        for (offset, (estimate, width)) in
+            estimates.iter().zip(&widths).take(block.len()).enumerate()
+        {
+            // A NaN upper bound (an infinite width times a zero) is kept.
+            let upper = estimate + width;
+            if upper >= floor || upper.is_nan() {
+                let row = (block.start + offset) as u32;
+                lower.offer(estimate - width, row, excluded);
+                floor = lower.floor();
+                candidates.push((estimate + width, row));
+            }
+        }
+        block_start = block_end;
+    }
+    let mut top = TopK::new(k);
+    let mut rescored = 0;
+    for (upper, row) in candidates {
+        if upper >= floor || upper.is_nan() {
+            rescored += 1;
+            score_row(model, query, row, excluded, &mut top);
+        }
+    }
+    // Rows added to the model but not yet to its copy (none while the copy is kept in step).
+    scan_rows(model, query, rows..model.item_count(), excluded, &mut top);
+    (top.into_items(model), rescored + (model.item_count() - rows))
+}
+
 /// Top k by decayed popularity (the cold-start fallback).
 pub fn popular_top_k(model: &Model, k: usize, excluded: &Excluded) -> Vec<ScoredItem> {
     let mut top = TopK::new(k);
@@ -303,6 +404,133 @@ mod tests {
                 top.heap.into_sorted_vec().into_iter().map(|e| (e.score, e.row)).collect();
             assert_eq!(kept, sorted_top(&scores, k, &excluded), "k = {k}");
         }
+    }
+
+    /// A model of `items` restored items: vectors from `vector(row)`, biases from `bias(row)`.
+    fn restored(items: u32, vector: impl Fn(u32) -> Vec<f32>, bias: impl Fn(u32) -> f32) -> Model {
+        let config = crate::model::ModelConfig { dim: 16, ..crate::model::ModelConfig::default() };
+        let mut model = Model::new(config).unwrap();
+        for row in 0..items {
+            model
+                .restore_item(crate::model::ItemState {
+                    id: format!("i{row}"),
+                    row,
+                    vector: vector(row),
+                    context: vec![0.0; 16],
+                    adagrad: 0.0,
+                    context_adagrad: 0.0,
+                    bias: bias(row),
+                    events: 1,
+                    last_ts: 0,
+                    popularity_log: 0.0,
+                    version: 1,
+                })
+                .unwrap();
+        }
+        model.requantize();
+        model
+    }
+
+    fn noise(seed: u64) -> f32 {
+        let mixed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29) ^ 0xA5A5_5A5A;
+        let mixed = mixed.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        ((mixed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn assert_bounded_equals_exact(model: &Model, query: &[f32], what: &str) {
+        for k in [1, 10, 100, 10_000] {
+            for excluded in
+                [Excluded::none(), Excluded::from_rows((0..model.item_count() as u32).step_by(7))]
+            {
+                let (items, rescored) = bounded_top_k(model, query, k, &excluded);
+                assert_eq!(items, exact_top_k(model, query, k, &excluded), "{what}, k = {k}");
+                assert!(rescored <= model.item_count());
+            }
+        }
+    }
+
+    #[test]
+    fn the_bounded_scan_returns_the_float_scans_answer() {
+        let dim = 16;
+        // Spread vectors, a few norms that dwarf the rest, and biases that decide.
+        let model = restored(
+            3_000,
+            |row| {
+                let scale = if row % 97 == 0 { 50.0 } else { 1.0 };
+                (0..dim).map(|d| scale * noise(u64::from(row) * 31 + d as u64)).collect()
+            },
+            |row| noise(u64::from(row) + 7) * 0.1,
+        );
+        for seed in 0..20u64 {
+            let query: Vec<f32> = (0..dim).map(|d| noise(seed * 1_000 + d as u64)).collect();
+            assert_bounded_equals_exact(&model, &query, &format!("query {seed}"));
+        }
+        assert_bounded_equals_exact(&model, &vec![0.0; dim], "zero query");
+        let (_, rescored) = bounded_top_k(&model, &[0.5; 16], 10, &Excluded::none());
+        assert!(rescored < 300, "the bound should prune most rows, re-scored {rescored}");
+    }
+
+    #[test]
+    fn the_bounded_scan_breaks_ties_like_the_float_scan() {
+        // Groups of identical items (equal scores: ties go to the lower row), zero vectors,
+        // values near the bottom of the float range.
+        let model = restored(
+            600,
+            |row| match row % 5 {
+                0 => vec![0.0; 16],
+                1 => vec![1e-30; 16],
+                _ => (0..16).map(|d| noise(u64::from(row % 13) * 16 + d)).collect(),
+            },
+            |row| if row % 3 == 0 { 0.0 } else { 0.25 },
+        );
+        for seed in 0..10u64 {
+            let query: Vec<f32> = (0..16).map(|d| noise(seed * 977 + d as u64)).collect();
+            assert_bounded_equals_exact(&model, &query, &format!("query {seed}"));
+        }
+    }
+
+    #[test]
+    fn rows_changed_between_queries_are_requantised_by_the_next_query() {
+        let dim = 16;
+        let mut model = restored(
+            4_000,
+            |row| (0..dim).map(|d| noise(u64::from(row) * 17 + d as u64)).collect(),
+            |_| 0.0,
+        );
+        assert_eq!(model.unquantized_items(), 0);
+        for round in 0..5u32 {
+            model.apply(
+                &format!("e{round}"),
+                &format!("u{}", round % 3),
+                &format!("i{round}"),
+                1,
+                1.0,
+            );
+            let stale = model.unquantized_items();
+            assert!(stale > 0 && stale <= 4_000 / 64, "one event moved {stale} rows");
+            for user in 0..=(round as usize).min(2) {
+                let row = model.user_row(&format!("u{user}")).unwrap();
+                let query = model.query_vector(row);
+                assert_bounded_equals_exact(&model, &query, &format!("round {round}, user {user}"));
+                let (_, rescored) = bounded_top_k(&model, &query, 10, &Excluded::none());
+                assert!(rescored < 4_000, "the copy answered, re-scored {rescored}");
+            }
+            assert_eq!(model.unquantized_items(), 0);
+            assert!(model.quantized_items(0).unwrap().matches(model.item_matrix()));
+        }
+        // More changed rows than a query re-quantises (a 64th of the catalogue): the floats are
+        // scanned, the same answer, and the rows wait for the catch-up.
+        for n in 0..20u32 {
+            model.apply(&format!("bulk{n}"), "u0", &format!("i{}", n * 7), 2, 1.0);
+        }
+        let stale = model.unquantized_items();
+        assert!(stale > 4_000 / 64);
+        let query = model.query_vector(model.user_row("u0").unwrap());
+        assert_bounded_equals_exact(&model, &query, "bulk");
+        let (_, rescored) = bounded_top_k(&model, &query, 10, &Excluded::none());
+        assert_eq!((rescored, model.unquantized_items()), (4_000, stale));
+        model.requantize();
+        assert!(model.quantized_items(0).unwrap().matches(model.item_matrix()));
     }
 
     #[test]

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::{ItemRow, Model, ModelLock};
 
-pub use exact::{exact_top_k, popular_top_k, similar_items, Excluded, ScoredItem};
+pub use exact::{bounded_top_k, exact_top_k, popular_top_k, similar_items, Excluded, ScoredItem};
 use fresh::{Fresh, FreshView};
 use popular::PopularList;
 pub use popular::POPULAR_CACHED;
@@ -373,7 +373,8 @@ impl Index {
 
     /// Rebuilds whenever [`Index::needs_rebuild`] says so, busy or quiet, on a thread of its
     /// own, looking every [`REBUILD_CHECK_INTERVAL`] until `cancel`; the popular list is kept
-    /// ready on the same thread ([`Index::refresh_popular`]); `on_built` gets each
+    /// ready on the same thread ([`Index::refresh_popular`]), as is the exact scan's 8-bit copy
+    /// of the item matrix ([`crate::model::Model::requantize`]); `on_built` gets each
     /// build's duration in seconds. A quiet service thus converges to a snapshot covering the
     /// catalogue without any event arriving.
     ///
@@ -391,6 +392,8 @@ impl Index {
                 let item_count = {
                     let model = model.read();
                     index.refresh_popular(&model);
+                    // The exact scan's 8-bit copy catches up with the rows the fold changed.
+                    model.requantize();
                     model.item_count()
                 };
                 if index.needs_rebuild(item_count) {
@@ -441,7 +444,7 @@ impl Index {
             self.graph_candidates(snapshot, query, k, excluded).map(|hits| (snapshot, hits))
         });
         let Some((snapshot, mut hits)) = hits else {
-            let items = exact_top_k(model, query, k, excluded);
+            let (items, _) = exact::bounded_top_k(model, query, k, excluded);
             return QueryResult { candidates: item_count, items, used_ann: false };
         };
         let indexed = snapshot.len().min(item_count);

@@ -18,12 +18,13 @@
 
 mod config;
 mod digest;
+pub(crate) mod quantized;
 mod query;
 mod recency;
 mod state;
 mod sync;
 mod table;
-mod vector;
+pub(crate) mod vector;
 
 use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -110,7 +111,7 @@ impl Model {
         let dim = config.dim;
         Ok(Self {
             users: Table::new(dim),
-            items: Table::new(dim),
+            items: Table::with_quantized(dim),
             item_bias: Vec::new(),
             contexts: Vec::new(),
             context_weights: query::weight_table(&config),
@@ -194,6 +195,28 @@ impl Model {
     /// All item vectors, row-major, `item_count() x dim`.
     pub fn item_matrix(&self) -> &[f32] {
         &self.items.vectors
+    }
+
+    /// The 8-bit copy of the item matrix with its error bounds (see `quantized.rs`), the
+    /// rows changed since it was last brought up to date re-quantised first, or `None` when
+    /// more than `budget` rows changed (see [`Model::requantize`]).
+    pub(crate) fn quantized_items(
+        &self,
+        budget: usize,
+    ) -> Option<parking_lot::RwLockReadGuard<'_, quantized::Quantized>> {
+        self.items.quantized(budget)
+    }
+
+    /// Brings the 8-bit copy of the item matrix up to date (the index thread's catch-up, every
+    /// few hundred milliseconds: under bulk ingest more rows change between two queries than
+    /// a query should re-quantise itself).
+    pub fn requantize(&self) {
+        self.items.requantize();
+    }
+
+    /// Item rows changed since a reader last asked for the 8-bit copy.
+    pub fn unquantized_items(&self) -> usize {
+        self.items.unquantized()
     }
 
     /// All item biases b_i, by row (length `item_count()`).

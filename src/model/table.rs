@@ -4,6 +4,22 @@ use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+use parking_lot::{RwLock, RwLockReadGuard};
+
+use super::quantized::Quantized;
+
+/// A table's 8-bit mirror, behind a lock of its own: the writer (holding the model for
+/// writing) marks rows as changed without locking, readers (holding it for reading)
+/// re-quantise them under this lock.
+#[derive(Debug, Default)]
+pub(crate) struct Mirror(RwLock<Quantized>);
+
+impl Clone for Mirror {
+    fn clone(&self) -> Self {
+        Self(RwLock::new(self.0.read().clone()))
+    }
+}
+
 /// Dense storage of one kind of entity (users or items): id to row, and per-row vectors and
 /// counters in flat arrays, rows in order of first appearance.
 ///
@@ -21,12 +37,19 @@ pub(crate) struct Table {
     pub(crate) last_ts: Vec<i64>,
     /// Row-wise AdaGrad accumulators (see `Model::adapt`).
     pub(crate) adagrad: Vec<f32>,
+    /// The 8-bit mirror of `vectors` (items only: the bounded scan reads it).
+    pub(crate) quantized: Option<Mirror>,
     dim: usize,
 }
 
 impl Table {
     pub(crate) fn new(dim: usize) -> Self {
         Self { dim, ..Self::default() }
+    }
+
+    /// A table whose vectors keep an 8-bit mirror ([`Quantized`]).
+    pub(crate) fn with_quantized(dim: usize) -> Self {
+        Self { dim, quantized: Some(Mirror(RwLock::new(Quantized::new(dim)))), ..Self::default() }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -59,6 +82,9 @@ impl Table {
         self.events.push(0);
         self.last_ts.push(i64::MIN);
         self.adagrad.push(0.0);
+        if let Some(Mirror(quantized)) = &mut self.quantized {
+            quantized.get_mut().push();
+        }
         (row, true)
     }
 
@@ -76,6 +102,9 @@ impl Table {
         self.events.push(events);
         self.last_ts.push(last_ts);
         self.adagrad.push(adagrad);
+        if let Some(Mirror(quantized)) = &mut self.quantized {
+            quantized.get_mut().push();
+        }
         row
     }
 
@@ -92,6 +121,9 @@ impl Table {
         self.events.swap_remove(index);
         self.last_ts.swap_remove(index);
         self.adagrad.swap_remove(index);
+        if let Some(Mirror(quantized)) = &mut self.quantized {
+            quantized.get_mut().swap_remove(row);
+        }
         if index != last {
             let (dim, moved_start) = (self.dim, last * self.dim);
             self.vectors.copy_within(moved_start..moved_start + dim, index * dim);
@@ -110,9 +142,46 @@ impl Table {
         &self.vectors[start..start + self.dim]
     }
 
+    /// The row's vector for writing: its 8-bit copy, if any, goes stale until a reader asks
+    /// for it ([`Table::quantized`]).
     pub(crate) fn vector_mut(&mut self, row: u32) -> &mut [f32] {
+        if let Some(Mirror(quantized)) = &mut self.quantized {
+            quantized.get_mut().invalidate(row);
+        }
         let start = row as usize * self.dim;
         &mut self.vectors[start..start + self.dim]
+    }
+
+    /// The 8-bit mirror of the vectors, once the rows changed since it was last brought up to
+    /// date are re-quantised, by this reader, when there are at most `budget` of them (the
+    /// writer only marks rows as changed, so a stream folded with nobody asking pays nothing,
+    /// and a row changed many times between two queries is re-quantised once). `None` when
+    /// there are more (the caller scans the floats; [`Table::requantize`] catches up).
+    pub(crate) fn quantized(&self, budget: usize) -> Option<RwLockReadGuard<'_, Quantized>> {
+        let Mirror(quantized) = self.quantized.as_ref()?;
+        let stale = quantized.read().stale_rows();
+        if stale > budget {
+            return None;
+        }
+        if stale > 0 {
+            quantized.write().refresh(&self.vectors);
+        }
+        Some(quantized.read())
+    }
+
+    /// Re-quantises every row of the mirror changed since it was last brought up to date
+    /// (a background thread's catch-up; readers need only the table's read access).
+    pub(crate) fn requantize(&self) {
+        if let Some(Mirror(quantized)) = &self.quantized {
+            if quantized.read().stale_rows() > 0 {
+                quantized.write().refresh(&self.vectors);
+            }
+        }
+    }
+
+    /// Rows whose 8-bit copy is stale.
+    pub(crate) fn unquantized(&self) -> usize {
+        self.quantized.as_ref().map_or(0, |Mirror(quantized)| quantized.read().stale_rows())
     }
 
     /// Rows in ascending id order: the canonical order of digests and snapshots.

@@ -67,6 +67,133 @@ impl pulp::WithSimd for DotRows<'_> {
     }
 }
 
+/// `out[r] = sum_j query[j] * codes[r * query.len() + j]`, exactly (integer arithmetic: any
+/// summation order gives the same result), for as many rows as `out` holds: the integer
+/// estimate of the bounded scan (`quantized.rs`), with one dispatch for all of them.
+pub(crate) fn dot_i8_rows(query: &[i16], codes: &[i8], out: &mut [i32]) {
+    ARCH.dispatch(DotI8Rows { query, codes, out });
+}
+
+struct DotI8Rows<'a> {
+    query: &'a [i16],
+    codes: &'a [i8],
+    out: &'a mut [i32],
+}
+
+impl pulp::WithSimd for DotI8Rows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let Self { query, codes, out } = self;
+        if query.is_empty() {
+            out.fill(0);
+            return;
+        }
+        for (score, row) in out.iter_mut().zip(codes.chunks_exact(query.len())) {
+            *score = row.iter().zip(query).map(|(c, d)| i32::from(*c) * i32::from(*d)).sum();
+        }
+    }
+}
+
+/// Symmetric int8 quantisation of `vector` into `codes` (c_j = round(x_j / s), s = max |x_j| /
+/// 127): returns (s, e, n) with e >= ||x - s c|| and n >= ||x|| (exact values), or `None` when a
+/// value is not finite.
+///
+/// Both norms are taken of scaled values (x / max and x / s, within [-128, 128]), so that no
+/// square underflows or overflows. A float32 sum of d squares is within (d + 2) epsilon of its
+/// value (Higham, "Accuracy and Stability of Numerical Algorithms", 2002, section 3.1); each
+/// scaled value x_j * (1 / s) is within 2^-15 of x_j / s, so the residual in code units is
+/// within sqrt(d) 2^-15 of the computed one; a few more epsilons cover the final products.
+/// Rows whose largest value is below 1e-30 are stored as zero codes with e = n.
+pub(crate) fn quantize_i8(vector: &[f32], codes: &mut [i8]) -> Option<(f32, f32, f32)> {
+    ARCH.dispatch(QuantizeI8 { vector, codes })
+}
+
+struct QuantizeI8<'a> {
+    vector: &'a [f32],
+    codes: &'a mut [i8],
+}
+
+/// Sum over fixed lanes (so that it vectorises) of `square(x_j, c_j)` for the pairs of
+/// `vector` and `codes`.
+#[inline(always)]
+fn lane_sum(vector: &[f32], codes: &[i8], term: impl Fn(f32, i8) -> f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let (xs, cs) = (vector.chunks_exact(LANES), codes.chunks_exact(LANES));
+    let tail: f32 = xs.remainder().iter().zip(cs.remainder()).map(|(x, c)| term(*x, *c)).sum();
+    for (x, c) in xs.zip(cs) {
+        for lane in 0..LANES {
+            lanes[lane] += term(x[lane], c[lane]);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+impl pulp::WithSimd for QuantizeI8<'_> {
+    type Output = Option<(f32, f32, f32)>;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> Self::Output {
+        let Self { vector, codes } = self;
+        // The largest magnitude, and whether every value is finite (a NaN or infinity makes the
+        // lane sum of x * 0 a NaN).
+        let (mut max, mut poison) = ([0.0f32; LANES], [0.0f32; LANES]);
+        let chunks = vector.chunks_exact(LANES);
+        let mut finite = chunks.remainder().iter().all(|x| x.is_finite());
+        let tail_max = chunks.remainder().iter().fold(0.0f32, |max, x| max.max(x.abs()));
+        for x in chunks {
+            for lane in 0..LANES {
+                max[lane] = max[lane].max(x[lane].abs());
+                poison[lane] += x[lane] * 0.0;
+            }
+        }
+        finite &= poison.iter().all(|lane| *lane == 0.0);
+        let max = max.iter().fold(tail_max, |max, lane| max.max(*lane));
+        if !finite {
+            return None;
+        }
+        codes.fill(0);
+        if max == 0.0 {
+            return Some((0.0, 0.0, 0.0));
+        }
+        let dim = vector.len() as f32;
+        let inflate = 1.0 + (dim + 8.0) * f32::EPSILON;
+        let to_unit = 1.0 / max;
+        let norm = (lane_sum(vector, codes, |x, _| (x * to_unit) * (x * to_unit)).sqrt() * inflate
+            + dim.sqrt() * f32::EPSILON)
+            * max
+            * inflate;
+        if max < 1e-30 {
+            return Some((0.0, next_up(norm), next_up(norm)));
+        }
+        let scale = max / 127.0;
+        let to_codes = 1.0 / scale;
+        // |x / s| <= 127 up to rounding, so the saturating cast never reaches -128.
+        for (code, x) in codes.iter_mut().zip(vector) {
+            *code = (x * to_codes).round() as i8;
+        }
+        let residual = lane_sum(vector, codes, |x, c| {
+            let residual = x * to_codes - f32::from(c);
+            residual * residual
+        });
+        let error = (residual.sqrt() * inflate + dim.sqrt() * (1.0 / 32_768.0)) * scale * inflate;
+        Some((scale, next_up(error), next_up(norm)))
+    }
+}
+
+/// The next float32 above a non-negative `value` (infinity and NaN unchanged): `f32::next_up`
+/// for the minimum supported Rust version.
+pub(crate) fn next_up(value: f32) -> f32 {
+    if value == 0.0 {
+        f32::from_bits(1)
+    } else if value.is_finite() && value > 0.0 {
+        f32::from_bits(value.to_bits() + 1)
+    } else {
+        value
+    }
+}
+
 /// Rows [`dot_rows`] scores together.
 const ROWS_AT_ONCE: usize = 4;
 
