@@ -256,16 +256,16 @@ pub fn bounded_top_k(
     excluded: &Excluded,
 ) -> (Vec<ScoredItem>, usize) {
     let dim = model.dim();
+    let float_scan = || (exact_top_k(model, query, k, excluded), model.item_count());
+    if query.len() != dim || dim == 0 || k == 0 {
+        return float_scan();
+    }
+    let Some(quantized_query) = QuantizedQuery::new(query) else { return float_scan() };
     // Re-quantising a changed row costs about 50 times scanning one (it is read from memory
     // at random): past a 64th of the catalogue, the float scan is cheaper.
-    let quantized = model.quantized_items(model.item_count() / 64);
-    let quantized_query = QuantizedQuery::new(query);
-    let (Some(quantized), Some(quantized_query)) = (quantized, quantized_query) else {
-        return (exact_top_k(model, query, k, excluded), model.item_count());
+    let Some(quantized) = model.quantized_items(model.item_count() / 64) else {
+        return float_scan();
     };
-    if query.len() != dim || dim == 0 || k == 0 {
-        return (exact_top_k(model, query, k, excluded), model.item_count());
-    }
     let rows = model.item_count().min(quantized.scales.len());
     let biases = model.item_biases();
     let (t, td, eq, qn) = (
@@ -311,7 +311,7 @@ pub fn bounded_top_k(
                 let row = (block.start + offset) as u32;
                 lower.offer(estimate - width, row, excluded);
                 floor = lower.floor();
-                candidates.push((estimate + width, row));
+                candidates.push((upper, row));
             }
         }
         block_start = block_end;
