@@ -49,6 +49,18 @@ use snapshot::Snapshot;
 /// How often the maintenance thread ([`Index::keep_converged`]) looks at the fresh tier.
 pub const REBUILD_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How often the maintenance thread brings the exact scan's 8-bit copy up to date. Under
+/// ingest of 1,000 events a second about 33,000 rows change a second: every 20 ms leaves
+/// about 660 stale rows, under the 1,562 (a 64th of 100,000 items) a query re-quantises
+/// itself, where every 250 ms left about 8,000 and sent queries to the float scan.
+pub const REQUANTIZE_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The longest span over which the rate of change is measured to predict how many rows a
+/// build would see change (`Index::build_would_land_stale`): long enough that a flush holding
+/// the fold for a few seconds (no notes meanwhile) does not read as a quiet stream, short
+/// enough that a burst that has ended stops counting within two rebuild intervals.
+const CHANGE_RATE_WINDOW: Duration = Duration::from_secs(10);
+
 /// Resolution of the note history (`Index::build_would_land_stale`).
 const NOTE_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -148,9 +160,8 @@ pub struct Index {
     fresh_view: RwLock<Arc<FreshView>>,
     building: Mutex<bool>,
     last_build_started: Mutex<Option<Instant>>,
-    /// How long the last build took (seconds) and whether, when it landed, more rows had
-    /// changed during it than `exact_scan_share` of the catalogue (it was never used).
-    last_build: Mutex<Option<(f64, bool)>>,
+    /// How long the last build took and how many items it indexed.
+    last_build: Mutex<Option<LastBuild>>,
     /// (when, note sequence) sampled at most every [`NOTE_SAMPLE_INTERVAL`] by `note_changed`,
     /// kept for [`NOTE_HISTORY`]: which rows changed within the last build's duration.
     note_history: Mutex<std::collections::VecDeque<(Instant, u64)>>,
@@ -160,6 +171,25 @@ pub struct Index {
     popular: RwLock<Arc<PopularList>>,
     /// Similar-items lists by item row (`None`: `similar_lists` is 0).
     similar: Option<quick_cache::sync::Cache<u32, Arc<SimilarList>, similar::ListWeight>>,
+}
+
+/// The last build: what a build of the current catalogue is expected to take.
+#[derive(Debug, Clone, Copy)]
+struct LastBuild {
+    seconds: f64,
+    items: usize,
+    /// When its copy of the vectors was taken, and the note sequence at that moment: rows
+    /// noted since are the ones outside its graph.
+    copied_at: Instant,
+    copy_sequence: u64,
+}
+
+impl LastBuild {
+    /// The expected duration of a build of `item_count` items (scaled linearly from the last,
+    /// never below it).
+    fn expected_seconds(&self, item_count: usize) -> f64 {
+        self.seconds * (item_count as f64 / self.items.max(1) as f64).max(1.0)
+    }
 }
 
 /// What a query returned and how.
@@ -284,36 +314,50 @@ impl Index {
         }
     }
 
-    /// Rows noted as changed within the last `seconds` (at the history's resolution).
-    fn changed_within(&self, seconds: f64) -> usize {
-        let cutoff = Instant::now().checked_sub(Duration::from_secs_f64(seconds.max(0.0)));
-        let first = self.note_history.lock().ok().and_then(|history| {
+    /// Rows changed per second, measured from an anchor to now: the newest note sample since
+    /// `last`'s copy that is at least `seconds` old, else that copy itself; rows noted after
+    /// the anchor, over the time since it. Anchoring on a sample (rather than counting what
+    /// was noted within the last `seconds`) keeps the rate right when notes are sparse: a
+    /// flush that held the fold for three seconds left no note in a two-second window, which
+    /// read as a quiet stream and started a build under full ingest.
+    fn change_rate(&self, last: &LastBuild, seconds: f64) -> f64 {
+        let now = Instant::now();
+        let cutoff = now.checked_sub(Duration::from_secs_f64(seconds.max(0.0))).unwrap_or(now);
+        let anchor = self.note_history.lock().ok().and_then(|history| {
             history
                 .iter()
-                .find(|(at, _)| cutoff.is_none_or(|cutoff| *at >= cutoff))
-                .map(|(_, sequence)| *sequence)
+                .rfind(|(at, sequence)| {
+                    *sequence > last.copy_sequence && *at >= last.copied_at && *at <= cutoff
+                })
+                .copied()
         });
-        let Some(first) = first else { return 0 };
-        self.fresh
+        let (at, after) = anchor.unwrap_or((last.copied_at, last.copy_sequence));
+        let elapsed = (now - at).as_secs_f64().max(NOTE_SAMPLE_INTERVAL.as_secs_f64());
+        let changed = self
+            .fresh
             .lock()
-            .map_or(0, |fresh| fresh.rows.values().filter(|sequence| **sequence >= first).count())
+            .map_or(0, |fresh| fresh.rows.values().filter(|sequence| **sequence > after).count());
+        changed as f64 / elapsed
     }
 
-    /// Whether a graph built now would land already outside `exact_scan_share`: the last build
-    /// did (more rows changed while it ran than that share of the catalogue, so queries never
-    /// used it), and as many rows changed within its duration since (the best guess of those
-    /// that will change during the next). Under sustained ingest (1,000 events a second move
-    /// about 33,000 rows a second; a 100,000-item build takes about half a minute) every such
-    /// build was thrown away unused while it held a core the requests needed; once the
-    /// stream slows, the next check builds.
+    /// Whether a graph built now would land already outside `exact_scan_share` (queries would
+    /// never use it): the rate of change over the last [`CHANGE_RATE_WINDOW`] (or the
+    /// expected build time, when shorter; `Index::change_rate`), times the expected build time
+    /// ([`LastBuild::expected_seconds`]), is more than that share of the catalogue. Under
+    /// sustained ingest (1,000 events a second move about 33,000 rows a second; a
+    /// 100,000-item build takes 20 to 40 s on a core) every such build was thrown away unused
+    /// while it held a core the requests and the fold needed; once the stream slows (or a
+    /// burst ends), the next check builds. Linear extrapolation of distinct rows overestimates
+    /// (rows repeat): the error defers a build that might have landed barely usable, while the
+    /// exact scan answers.
     fn build_would_land_stale(&self, item_count: usize) -> bool {
-        match self.last_build.lock().ok().and_then(|last| *last) {
-            Some((seconds, true)) => {
-                self.changed_within(seconds) as f64
-                    > self.config.exact_scan_share * item_count as f64
-            }
-            _ => false,
-        }
+        let Some(last) = self.last_build.lock().ok().and_then(|last| *last) else {
+            return false;
+        };
+        let expected = last.expected_seconds(item_count);
+        let window = expected.min(CHANGE_RATE_WINDOW.as_secs_f64());
+        let predicted = (self.change_rate(&last, window) * expected).min(item_count as f64);
+        predicted > self.config.exact_scan_share * item_count as f64
     }
 
     /// Whether the items scored outside the graph ([`Index::stale_len`]) are enough to
@@ -359,10 +403,12 @@ impl Index {
         if let Ok(mut last) = self.last_build_started.lock() {
             *last = Some(started);
         }
-        let (copy, noted_before_copy) = {
+        let (copy, noted_before_copy, copied_at) = {
             let model = model.read();
             let sequence = self.fresh.lock().map_or(0, |fresh| fresh.sequence);
-            (snapshot::ItemsCopy::of(&model), sequence)
+            let items = model.item_count();
+            tracing::info!(items, outside_graph = self.stale_len(items), "index build started");
+            (snapshot::ItemsCopy::of(&model), sequence, Instant::now())
         };
         let built = match &self.pool {
             Some(pool) => pool.install(|| Snapshot::build(copy, &self.config)),
@@ -371,10 +417,19 @@ impl Index {
         if let (Some(built), Ok(mut fresh)) = (built, self.fresh.lock()) {
             // Interactions noted while building stay fresh; everything else is in the new graph.
             fresh.rows.retain(|_, sequence| *sequence > noted_before_copy);
-            let landed_stale =
-                fresh.rows.len() as f64 > self.config.exact_scan_share * built.len() as f64;
+            tracing::info!(
+                items = built.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                changed_while_building = fresh.rows.len(),
+                "index build landed"
+            );
             if let Ok(mut last) = self.last_build.lock() {
-                *last = Some((started.elapsed().as_secs_f64(), landed_stale));
+                *last = Some(LastBuild {
+                    seconds: started.elapsed().as_secs_f64(),
+                    items: built.len(),
+                    copied_at,
+                    copy_sequence: noted_before_copy,
+                });
             }
             fresh.generation += 1;
             let sequence = fresh.sequence;
@@ -434,12 +489,15 @@ impl Index {
         answer
     }
 
-    /// Rebuilds whenever [`Index::needs_rebuild`] says so, busy or quiet, on a thread of its
-    /// own, looking every [`REBUILD_CHECK_INTERVAL`] until `cancel`; the popular list is kept
-    /// ready on the same thread ([`Index::refresh_popular`]), as is the exact scan's 8-bit copy
-    /// of the item matrix ([`crate::model::Model::requantize`]); `on_built` gets each
-    /// build's duration in seconds. A quiet service thus converges to a snapshot covering the
-    /// catalogue without any event arriving.
+    /// Rebuilds whenever [`Index::needs_rebuild`] says so, busy or quiet, looking every
+    /// [`REBUILD_CHECK_INTERVAL`] until `cancel`, on a thread of its own; the popular list is
+    /// kept ready at the same pace ([`Index::refresh_popular`]) and the exact scan's 8-bit
+    /// copy of the item matrix every [`REQUANTIZE_INTERVAL`]
+    /// ([`crate::model::Model::requantize`]). A build runs on a thread of its own, so the
+    /// copy and the list keep up while it lasts (a 100,000-item build takes half a minute,
+    /// and the copy used to go stale for all of it). `on_built` gets each build's duration
+    /// in seconds. A quiet service thus converges to a snapshot covering the catalogue
+    /// without any event arriving.
     ///
     /// # Errors
     /// The thread could not be started.
@@ -447,24 +505,41 @@ impl Index {
         self: &Arc<Self>,
         model: Arc<ModelLock>,
         cancel: CancellationToken,
-        on_built: impl Fn(&Index, f64) + Send + 'static,
+        on_built: impl Fn(&Index, f64) + Send + Sync + 'static,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let index = Arc::clone(self);
-        std::thread::Builder::new().name("index-rebuild".to_owned()).spawn(move || {
+        let on_built = Arc::new(on_built);
+        std::thread::Builder::new().name("index-maintain".to_owned()).spawn(move || {
+            let mut last_check: Option<Instant> = None;
             while !cancel.is_cancelled() {
+                let check = last_check.is_none_or(|at| at.elapsed() >= REBUILD_CHECK_INTERVAL);
                 let item_count = {
                     let model = model.read();
-                    index.refresh_popular(&model);
                     // The exact scan's 8-bit copy catches up with the rows the fold changed.
                     model.requantize();
+                    if check {
+                        index.refresh_popular(&model);
+                    }
                     model.item_count()
                 };
-                if index.needs_rebuild(item_count) {
-                    if let Some(seconds) = index.rebuild(&model) {
-                        on_built(&index, seconds);
+                if check {
+                    last_check = Some(Instant::now());
+                    if index.needs_rebuild(item_count) {
+                        let (index, model, on_built) =
+                            (Arc::clone(&index), Arc::clone(&model), Arc::clone(&on_built));
+                        let spawned = std::thread::Builder::new()
+                            .name("index-rebuild".to_owned())
+                            .spawn(move || {
+                                if let Some(seconds) = index.rebuild(&model) {
+                                    on_built(&index, seconds);
+                                }
+                            });
+                        if let Err(error) = spawned {
+                            tracing::warn!(%error, "could not start an index rebuild thread");
+                        }
                     }
                 }
-                std::thread::sleep(REBUILD_CHECK_INTERVAL);
+                std::thread::sleep(REQUANTIZE_INTERVAL);
             }
         })
     }
@@ -531,7 +606,9 @@ mod tests {
 
     #[test]
     fn no_rebuild_while_rows_change_faster_than_a_build_could_keep_up() {
+        use super::LastBuild;
         use crate::model::{ItemRow, Model, ModelConfig};
+        use std::time::Duration;
         let model = crate::model::ModelLock::new(Model::new(ModelConfig::default()).unwrap());
         for n in 0..400 {
             model.write().apply(&format!("e{n}"), "u", &format!("i{n}"), n, 1.0);
@@ -546,26 +623,65 @@ mod tests {
         let index = Index::new(config);
         assert!(index.needs_rebuild(400), "the first snapshot is always built");
         index.rebuild(&model).unwrap();
-        // Rows changed during that build, between its copy and its landing: none here, so it
-        // is not held against the next.
-        assert!(!index.last_build.lock().unwrap().unwrap().1);
-        index.note_changed((0..200).map(ItemRow));
-        assert!(index.needs_rebuild(400), "half changed after a build that landed fresh");
-        // As if the last build had lasted 0.3 s and landed with half the catalogue changed
-        // while it ran; half changed again just now, so a graph built now would land as stale:
-        // no rebuild.
-        *index.last_build.lock().unwrap() = Some((0.3, true));
+        let copy = index.last_build.lock().unwrap().unwrap();
+        let built = |seconds, items| {
+            *index.last_build.lock().unwrap() = Some(LastBuild { seconds, items, ..copy });
+        };
+        // A quiet build that took 0.3 s (nothing changed while it ran), then half the
+        // catalogue changed just now: a graph built now would land with about as much changed
+        // while it ran, more than exact_scan_share (a tenth). Before, only a build that had
+        // itself landed stale held the next back, so the first build under sustained ingest
+        // always ran, unused.
+        built(0.3, 400);
         index.note_changed((0..200).map(ItemRow));
         assert!(!index.needs_rebuild(400));
-        // A tenth or less changed within the last build's duration: a rebuild is worth it,
-        // even though the tier still holds the 200 rows.
-        std::thread::sleep(std::time::Duration::from_millis(400));
+        // A tenth or less changed within the expected build time: a rebuild is worth it, even
+        // though the tier still holds the 200 rows.
+        std::thread::sleep(Duration::from_millis(400));
         index.note_changed((200..230).map(ItemRow));
         assert!(index.needs_rebuild(400));
-        // After a build that landed fresh the rule does not apply.
-        *index.last_build.lock().unwrap() = Some((0.3, false));
-        index.note_changed((230..400).map(ItemRow));
+        // A build expected to take 8 s: 230 rows in the 0.4 s since the copy stand for far
+        // more than a tenth during a build.
+        built(8.0, 400);
+        assert!(!index.needs_rebuild(400));
+        // The expected time grows with the catalogue: 0.3 s for 100 items is 1.2 s for 400.
+        built(0.3, 100);
+        assert!(!index.needs_rebuild(400));
+        // ... and a burst that has ended stops counting once the expected build time has
+        // passed without a change.
+        built(1.0, 400);
+        std::thread::sleep(Duration::from_millis(1_200));
         assert!(index.needs_rebuild(400));
+    }
+
+    /// Seen under ingest: a flush held the fold for a few seconds, so nothing was noted within
+    /// the two seconds the rate was measured over; the stream read as quiet and a 100,000-item
+    /// build started that landed with the whole catalogue changed.
+    #[test]
+    fn a_pause_between_notes_shorter_than_the_build_is_not_a_quiet_stream() {
+        use super::LastBuild;
+        use crate::model::{ItemRow, Model, ModelConfig};
+        use std::time::Duration;
+        let model = crate::model::ModelLock::new(Model::new(ModelConfig::default()).unwrap());
+        for n in 0..400 {
+            model.write().apply(&format!("e{n}"), "u", &format!("i{n}"), n, 1.0);
+        }
+        let config = IndexConfig {
+            full_scan_threshold: 0,
+            rebuild_interval_ms: 0,
+            rebuild_min_fresh: 1,
+            exact_head: 0,
+            ..IndexConfig::default()
+        };
+        let index = Index::new(config);
+        index.rebuild(&model).unwrap();
+        let copy = index.last_build.lock().unwrap().unwrap();
+        *index.last_build.lock().unwrap() = Some(LastBuild { seconds: 4.0, items: 400, ..copy });
+        index.note_changed((0..100).map(ItemRow));
+        std::thread::sleep(Duration::from_millis(2_300));
+        // 100 rows in the 2.3 s since the copy: about 170 during a 4 s build, more than a
+        // tenth of the catalogue.
+        assert!(!index.needs_rebuild(400));
     }
 
     #[test]
@@ -580,6 +696,8 @@ mod tests {
                 full_scan_threshold: threshold,
                 rebuild_interval_ms: 0,
                 rebuild_min_fresh: 1,
+                // Every row changes at once below; no build is held back as landing stale.
+                exact_scan_share: 1.0,
                 ..IndexConfig::default()
             };
             let index = Index::new(config);
