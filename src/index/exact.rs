@@ -249,6 +249,8 @@ pub fn exact_top_k(model: &Model, user: &[f32], k: usize, excluded: &Excluded) -
 /// changed since the last query are re-quantised first. Returns the items and the number of
 /// rows re-scored in float. With more than a 64th of the rows changed since the copy was
 /// brought up to date (bulk ingest between two index ticks), it scans the floats instead.
+/// Before the codes, a pass over the rows' norms and biases alone ([`norm_pruned`]) answers
+/// when a Cauchy-Schwarz bound rules out all but a few rows.
 pub fn bounded_top_k(
     model: &Model,
     query: &[f32],
@@ -275,6 +277,12 @@ pub fn bounded_top_k(
         quantized_query.norm,
     );
     let slack = rounding_slack(dim);
+    if let Some((mut top, rescored)) =
+        norm_pruned(model, query, k, excluded, qn, &quantized.norms[..rows])
+    {
+        scan_rows(model, query, rows..model.item_count(), excluded, &mut top);
+        return (top.into_items(model), rescored + (model.item_count() - rows));
+    }
     let mut lower = TopK::new(k);
     let mut floor = f32::NEG_INFINITY;
     let mut candidates: Vec<(f32, u32)> = Vec::new();
@@ -327,6 +335,146 @@ pub fn bounded_top_k(
     // Rows added to the model but not yet to its copy (none while the copy is kept in step).
     scan_rows(model, query, rows..model.item_count(), excluded, &mut top);
     (top.into_items(model), rescored + (model.item_count() - rows))
+}
+
+/// Rows reaching the floor, as a share of the catalogue (one in `NORM_PRUNED_SHARE`), past
+/// which [`norm_pruned`] gives way to the 8-bit scan: a row scored in float is read from memory
+/// at random, several times the cost of scanning its codes.
+const NORM_PRUNED_SHARE: usize = 64;
+
+/// Rows below which [`norm_pruned`] is not tried: the 8-bit scan of a small catalogue takes
+/// tens of microseconds, and the norm pass saves nothing measurable there
+/// (BENCHMARKS.md, "Norm-bounded pruning").
+const NORM_PRUNED_MIN_ROWS: usize = 8192;
+
+/// The top k of the rows `0..norms.len()` by the length-based pruning of LEMP (Teflioudi,
+/// Gemulla and Mykytiuk, "LEMP: Fast Retrieval of Large Entries in a Matrix Product", SIGMOD
+/// 2015): by Cauchy-Schwarz, q.x + b <= ||q|| ||x|| + b, so a row whose bound is below the
+/// k-th best score cannot be in the top k. It reads only each row's norm bound (kept with the
+/// 8-bit copy, `norms`) and bias: the rows with the `4 k` (at least 32) largest bounds are
+/// scored in float first, which gives a floor, then every other row whose bound reaches the
+/// floor. Catalogues where popularity shows in the norms and biases (a few items far above
+/// the rest) leave a handful of rows to score. The bound carries the same rounding slack as
+/// the 8-bit scan's, and a row whose bound is not a number is scored. Returns the top k and
+/// the rows scored, or `None` (nothing kept) when more than one row in
+/// [`NORM_PRUNED_SHARE`] would need scoring or fewer than k rows could be ranked.
+fn norm_pruned(
+    model: &Model,
+    query: &[f32],
+    k: usize,
+    excluded: &Excluded,
+    query_norm: f32,
+    norms: &[f32],
+) -> Option<(TopK, usize)> {
+    const BLOCK: usize = 256;
+    if norms.len() < NORM_PRUNED_MIN_ROWS {
+        return None;
+    }
+    let biases = model.item_biases().get(..norms.len())?;
+    let slack = rounding_slack(model.dim());
+    let mut bounds = [0f32; BLOCK];
+    // The seeds: the rows with the largest bounds, whole blocks skipped once they cannot
+    // improve on them.
+    // The seeds: the rows with the largest bounds, whole blocks and runs of eight rows
+    // skipped once they cannot improve on them.
+    let mut seeds = TopK::new(k.saturating_mul(2).max(16));
+    let mut seed_floor = f32::NEG_INFINITY;
+    for start in (0..norms.len()).step_by(BLOCK) {
+        let end = (start + BLOCK).min(norms.len());
+        let bounds = &mut bounds[..end - start];
+        let highest =
+            block_bounds(&norms[start..end], &biases[start..end], query_norm, slack, bounds);
+        if highest < seed_floor {
+            continue;
+        }
+        for (chunk, uppers) in bounds.chunks(8).enumerate() {
+            if !reaches(uppers, seed_floor) {
+                continue;
+            }
+            for (offset, upper) in uppers.iter().enumerate() {
+                if *upper >= seed_floor {
+                    seeds.offer(*upper, (start + chunk * 8 + offset) as u32, excluded);
+                    seed_floor = seeds.floor();
+                }
+            }
+        }
+    }
+    let mut seeds = seeds.into_rows();
+    let mut top = TopK::new(k);
+    for row in &seeds {
+        score_row(model, query, *row, excluded, &mut top);
+    }
+    let floor = top.floor();
+    if floor == f32::NEG_INFINITY {
+        return None;
+    }
+    seeds.sort_unstable();
+    let limit = norms.len() / NORM_PRUNED_SHARE;
+    let mut reaching = Vec::new();
+    for start in (0..norms.len()).step_by(BLOCK) {
+        let end = (start + BLOCK).min(norms.len());
+        let bounds = &mut bounds[..end - start];
+        block_bounds(&norms[start..end], &biases[start..end], query_norm, slack, bounds);
+        for (chunk, uppers) in bounds.chunks(8).enumerate() {
+            if !reaches(uppers, floor) {
+                continue;
+            }
+            for (offset, upper) in uppers.iter().enumerate() {
+                let row = (start + chunk * 8 + offset) as u32;
+                if *upper >= floor && !excluded.contains(row) && seeds.binary_search(&row).is_err()
+                {
+                    reaching.push(row);
+                    if reaching.len() > limit {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+    for row in &reaching {
+        score_row(model, query, *row, excluded, &mut top);
+    }
+    Some((top, seeds.len() + reaching.len()))
+}
+
+/// Whether any of `uppers` reaches `floor`: eight comparisons at once (no early exit, so it
+/// vectorises), before the rare row that does is looked at alone.
+#[inline]
+fn reaches(uppers: &[f32], floor: f32) -> bool {
+    uppers.iter().fold(false, |any, upper| any | (*upper >= floor))
+}
+
+/// Fills `bounds` with ||q|| ||x|| + b plus the rounding slack for rows of norm bound `norms`
+/// and bias `biases` (a loop the compiler vectorises) and returns the largest. A bound that is
+/// not a number (an infinite norm times a zero query) counts as infinite.
+fn block_bounds(
+    norms: &[f32],
+    biases: &[f32],
+    query_norm: f32,
+    slack: f32,
+    bounds: &mut [f32],
+) -> f32 {
+    for ((upper, norm), bias) in bounds.iter_mut().zip(norms).zip(biases) {
+        let length = query_norm * norm;
+        let value = length + bias + slack * (length + bias.abs());
+        *upper = if value.is_nan() { f32::INFINITY } else { value };
+    }
+    // Eight running maxima (a float reduction in one chain does not vectorise), by `if`
+    // rather than `f32::max`: no NaN is left.
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = bounds.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, upper) in lanes.iter_mut().zip(chunk) {
+            *lane = if *upper > *lane { *upper } else { *lane };
+        }
+    }
+    lanes.iter().chain(chunks.remainder()).fold(f32::NEG_INFINITY, |highest, upper| {
+        if *upper > highest {
+            *upper
+        } else {
+            highest
+        }
+    })
 }
 
 /// Top k by decayed popularity (the cold-start fallback).
@@ -531,6 +679,126 @@ mod tests {
         assert_eq!((rescored, model.unquantized_items()), (4_000, stale));
         model.requantize();
         assert!(model.quantized_items(0).unwrap().matches(model.item_matrix()));
+    }
+
+    #[test]
+    fn the_norm_bound_answers_alone_where_a_few_items_stand_out() {
+        let dim = 16;
+        // 20,000 items: one in 50 with a large norm or bias (popular items), the rest small.
+        let model = restored(
+            20_000,
+            |row| {
+                let scale = if row % 50 == 0 { 2.0 } else { 0.2 };
+                (0..dim).map(|d| scale * noise(u64::from(row) * 29 + d as u64)).collect()
+            },
+            |row| if row % 50 == 25 { 1.5 } else { 0.05 * noise(u64::from(row) + 3) },
+        );
+        for seed in 0..10u64 {
+            let query: Vec<f32> = (0..dim).map(|d| noise(seed * 7_001 + d as u64)).collect();
+            assert_bounded_equals_exact(&model, &query, &format!("query {seed}"));
+            // The top 10 and the popular rows around it excluded: the floor comes from further
+            // down, and the answer is still the float scan's.
+            let top: Vec<u32> = exact_top_k(&model, &query, 30, &Excluded::none())
+                .iter()
+                .map(|item| item.row)
+                .collect();
+            let excluded = Excluded::from_rows(top.iter().copied().take(10));
+            let (items, rescored) = bounded_top_k(&model, &query, 10, &excluded);
+            assert_eq!(items, exact_top_k(&model, &query, 10, &excluded), "query {seed}");
+            let (_, rescored_alone) = bounded_top_k(&model, &query, 10, &Excluded::none());
+            assert!(
+                rescored_alone <= 20_000 / NORM_PRUNED_SHARE
+                    && rescored <= 20_000 / NORM_PRUNED_SHARE,
+                "the norm pass should answer alone, re-scored {rescored_alone} and {rescored}"
+            );
+        }
+        assert_bounded_equals_exact(&model, &vec![0.0; dim], "zero query");
+    }
+
+    #[test]
+    fn rows_outside_the_seeds_that_reach_the_floor_are_scored() {
+        let dim = 16;
+        let axis = |d: usize, length: f32| {
+            let mut vector = vec![0.0; dim];
+            vector[d] = length;
+            vector
+        };
+        // For the query e0: 30 decoys (long, orthogonal: the largest bounds, score 0.2) fill
+        // the seeds and set the floor at 0.2; the answer lies outside them, in rows whose
+        // bound is their score (aligned with the query) or is mostly their bias; 9,000 more
+        // rows are ruled out by their bound.
+        let model = restored(
+            9_100,
+            |row| match row {
+                0..30 => axis(1, 10.0),
+                30..80 => axis(0, 0.25 + 0.007 * (row - 30) as f32),
+                80..130 => axis(2, 0.01),
+                _ => axis(3, 0.001),
+            },
+            |row| match row {
+                0..30 => 0.2,
+                30..80 => 0.0,
+                80..130 => 0.25 + 0.007 * (row - 80) as f32 + 0.003,
+                _ => -1.0,
+            },
+        );
+        let query = axis(0, 1.0);
+        for k in [1, 10, 40, 100] {
+            let (items, rescored) = bounded_top_k(&model, &query, k, &Excluded::none());
+            assert_eq!(items, exact_top_k(&model, &query, k, &Excluded::none()), "k = {k}");
+            if k <= 40 {
+                assert!(
+                    rescored <= 9_100 / NORM_PRUNED_SHARE,
+                    "the norm pass answered, {rescored}"
+                );
+            }
+        }
+        let top = exact_top_k(&model, &query, 10, &Excluded::none());
+        assert!(top.iter().all(|item| (30..130).contains(&item.row)), "{top:?}");
+        assert!(top.iter().any(|item| item.row >= 80) && top.iter().any(|item| item.row < 80));
+    }
+
+    #[test]
+    fn the_norm_bound_gives_way_where_every_item_looks_alike() {
+        let dim = 16;
+        // Equal norms and no biases: the bound rules nothing out, the 8-bit scan answers.
+        let model = restored(
+            10_000,
+            |row| {
+                let raw: Vec<f32> =
+                    (0..dim).map(|d| noise(u64::from(row) * 37 + d as u64)).collect();
+                let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt();
+                raw.iter().map(|x| x / norm).collect()
+            },
+            |_| 0.0,
+        );
+        for seed in 0..5u64 {
+            let query: Vec<f32> = (0..dim).map(|d| noise(seed * 313 + d as u64)).collect();
+            assert_bounded_equals_exact(&model, &query, &format!("query {seed}"));
+        }
+    }
+
+    #[test]
+    fn rows_that_are_not_finite_never_enter_the_norm_bounded_answer() {
+        let dim = 16;
+        let model = restored(
+            9_000,
+            |row| match row % 1_000 {
+                0 => vec![f32::NAN; dim],
+                1 => vec![f32::INFINITY; dim],
+                2 => vec![0.0; dim],
+                _ => {
+                    let scale = if row % 40 == 0 { 3.0 } else { 0.1 };
+                    (0..dim).map(|d| scale * noise(u64::from(row) * 11 + d as u64)).collect()
+                }
+            },
+            |row| if row % 1_000 == 3 { f32::NAN } else { 0.01 },
+        );
+        for seed in 0..5u64 {
+            let query: Vec<f32> = (0..dim).map(|d| noise(seed * 131 + d as u64)).collect();
+            assert_bounded_equals_exact(&model, &query, &format!("query {seed}"));
+        }
+        assert_bounded_equals_exact(&model, &vec![0.0; dim], "zero query");
     }
 
     #[test]
