@@ -3,11 +3,16 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use parking_lot::RwLockWriteGuard;
+
 use super::Engine;
 use crate::model::ItemRow;
 use crate::store::{
     FlushBatch, ItemWrite, PoolWrite, StoreError, StoredMeta, UserWrite, SCHEMA_VERSION,
 };
+
+/// Rows [`Engine::mark_stored`] marks per hold of the model's write lock (about a millisecond).
+const ROWS_PER_LOCK_HOLD: usize = 1024;
 
 impl Engine {
     /// Writes pending users, items, meta and progress in one transaction. Returns the offsets
@@ -145,15 +150,25 @@ impl Engine {
         }
     }
 
-    /// After a committed flush: what Redis now holds needs no writing again.
+    /// After a committed flush: what Redis now holds needs no writing again. The write lock is
+    /// handed to waiting readers every [`ROWS_PER_LOCK_HOLD`] rows: under ingest a flush holds
+    /// most of the catalogue (95,000 items of 100,000 seen), and marking them in one hold kept
+    /// ranking requests waiting 23 to 85 ms. Only this thread writes the model, so a reader in
+    /// between sees some rows marked and others not, which changes nothing it reads.
     fn mark_stored(&mut self, batch: &FlushBatch) {
         let mut model = self.fold.model_mut();
-        for user in &batch.users {
+        for (n, user) in batch.users.iter().enumerate() {
+            if n > 0 && n % ROWS_PER_LOCK_HOLD == 0 {
+                RwLockWriteGuard::bump(&mut model);
+            }
             if let Some(row) = model.user_row(&user.state.id) {
                 model.mark_seen_stored(row);
             }
         }
-        for item in &batch.items {
+        for (n, item) in batch.items.iter().enumerate() {
+            if n > 0 && n % ROWS_PER_LOCK_HOLD == 0 {
+                RwLockWriteGuard::bump(&mut model);
+            }
             model.mark_item_synced(&item.state);
         }
         self.config_stored = true;

@@ -49,16 +49,23 @@ impl UserSource for StoredUsers<'_> {
 
 impl Engine {
     pub(super) fn collect_dirty(&mut self) {
-        let mut model = self.fold.model_mut();
-        let (users, items): (Vec<UserRow>, Vec<ItemRow>) = model.take_dirty();
-        self.index.note_changed(items.iter().copied());
-        for row in users {
-            model.touch_user(row);
-            let id = model.user_id(row);
-            if !self.pending_users.contains(id) {
-                self.pending_users.insert(id.to_owned());
+        let items = {
+            let mut model = self.fold.model_mut();
+            let (users, items): (Vec<UserRow>, Vec<ItemRow>) = model.take_dirty();
+            for row in users {
+                model.touch_user(row);
+                let id = model.user_id(row);
+                if !self.pending_users.contains(id) {
+                    self.pending_users.insert(id.to_owned());
+                }
             }
-        }
+            items
+        };
+        // Outside the model's write lock: the index's fresh tier has a lock of its own, and
+        // republishing its view takes time in proportion to the tier (the whole catalogue under
+        // ingest: 9 to 28 ms at 100,000 items), which every ranking request waiting for the
+        // model's read lock used to wait out.
+        self.index.note_changed(items.iter().copied());
         self.pending_items.extend(items.iter().map(|row| row.0));
     }
 
