@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use super::handlers::{check_k, query, SubjectUser, MAX_ID_CHARS};
 use super::{ApiError, AppState, ErrorCode, Served};
 use crate::flags::Decisions;
-use crate::index::{exact_top_k, Excluded};
+use crate::index::{bounded_top_k, Excluded};
 use crate::model::{ItemRow, Model, UserState};
 use crate::resilience::BreakerState;
 use crate::session::{blend, session_vector, valid_session_id, Session};
@@ -272,7 +272,8 @@ pub(super) async fn recommendations(
                 ("model", result.items, result.used_ann, result.candidates)
             } else {
                 fallbacks.push("exact_scoring");
-                let items = exact_top_k(&model, query_vector, params.k, &excluded);
+                // The exact scan's answer, from the 8-bit copy and the norm bound.
+                let (items, _) = bounded_top_k(&model, query_vector, params.k, &excluded);
                 ("model", items, false, model.item_count())
             }
         }
