@@ -373,8 +373,6 @@ fn norm_pruned(
     let biases = model.item_biases().get(..norms.len())?;
     let slack = rounding_slack(model.dim());
     let mut bounds = [0f32; BLOCK];
-    // The seeds: the rows with the largest bounds, whole blocks skipped once they cannot
-    // improve on them.
     // The seeds: the rows with the largest bounds, whole blocks and runs of eight rows
     // skipped once they cannot improve on them.
     let mut seeds = TopK::new(k.saturating_mul(2).max(16));

@@ -604,11 +604,10 @@ impl Index {
 mod tests {
     use super::{Index, IndexConfig};
 
-    #[test]
-    fn no_rebuild_while_rows_change_faster_than_a_build_could_keep_up() {
-        use super::LastBuild;
-        use crate::model::{ItemRow, Model, ModelConfig};
-        use std::time::Duration;
+    /// 400 items, and an index that would rebuild whenever the deferral rule allows (no
+    /// threshold, interval or minimum), not built yet.
+    fn rebuild_tested() -> (crate::model::ModelLock, Index) {
+        use crate::model::{Model, ModelConfig};
         let model = crate::model::ModelLock::new(Model::new(ModelConfig::default()).unwrap());
         for n in 0..400 {
             model.write().apply(&format!("e{n}"), "u", &format!("i{n}"), n, 1.0);
@@ -620,7 +619,15 @@ mod tests {
             exact_head: 0,
             ..IndexConfig::default()
         };
-        let index = Index::new(config);
+        (model, Index::new(config))
+    }
+
+    #[test]
+    fn no_rebuild_while_rows_change_faster_than_a_build_could_keep_up() {
+        use super::LastBuild;
+        use crate::model::ItemRow;
+        use std::time::Duration;
+        let (model, index) = rebuild_tested();
         assert!(index.needs_rebuild(400), "the first snapshot is always built");
         index.rebuild(&model).unwrap();
         let copy = index.last_build.lock().unwrap().unwrap();
@@ -660,20 +667,9 @@ mod tests {
     #[test]
     fn a_pause_between_notes_shorter_than_the_build_is_not_a_quiet_stream() {
         use super::LastBuild;
-        use crate::model::{ItemRow, Model, ModelConfig};
+        use crate::model::ItemRow;
         use std::time::Duration;
-        let model = crate::model::ModelLock::new(Model::new(ModelConfig::default()).unwrap());
-        for n in 0..400 {
-            model.write().apply(&format!("e{n}"), "u", &format!("i{n}"), n, 1.0);
-        }
-        let config = IndexConfig {
-            full_scan_threshold: 0,
-            rebuild_interval_ms: 0,
-            rebuild_min_fresh: 1,
-            exact_head: 0,
-            ..IndexConfig::default()
-        };
-        let index = Index::new(config);
+        let (model, index) = rebuild_tested();
         index.rebuild(&model).unwrap();
         let copy = index.last_build.lock().unwrap().unwrap();
         *index.last_build.lock().unwrap() = Some(LastBuild { seconds: 4.0, items: 400, ..copy });
