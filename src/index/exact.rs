@@ -4,6 +4,7 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::ops::ControlFlow;
 
 use serde::Serialize;
 
@@ -366,37 +367,17 @@ fn norm_pruned(
     query_norm: f32,
     norms: &[f32],
 ) -> Option<(TopK, usize)> {
-    const BLOCK: usize = 256;
     if norms.len() < NORM_PRUNED_MIN_ROWS {
         return None;
     }
     let biases = model.item_biases().get(..norms.len())?;
-    let slack = rounding_slack(model.dim());
-    let mut bounds = [0f32; BLOCK];
-    // The seeds: the rows with the largest bounds, whole blocks and runs of eight rows
-    // skipped once they cannot improve on them.
+    let bounds = NormBounds { norms, biases, query_norm, slack: rounding_slack(model.dim()) };
+    // The seeds: the rows with the largest bounds, the floor rising as they come in.
     let mut seeds = TopK::new(k.saturating_mul(2).max(16));
-    let mut seed_floor = f32::NEG_INFINITY;
-    for start in (0..norms.len()).step_by(BLOCK) {
-        let end = (start + BLOCK).min(norms.len());
-        let bounds = &mut bounds[..end - start];
-        let highest =
-            block_bounds(&norms[start..end], &biases[start..end], query_norm, slack, bounds);
-        if highest < seed_floor {
-            continue;
-        }
-        for (chunk, uppers) in bounds.chunks(8).enumerate() {
-            if !reaches(uppers, seed_floor) {
-                continue;
-            }
-            for (offset, upper) in uppers.iter().enumerate() {
-                if *upper >= seed_floor {
-                    seeds.offer(*upper, (start + chunk * 8 + offset) as u32, excluded);
-                    seed_floor = seeds.floor();
-                }
-            }
-        }
-    }
+    bounds.rows_reaching(f32::NEG_INFINITY, |row, upper| {
+        seeds.offer(upper, row, excluded);
+        ControlFlow::Continue(seeds.floor())
+    });
     let mut seeds = seeds.into_rows();
     let mut top = TopK::new(k);
     for row in &seeds {
@@ -409,30 +390,73 @@ fn norm_pruned(
     seeds.sort_unstable();
     let limit = norms.len() / NORM_PRUNED_SHARE;
     let mut reaching = Vec::new();
-    for start in (0..norms.len()).step_by(BLOCK) {
-        let end = (start + BLOCK).min(norms.len());
-        let bounds = &mut bounds[..end - start];
-        block_bounds(&norms[start..end], &biases[start..end], query_norm, slack, bounds);
-        for (chunk, uppers) in bounds.chunks(8).enumerate() {
-            if !reaches(uppers, floor) {
-                continue;
-            }
-            for (offset, upper) in uppers.iter().enumerate() {
-                let row = (start + chunk * 8 + offset) as u32;
-                if *upper >= floor && !excluded.contains(row) && seeds.binary_search(&row).is_err()
-                {
-                    reaching.push(row);
-                    if reaching.len() > limit {
-                        return None;
-                    }
-                }
+    let complete = bounds.rows_reaching(floor, |row, _| {
+        if !excluded.contains(row) && seeds.binary_search(&row).is_err() {
+            reaching.push(row);
+            if reaching.len() > limit {
+                return ControlFlow::Break(());
             }
         }
+        ControlFlow::Continue(floor)
+    });
+    if !complete {
+        return None;
     }
     for row in &reaching {
         score_row(model, query, *row, excluded, &mut top);
     }
     Some((top, seeds.len() + reaching.len()))
+}
+
+/// The Cauchy-Schwarz bounds ||q|| n_r + b_r (plus the rounding slack) of a catalogue's rows.
+struct NormBounds<'a> {
+    norms: &'a [f32],
+    biases: &'a [f32],
+    query_norm: f32,
+    slack: f32,
+}
+
+impl NormBounds<'_> {
+    /// Calls `visit(row, bound)`, in row order, for every row whose bound reaches the floor:
+    /// `floor` at first, then what `visit` last returned. Bounds are computed a block at a
+    /// time, and whole blocks and runs of eight below the floor are skipped without looking
+    /// at their rows alone. Returns false when `visit` stopped the pass.
+    fn rows_reaching(
+        &self,
+        mut floor: f32,
+        mut visit: impl FnMut(u32, f32) -> ControlFlow<(), f32>,
+    ) -> bool {
+        const BLOCK: usize = 256;
+        let mut bounds = [0f32; BLOCK];
+        for start in (0..self.norms.len()).step_by(BLOCK) {
+            let end = (start + BLOCK).min(self.norms.len());
+            let bounds = &mut bounds[..end - start];
+            let highest = block_bounds(
+                &self.norms[start..end],
+                &self.biases[start..end],
+                self.query_norm,
+                self.slack,
+                bounds,
+            );
+            if highest < floor {
+                continue;
+            }
+            for (chunk, uppers) in bounds.chunks(8).enumerate() {
+                if !reaches(uppers, floor) {
+                    continue;
+                }
+                for (offset, upper) in uppers.iter().enumerate() {
+                    if *upper >= floor {
+                        match visit((start + chunk * 8 + offset) as u32, *upper) {
+                            ControlFlow::Continue(next) => floor = next,
+                            ControlFlow::Break(()) => return false,
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
 }
 
 /// Whether any of `uppers` reaches `floor`: eight comparisons at once (no early exit, so it

@@ -417,15 +417,16 @@ impl Index {
         if let (Some(built), Ok(mut fresh)) = (built, self.fresh.lock()) {
             // Interactions noted while building stay fresh; everything else is in the new graph.
             fresh.rows.retain(|_, sequence| *sequence > noted_before_copy);
+            let seconds = started.elapsed().as_secs_f64();
             tracing::info!(
                 items = built.len(),
-                seconds = started.elapsed().as_secs_f64(),
+                seconds,
                 changed_while_building = fresh.rows.len(),
                 "index build landed"
             );
             if let Ok(mut last) = self.last_build.lock() {
                 *last = Some(LastBuild {
-                    seconds: started.elapsed().as_secs_f64(),
+                    seconds,
                     items: built.len(),
                     copied_at,
                     copy_sequence: noted_before_copy,
