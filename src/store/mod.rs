@@ -19,6 +19,7 @@
 //! | `{ns}:epoch` | string | the namespace epoch: 32 random hex digits, set once; every flush checks it (see [`epoch`]) |
 //! | `{ns}:flags` | string | the feature-flags document as JSON (see [`crate::flags`]), replaced whole |
 //! | `{ns}:auth:revoked:{jti}` | string | `1`; TTL = the revoked access token's remaining life |
+//! | `{ns}:auth:revocation_list` | sorted set | every revoked `jti` scored by its token's `exp` (s since the epoch); what instances re-read (see [`crate::auth::revocations`]) |
 //! | `{ns}:auth:refresh:{sha256}` | hash | `used` (0/1), `client_id`, `scope`, `family`; key = hex SHA-256 of the refresh token; TTL `auth.refresh_ttl_s` |
 //! | `{ns}:auth:family:{id}` | string | `active` or `revoked`; TTL `auth.refresh_ttl_s`, renewed on each rotation |
 //! | `embedstream:aliases` | hash | alias to namespace, outside every namespace (see [`aliases`]) |
@@ -163,6 +164,10 @@ impl Keys {
     /// `{ns}:auth:revoked:{jti}`: a revoked access token.
     pub fn auth_revoked(&self, jti: &str) -> String {
         format!("{}:auth:revoked:{jti}", self.prefix)
+    }
+    /// `{ns}:auth:revocation_list`: every revoked `jti`, scored by its token's `exp`.
+    pub fn auth_revocation_list(&self) -> String {
+        format!("{}:auth:revocation_list", self.prefix)
     }
     /// `{ns}:auth:refresh:{sha256_hex}`: a refresh token, by the hash of its value.
     pub fn auth_refresh(&self, token_hash: &str) -> String {
