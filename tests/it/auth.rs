@@ -397,9 +397,10 @@ async fn rereads_of_the_revocation_list_do_not_scan_the_keyspace() {
     let before = reads();
     let started = Instant::now();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // Ticks that fell in the window, plus a read in flight when it began.
     let periods = started.elapsed().as_millis() as u64 / 100 + 1;
     let calls = reads() - before;
-    assert!(calls <= periods, "{calls} calls to re-read the list in {periods} periods");
+    assert!(calls <= periods + 1, "{calls} calls to re-read the list in {periods} periods");
 }
 
 /// A `revoked:{jti}` key that is not on the list (written by a version before the list, or by
