@@ -8,8 +8,9 @@
 # 1,000 req/s while the service folds 1,000 events/s (`embedstream produce --rate`).
 # States: MovieLens-100k (1,682 items) and a generated catalogue of 100,000 items
 # (scripts/gen-catalogue.py, 150,000 events, 30,000 users). Auth on (a service token), rate
-# limiting on (the GCRA script runs per request; the service_recs budget is raised to 1,000,000/s
-# so that no request is refused and every route does the same limiter work).
+# limiting on (the service token's requests spend the service_recs budget from leases of the
+# GCRA bucket topped up in the background, rate_limit.lease_ms; the budget is raised to
+# 1,000,000/s so that no request is refused and every route does the same limiter work).
 # Usage: scripts/bench-ranking.sh [seconds per point, default 10]
 # Environment: EMBEDSTREAM_BIN (default target/it/embedstream; copied first), ports
 # EMBEDSTREAM_BENCH_REDIS_PORT / _KAFKA_PORT / _HTTP_PORT (default 46579, 49292, 48280);

@@ -38,6 +38,12 @@ pub struct RateLimitConfig {
     /// Subjects the in-process fallback keeps per class before dropping idle ones
     /// (default 100000, >= 1).
     pub fallback_max_subjects: usize,
+    /// How long a lease of budget cells lives, ms (default 250; 0 = no leases, one Redis call
+    /// per request). A busy subject takes up to `rate x lease_ms` cells of its Redis bucket at
+    /// once (at most half its burst) and this instance hands them out without a round trip;
+    /// unused cells go back with the next fetch (`ratelimit::lease`). Subjects slower than
+    /// two requests per lease time are decided by Redis on every request.
+    pub lease_ms: u64,
     /// Key unauthenticated requests on the last address of `X-Forwarded-For`, the one the
     /// trusted proxy in front of the service appended (default false: only set it behind such a
     /// proxy, or clients pick their own bucket).
@@ -61,6 +67,7 @@ impl Default for RateLimitConfig {
             enabled: true,
             fallback_factor: 0.5,
             fallback_max_subjects: 100_000,
+            lease_ms: 250,
             trust_forwarded_for: false,
             recs: ClassLimit { rate_per_second: 50.0, burst: 100 },
             service_recs: ClassLimit { rate_per_second: 5000.0, burst: 10_000 },

@@ -14,29 +14,46 @@
 use std::time::Duration;
 
 /// The Lua script: `KEYS[1]` = bucket, `ARGV[1]` = emission interval (microseconds, may be
-/// fractional), `ARGV[2]` = burst. Returns `{allowed (0|1), remaining, retry_after_ms,
-/// reset_after_ms}`. The key expires (`PX`) when the bucket is full again, so idle subjects
-/// cost no memory. Needs Redis >= 5 (effects replication of a script that reads `TIME`).
+/// fractional), `ARGV[2]` = burst, `ARGV[3]` = cells wanted (a lease, [`super::lease`];
+/// default 1), `ARGV[4]` = cells given back (an earlier lease's unused cells; default 0).
+/// Returns `{granted, remaining, retry_after_ms, reset_after_ms}`: `granted` is the number of
+/// cells taken, at most the ones wanted and as many as fit now, 0 when the request is refused.
+/// With one cell wanted and none given back it is the plain GCRA step. The key expires (`PX`)
+/// when the bucket is full again, so idle subjects cost no memory. Needs Redis >= 5 (effects
+/// replication of a script that reads `TIME`).
+///
+/// Giving back m cells moves `tat` back by m intervals (never below now: a bucket is never
+/// fuller than full), the inverse of taking them.
 ///
 /// `tat` is written with `%.0f`: Lua's default number format keeps 14 digits, fewer than a
 /// microsecond timestamp has.
 pub const SCRIPT: &str = r"
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local wanted = tonumber(ARGV[3] or '1')
+local given_back = tonumber(ARGV[4] or '0')
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local tat = tonumber(redis.call('GET', KEYS[1]))
+local stored = tonumber(redis.call('GET', KEYS[1]))
+local tat = stored
+if tat and given_back > 0 then
+  tat = tat - given_back * interval
+end
 if not tat or tat < now then
   tat = now
 end
-local new_tat = tat + interval
-local diff = now - (new_tat - interval * burst)
+local diff = now - (tat + interval - interval * burst)
 if diff < 0 then
+  if stored and given_back > 0 then
+    redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000))
+  end
   return {0, 0, math.ceil(-diff / 1000), math.ceil((tat - now) / 1000)}
 end
+local granted = math.min(wanted, math.floor(diff / interval) + 1)
+local new_tat = tat + granted * interval
 local reset_ms = math.ceil((new_tat - now) / 1000)
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', reset_ms)
-return {1, math.floor(diff / interval), 0, reset_ms}
+return {granted, math.floor((now - (new_tat - interval * burst)) / interval), 0, reset_ms}
 ";
 
 /// The outcome of one request against one bucket.
@@ -55,10 +72,10 @@ pub struct Outcome {
 impl Outcome {
     /// Reads the script's reply.
     pub fn from_reply(reply: (i64, i64, i64, i64)) -> Self {
-        let (allowed, remaining, retry_after_ms, reset_after_ms) = reply;
+        let (granted, remaining, retry_after_ms, reset_after_ms) = reply;
         let millis = |value: i64| Duration::from_millis(u64::try_from(value).unwrap_or(0));
         Self {
-            allowed: allowed == 1,
+            allowed: granted >= 1,
             remaining: u32::try_from(remaining).unwrap_or(0),
             retry_after: millis(retry_after_ms),
             reset_after: millis(reset_after_ms),
@@ -73,16 +90,31 @@ pub fn interval_us(rate_per_second: f64) -> f64 {
 
 /// One GCRA step at `now_us` on a bucket whose stored `tat` (µs) is `tat_us` (`None` when the
 /// key is absent): the outcome and the `tat` to store (`None`: leave the bucket unchanged).
-/// The same arithmetic as [`SCRIPT`].
+/// The same arithmetic as [`SCRIPT`] with one cell wanted and none given back.
 pub fn step(
     now_us: f64,
     tat_us: Option<f64>,
     interval_us: f64,
     burst: u32,
 ) -> (Outcome, Option<f64>) {
-    let tat = tat_us.map_or(now_us, |stored| stored.max(now_us));
-    let new_tat = tat + interval_us;
-    let diff = now_us - (new_tat - interval_us * f64::from(burst));
+    let (outcome, _, stored) = step_cells(now_us, tat_us, interval_us, burst, 1, 0);
+    (outcome, stored)
+}
+
+/// [`SCRIPT`] in full: `wanted` cells asked for and `given_back` returned at `now_us`. Returns
+/// the outcome, the cells granted (0 when refused) and the `tat` to store (`None`: unchanged).
+pub fn step_cells(
+    now_us: f64,
+    tat_us: Option<f64>,
+    interval_us: f64,
+    burst: u32,
+    wanted: u32,
+    given_back: u32,
+) -> (Outcome, u32, Option<f64>) {
+    let returned = tat_us.map(|stored| stored - f64::from(given_back) * interval_us);
+    let tat = returned.map_or(now_us, |stored| stored.max(now_us));
+    let tau = interval_us * f64::from(burst);
+    let diff = now_us - (tat + interval_us - tau);
     let millis = |micros: f64| Duration::from_millis((micros / 1000.0).ceil().max(0.0) as u64);
     if diff < 0.0 {
         let outcome = Outcome {
@@ -91,15 +123,19 @@ pub fn step(
             retry_after: millis(-diff),
             reset_after: millis(tat - now_us),
         };
-        return (outcome, None);
+        let stored = (given_back > 0).then_some(returned).flatten().map(|_| tat.round());
+        return (outcome, 0, stored);
     }
+    let fit = (diff / interval_us).floor() + 1.0;
+    let granted = f64::from(wanted.max(1)).min(fit) as u32;
+    let new_tat = tat + f64::from(granted) * interval_us;
     let outcome = Outcome {
         allowed: true,
-        remaining: (diff / interval_us).floor() as u32,
+        remaining: ((now_us - (new_tat - tau)) / interval_us).floor() as u32,
         retry_after: Duration::ZERO,
         reset_after: millis(new_tat - now_us),
     };
-    (outcome, Some(new_tat.round()))
+    (outcome, granted, Some(new_tat.round()))
 }
 
 #[cfg(test)]
@@ -189,6 +225,32 @@ mod tests {
             allowed += burst_at(now, &mut tat, interval, 2, 1).iter().filter(|o| o.allowed).count();
         }
         assert!((30..=32).contains(&allowed), "{allowed}");
+    }
+
+    #[test]
+    fn a_lease_takes_as_many_cells_as_fit_and_gives_back_exactly() {
+        // 10/s, burst 5: an idle bucket grants a lease of 3, then the 2 left of 4 wanted.
+        let interval = interval_us(10.0);
+        let (first, granted, tat) = step_cells(0.0, None, interval, 5, 3, 0);
+        assert_eq!((first.allowed, granted, first.remaining), (true, 3, 2));
+        let (second, granted, tat) = step_cells(0.0, tat, interval, 5, 4, 0);
+        assert_eq!((second.allowed, granted, second.remaining), (true, 2, 0));
+        let (empty, granted, unchanged) = step_cells(0.0, tat, interval, 5, 4, 0);
+        assert_eq!((empty.allowed, granted, unchanged), (false, 0, None));
+        // Giving back 2 unused cells makes them available again, and is stored even when the
+        // request that carries them is refused.
+        let (refused, _, kept) = step_cells(0.0, tat, interval, 1, 1, 2);
+        assert!(!refused.allowed);
+        assert_eq!(kept, Some(tat.unwrap() - 2.0 * interval));
+        let (again, granted, _) = step_cells(0.0, tat, interval, 5, 4, 2);
+        assert_eq!((again.allowed, granted), (true, 2));
+        // One cell wanted and none given back: the plain step.
+        for now in [0.0, 50_000.0, 1e9] {
+            let (plain, stored) = step(now, tat, interval, 5);
+            let (cells, granted, stored_cells) = step_cells(now, tat, interval, 5, 1, 0);
+            assert_eq!((plain, stored), (cells, stored_cells));
+            assert_eq!(granted, u32::from(plain.allowed));
+        }
     }
 
     #[test]

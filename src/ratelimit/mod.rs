@@ -1,8 +1,9 @@
 //! Admission control of the HTTP side: per-subject rate limits (GCRA in Redis, shared by every
 //! instance, with an in-process fallback) and load shedding (a global concurrency limit).
 //!
-//! - [`RateLimiter`]: one decision per request, keyed `{ns}:rl:{class}:{subject}`; one EVALSHA
-//!   of [`gcra::SCRIPT`] on Redis's clock. When Redis is unreachable (error, timeout, or the
+//! - [`RateLimiter`]: one decision per request, keyed `{ns}:rl:{class}:{subject}`: an EVALSHA
+//!   of [`gcra::SCRIPT`] on Redis's clock, or, for a busy subject, a cell of a lease taken from
+//!   the same bucket earlier ([`lease`]). When Redis is unreachable (error, timeout, or the
 //!   `redis` breaker open) the stricter [`local::LocalLimiter`] decides instead: the service
 //!   neither fails open nor answers 500.
 //! - [`http::enforce`]: the axum middleware: 429 `rate_limited` with `Retry-After`, and the
@@ -14,10 +15,12 @@ pub mod config;
 pub mod gcra;
 pub mod headers;
 pub mod http;
+pub mod lease;
 pub mod local;
 pub mod shed;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub use config::{ClassLimit, InvalidRateLimit, RateLimitConfig};
 pub use gcra::Outcome;
@@ -113,6 +116,12 @@ impl RouteClass {
     }
 }
 
+/// The lease behind `slot` (a poisoned lock still holds a consistent lease: every update is a
+/// few assignments).
+fn lock(slot: &std::sync::Mutex<lease::Lease>) -> std::sync::MutexGuard<'_, lease::Lease> {
+    slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Which limiter decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -157,6 +166,8 @@ struct Inner {
     script: redis::Script,
     namespace: String,
     local: [local::LocalLimiter; 5],
+    /// Leases by bucket key (`lease`), as many subjects as the fallback keeps.
+    leases: quick_cache::sync::Cache<String, Arc<std::sync::Mutex<lease::Lease>>>,
     metrics: Metrics,
 }
 
@@ -180,6 +191,7 @@ impl RateLimiter {
                 redis,
                 script: redis::Script::new(gcra::SCRIPT),
                 local,
+                leases: quick_cache::sync::Cache::new(config.fallback_max_subjects),
                 metrics,
             }),
         }
@@ -195,40 +207,22 @@ impl RateLimiter {
         format!("{}:rl:{}:{subject}", self.inner.namespace, class.as_str())
     }
 
-    /// Counts one request of `subject` in `class`: in Redis, or in process while Redis is
-    /// unreachable. Never fails.
+    /// Counts one request of `subject` in `class`: in Redis (from a lease of cells taken
+    /// earlier, for a busy subject: [`lease`]), or in process while Redis is unreachable.
+    /// Never fails.
     pub async fn check(&self, class: RouteClass, subject: &str) -> Decision {
         let inner = &self.inner;
         let limit = inner.config.limit(class);
         let key = self.key(class, subject);
-        let interval = gcra::interval_us(limit.rate_per_second).to_string();
-        let burst = limit.burst.to_string();
-        let reply = inner
-            .redis
-            .script::<(i64, i64, i64, i64)>(
-                "rate_limit",
-                &inner.script,
-                &[&key],
-                &[&interval, &burst],
-            )
-            .await;
-        let decision = match reply {
-            Ok(reply) => Decision {
-                class,
-                outcome: Outcome::from_reply(reply),
-                limit: limit.clone(),
-                backend: Backend::Redis,
-            },
-            Err(error) => {
-                tracing::debug!(class = class.as_str(), error = %error, "rate limit falls back to the in-process limiter");
-                let local = &inner.local[class.index()];
-                Decision {
-                    class,
-                    outcome: local.check(subject),
-                    limit: local.limit().clone(),
-                    backend: Backend::Local,
-                }
+        let lease_time = Duration::from_millis(inner.config.lease_ms);
+        let max_cells = lease::max_cells(limit, lease_time);
+        let decision = if max_cells == 0 {
+            match self.fetch(limit, &key, 1, 0).await {
+                Some((outcome, _)) => self.shared(class, outcome),
+                None => self.local(class, subject),
             }
+        } else {
+            self.leased(class, subject, key, max_cells, lease_time).await
         };
         let verdict = if decision.outcome.allowed { "allowed" } else { "limited" };
         inner
@@ -237,6 +231,116 @@ impl RateLimiter {
             .with_label_values(&[class.as_str(), decision.backend.as_str(), verdict])
             .inc();
         decision
+    }
+
+    /// A decision for a subject with leases ([`lease`]): a cell of its lease, a refusal still
+    /// holding, a fetch (the request waits), or the in-process limiter after a failure; starts
+    /// a top-up in the background when the lease runs low.
+    async fn leased(
+        &self,
+        class: RouteClass,
+        subject: &str,
+        key: String,
+        max_cells: u32,
+        lease_time: Duration,
+    ) -> Decision {
+        let limit = self.inner.config.limit(class);
+        let slot = self
+            .inner
+            .leases
+            .get_or_insert_with(&key, || {
+                Ok::<_, std::convert::Infallible>(Arc::new(std::sync::Mutex::new(
+                    lease::Lease::default(),
+                )))
+            })
+            .unwrap_or_else(|never| match never {});
+        let (plan, top_up) = lock(&slot).plan(Instant::now(), max_cells, lease_time);
+        // A fetch for the lease runs as a task of its own, so that it settles the lease even
+        // when the request waiting on it is dropped (a client gone).
+        let fetch_for_lease = |fetch: lease::Fetch, waiting: bool| {
+            let (limiter, slot, key, limit) =
+                (self.clone(), Arc::clone(&slot), key.clone(), limit.clone());
+            tokio::spawn(async move {
+                let answer = limiter.fetch(&limit, &key, fetch.wanted, fetch.given_back).await;
+                lock(&slot).settle(Instant::now(), answer, lease_time, waiting)
+            })
+        };
+        if let Some(fetch) = top_up {
+            drop(fetch_for_lease(fetch, false));
+        }
+        match plan {
+            lease::Plan::Answer(outcome) => self.shared(class, outcome),
+            lease::Plan::Local => self.local(class, subject),
+            lease::Plan::Ask { fetch, lease: true } => {
+                match fetch_for_lease(fetch, true).await.ok().flatten() {
+                    Some(outcome) => self.shared(class, outcome),
+                    None => self.local(class, subject),
+                }
+            }
+            lease::Plan::Ask { fetch, lease: false } => {
+                let answer = self.fetch(limit, &key, fetch.wanted, fetch.given_back).await;
+                let outcome = answer.map(|(outcome, _)| outcome);
+                lock(&slot).note(Instant::now(), outcome.as_ref(), lease_time);
+                match outcome {
+                    Some(outcome) => self.shared(class, outcome),
+                    None => self.local(class, subject),
+                }
+            }
+        }
+    }
+
+    /// One step of the shared bucket `key`: `wanted` cells asked for, `given_back` returned.
+    /// The outcome and the cells granted; `None` when Redis did not answer (logged).
+    async fn fetch(
+        &self,
+        limit: &ClassLimit,
+        key: &str,
+        wanted: u32,
+        given_back: u32,
+    ) -> Option<(Outcome, u32)> {
+        let inner = &self.inner;
+        let interval = gcra::interval_us(limit.rate_per_second).to_string();
+        let burst = limit.burst.to_string();
+        let (wanted, given_back) = (wanted.to_string(), given_back.to_string());
+        let reply = inner
+            .redis
+            .script::<(i64, i64, i64, i64)>(
+                "rate_limit",
+                &inner.script,
+                &[key],
+                &[&interval, &burst, &wanted, &given_back],
+            )
+            .await;
+        match reply {
+            Ok(reply) => {
+                Some((Outcome::from_reply(reply), u32::try_from(reply.0.max(0)).unwrap_or(0)))
+            }
+            Err(error) => {
+                tracing::debug!(key, error = %error, "rate limit falls back to the in-process limiter");
+                None
+            }
+        }
+    }
+
+    /// A decision of the shared budget.
+    fn shared(&self, class: RouteClass, outcome: Outcome) -> Decision {
+        Decision {
+            class,
+            outcome,
+            limit: self.inner.config.limit(class).clone(),
+            backend: Backend::Redis,
+        }
+    }
+
+    /// A decision of the in-process fallback.
+    fn local(&self, class: RouteClass, subject: &str) -> Decision {
+        let local = &self.inner.local[class.index()];
+        Decision {
+            class,
+            outcome: local.check(subject),
+            limit: local.limit().clone(),
+            backend: Backend::Local,
+        }
     }
 }
 

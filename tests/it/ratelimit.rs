@@ -293,3 +293,98 @@ async fn a_service_token_has_the_service_budget_and_users_keep_theirs() {
     let refused = call(&app, Method::GET, "/v1/users/bob/recommendations", Some(&bob)).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// Redis calls the limiter made (`embedstream_redis_operation_duration_seconds_count` of the
+/// `rate_limit` operation).
+fn rate_limit_calls(metrics: &Metrics) -> u64 {
+    metrics
+        .render()
+        .lines()
+        .find(|line| {
+            line.starts_with("embedstream_redis_operation_duration_seconds_count{")
+                && line.contains("operation=\"rate_limit\"")
+        })
+        .map_or(0, |line| line.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+/// Issue 12.7: every request of a busy subject waited on one Redis round trip (and on whatever
+/// Redis was doing meanwhile: a flush's transaction held it for about a second under ingest).
+/// A busy subject now takes its budget in leases: 64 requests of a service token cost a
+/// handful of calls, every one of them still a decision of the shared budget.
+#[tokio::test]
+async fn a_busy_subject_spends_leases_not_a_round_trip_per_request() {
+    let mut config = config("rl-lease");
+    config.rate_limit.lease_ms = 5_000;
+    let state = state(&config);
+    let metrics = state.metrics.clone();
+    let app = router(state);
+    let service = token(&config, "client:recs-service", "recs:read");
+    for request in 0..64 {
+        let reply = call(&app, Method::GET, "/v1/items/i1", Some(&service)).await;
+        assert_ne!(reply.status, StatusCode::TOO_MANY_REQUESTS, "request {request}");
+        assert_ne!(reply.status.as_u16() / 100, 5, "request {request}: {}", reply.json);
+    }
+    assert_eq!(decisions(&metrics, "service_recs", "redis", "allowed"), 64);
+    // Before: 64. Now a first cell, then leases sized by the pace and topped up in the
+    // background at half use (6 calls when written; a request that finds the lease empty while
+    // a top-up is in flight asks for its own cell, so a few more are possible).
+    let calls = rate_limit_calls(&metrics);
+    assert!((3..=12).contains(&calls), "{calls} Redis calls for 64 requests");
+}
+
+/// Leases never let instances sharing a budget admit more than the bucket: two instances
+/// alternating 100 requests of one subject (burst 40, 2/s, leases of up to 20 cells) admit the
+/// burst plus what refilled meanwhile, and no fewer than the burst.
+#[tokio::test]
+async fn leases_on_two_instances_admit_exactly_the_shared_budget() {
+    let mut config = config("rl-lease-shared");
+    config.rate_limit.recs = ClassLimit { rate_per_second: 2.0, burst: 40 };
+    config.rate_limit.lease_ms = 10_000;
+    let first = router(state(&config));
+    let second = router(state(&config));
+    let bob = token(&config, "bob", "recs:read");
+    let started = std::time::Instant::now();
+    let mut allowed = 0u64;
+    for round in 0..50 {
+        for app in [&first, &second] {
+            let reply = call(app, Method::GET, "/v1/items/i1", Some(&bob)).await;
+            assert_ne!(reply.status.as_u16() / 100, 5, "round {round}: {}", reply.json);
+            if reply.status != StatusCode::TOO_MANY_REQUESTS {
+                allowed += 1;
+            }
+        }
+    }
+    let refilled = (started.elapsed().as_secs_f64() * 2.0).floor() as u64;
+    assert!(allowed <= 40 + refilled + 1, "{allowed} admitted, budget 40 + {refilled} refilled");
+    assert!(allowed >= 40, "{allowed} admitted of a budget of 40");
+}
+
+/// The GCRA script's lease arithmetic on the real Redis (the same as `gcra::step_cells`): an
+/// idle bucket of burst 5 grants 3 wanted cells, then the 2 left of 4 wanted, then none; 2 cells
+/// given back are granted again.
+#[test]
+fn the_script_grants_leases_and_takes_cells_back() {
+    let config = config("rl-script");
+    let mut redis =
+        redis::Client::open(config.store.url.as_str()).unwrap().get_connection().unwrap();
+    let key = format!("{}:rl:test", config.store.namespace);
+    let script = redis::Script::new(embedstream::ratelimit::gcra::SCRIPT);
+    // 0.001/s: nothing refills during the test.
+    let interval = embedstream::ratelimit::gcra::interval_us(0.001).to_string();
+    let mut step = |wanted: u32, given_back: u32| -> (i64, i64) {
+        let reply: (i64, i64, i64, i64) = script
+            .key(&key)
+            .arg(&interval)
+            .arg(5)
+            .arg(wanted)
+            .arg(given_back)
+            .invoke(&mut redis)
+            .unwrap();
+        (reply.0, reply.1)
+    };
+    assert_eq!(step(3, 0), (3, 2), "granted, remaining");
+    assert_eq!(step(4, 0), (2, 0));
+    assert_eq!(step(1, 0), (0, 0), "refused");
+    assert_eq!(step(4, 2), (2, 0), "the two given back are granted again");
+    assert_eq!(step(1, 1), (1, 0));
+}
