@@ -30,7 +30,7 @@ use std::time::Duration;
 pub const SCRIPT: &str = r"
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local wanted = tonumber(ARGV[3] or '1')
+local wanted = math.max(1, tonumber(ARGV[3] or '1'))
 local given_back = tonumber(ARGV[4] or '0')
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
