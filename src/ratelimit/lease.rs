@@ -15,8 +15,9 @@
 //!   the cells on hand, from 1 up to [`max_cells`] (`rate x rate_limit.lease_ms`, at most half
 //!   the burst). Topping up at half use or half life leaves half a lease time of cells while the
 //!   top-up runs: longer than `http.redis_timeout_ms` (50 ms) with the default 250 ms, so a
-//!   top-up that fails (Redis frozen) is known before the lease runs dry. A subject sending a request now and then
-//!   takes one cell at a time; one sending hundreds a second goes to Redis a few times a second.
+//!   top-up that fails (Redis frozen) is known before the lease runs dry. A subject sending a
+//!   request now and then takes one cell at a time; one sending hundreds a second goes to Redis
+//!   a few times a second.
 //! - A lease lives `rate_limit.lease_ms` from its last top-up; the cells of an ended lease go
 //!   back to the bucket with the next fetch (the script's `given_back`), so one instance admits
 //!   exactly what the bucket allows. Cells of a subject that stops sending are given back only
@@ -83,8 +84,7 @@ pub struct Lease {
     full_at: Option<Instant>,
     /// A fetch for the lease is in flight.
     fetching: bool,
-    /// The last fetch failed; Redis is tried again from `retry_at`.
-    failed: bool,
+    /// Set when the last fetch failed: when Redis is asked again. `None` while Redis answers.
     retry_at: Option<Instant>,
     /// A refusal of Redis, answered in process until it expires.
     refused: Option<(Instant, Outcome)>,
@@ -111,7 +111,7 @@ impl Lease {
             }
             self.refused = None;
         }
-        if self.failed {
+        if self.retry_at.is_some() {
             // One request per lease time asks Redis again and waits (the probe that closes the
             // `redis` breaker, so that the next answers are no longer marked stale); the rest
             // are decided in process meanwhile.
@@ -139,10 +139,9 @@ impl Lease {
     ) -> Option<Outcome> {
         self.fetching = false;
         let Some((outcome, granted)) = answer else {
-            self.failed(now, lease);
+            self.fail(now, lease);
             return None;
         };
-        self.failed = false;
         self.retry_at = None;
         if granted == 0 {
             self.refused = Some((now + outcome.retry_after, outcome));
@@ -170,12 +169,11 @@ impl Lease {
                 self.refused = Some((now + outcome.retry_after, *outcome));
             }
             Some(_) => {}
-            None => self.failed(now, lease),
+            None => self.fail(now, lease),
         }
     }
 
-    fn failed(&mut self, now: Instant, lease: Duration) {
-        self.failed = true;
+    fn fail(&mut self, now: Instant, lease: Duration) {
         self.retry_at = Some(now + lease);
     }
 
