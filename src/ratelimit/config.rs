@@ -42,7 +42,9 @@ pub struct RateLimitConfig {
     /// per request). A busy subject takes up to `rate x lease_ms` cells of its Redis bucket at
     /// once (at most half its burst) and this instance hands them out without a round trip;
     /// unused cells go back with the next fetch (`ratelimit::lease`). Subjects slower than
-    /// two requests per lease time are decided by Redis on every request.
+    /// two requests per lease time are decided by Redis on every request. At most 60000
+    /// ([`MAX_LEASE_MS`]): a subject may spend a cell up to a lease time after the bucket
+    /// charged it, and after a failed fetch it asks Redis again once a lease time.
     pub lease_ms: u64,
     /// Key unauthenticated requests on the last address of `X-Forwarded-For`, the one the
     /// trusted proxy in front of the service appended (default false: only set it behind such a
@@ -90,6 +92,14 @@ pub struct InvalidRateLimit {
     pub rule: &'static str,
 }
 
+/// The longest lease, ms (`rate_limit.lease_ms`).
+pub const MAX_LEASE_MS: u64 = 60_000;
+
+/// The highest `rate_per_second`: the script stores the bucket in whole microseconds, so a
+/// rate above a million a second (an interval below 1 µs) would lose part of every charge
+/// to rounding, and above two million charge nothing.
+pub const MAX_RATE_PER_SECOND: f64 = 1_000_000.0;
+
 impl RateLimitConfig {
     /// The budget of `class`.
     pub fn limit(&self, class: RouteClass) -> &ClassLimit {
@@ -122,13 +132,21 @@ impl RateLimitConfig {
                 rule: "must be >= 1",
             });
         }
+        if self.lease_ms > MAX_LEASE_MS {
+            return Err(InvalidRateLimit {
+                field: "rate_limit.lease_ms",
+                value: self.lease_ms.to_string(),
+                rule: "must be <= 60000",
+            });
+        }
         for class in RouteClass::ALL {
             let limit = self.limit(class);
-            if !(limit.rate_per_second.is_finite() && limit.rate_per_second > 0.0) {
+            let rate = limit.rate_per_second;
+            if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE_PER_SECOND) {
                 return Err(InvalidRateLimit {
                     field: class.rate_field(),
-                    value: limit.rate_per_second.to_string(),
-                    rule: "must be finite and > 0",
+                    value: rate.to_string(),
+                    rule: "must be > 0 and <= 1000000",
                 });
             }
             if limit.burst == 0 {
@@ -169,5 +187,13 @@ mod tests {
             ..RateLimitConfig::default()
         };
         assert_eq!(config.validate().map_err(|e| e.field), Err("rate_limit.events.burst"));
+        let fast = RateLimitConfig {
+            service_recs: ClassLimit { rate_per_second: 2e6, burst: 10 },
+            ..RateLimitConfig::default()
+        };
+        let field = fast.validate().map_err(|e| e.field);
+        assert_eq!(field, Err("rate_limit.service_recs.rate_per_second"));
+        let lease = RateLimitConfig { lease_ms: 3_600_000, ..RateLimitConfig::default() };
+        assert_eq!(lease.validate().map_err(|e| e.field), Err("rate_limit.lease_ms"));
     }
 }

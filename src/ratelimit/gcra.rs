@@ -15,15 +15,21 @@ use std::time::Duration;
 
 /// The Lua script: `KEYS[1]` = bucket, `ARGV[1]` = emission interval (microseconds, may be
 /// fractional), `ARGV[2]` = burst, `ARGV[3]` = cells wanted (a lease, [`super::lease`];
-/// default 1), `ARGV[4]` = cells given back (an earlier lease's unused cells; default 0).
-/// Returns `{granted, remaining, retry_after_ms, reset_after_ms}`: `granted` is the number of
-/// cells taken, at most the ones wanted and as many as fit now, 0 when the request is refused.
-/// With one cell wanted and none given back it is the plain GCRA step. The key expires (`PX`)
-/// when the bucket is full again, so idle subjects cost no memory. Needs Redis >= 5 (effects
-/// replication of a script that reads `TIME`).
+/// default 1), `ARGV[4]` = cells given back (an earlier lease's unused cells; default 0),
+/// `ARGV[5]` = the charge end of the cells given back (µs on Redis's clock, as this script
+/// returned it when it granted them; default 0). Returns `{granted, remaining,
+/// retry_after_ms, reset_after_ms, charge_end_us}`: `granted` is the number of cells taken, at
+/// most the ones wanted and as many as fit now, 0 when the request is refused; `charge_end_us`
+/// is the bucket's `tat` right after the grant, where this grant's charge ends (0 when
+/// refused). With one cell wanted and none given back it is the plain GCRA step. The key
+/// expires (`PX`) when the bucket is full again, so idle subjects cost no memory. Needs Redis
+/// >= 5 (effects replication of a script that reads `TIME`).
 ///
-/// Giving back m cells moves `tat` back by m intervals (never below now: a bucket is never
-/// fuller than full), the inverse of taking them.
+/// Giving back m cells moves `tat` back by m intervals, the inverse of taking them, but never
+/// by more than what is left of their charge (`charge_end - now`: a charge decays as time
+/// passes, and once it has the bucket holds no trace of those cells to take back; moving
+/// `tat` further would free other cells' charges, and the bucket would admit more than its
+/// budget), and never below now (a bucket is never fuller than full).
 ///
 /// `tat` is written with `%.0f`: Lua's default number format keeps 14 digits, fewer than a
 /// microsecond timestamp has.
@@ -32,12 +38,13 @@ local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local wanted = math.max(1, tonumber(ARGV[3] or '1'))
 local given_back = tonumber(ARGV[4] or '0')
+local charge_end = tonumber(ARGV[5] or '0')
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local stored = tonumber(redis.call('GET', KEYS[1]))
 local tat = stored
 if tat and given_back > 0 then
-  tat = tat - given_back * interval
+  tat = tat - math.min(given_back * interval, math.max(0, charge_end - now))
 end
 if not tat or tat < now then
   tat = now
@@ -47,13 +54,14 @@ if diff < 0 then
   if stored and given_back > 0 then
     redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000))
   end
-  return {0, 0, math.ceil(-diff / 1000), math.ceil((tat - now) / 1000)}
+  return {0, 0, math.ceil(-diff / 1000), math.ceil((tat - now) / 1000), 0}
 end
 local granted = math.min(wanted, math.floor(diff / interval) + 1)
 local new_tat = tat + granted * interval
 local reset_ms = math.ceil((new_tat - now) / 1000)
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', reset_ms)
-return {granted, math.floor((now - (new_tat - interval * burst)) / interval), 0, reset_ms}
+return {granted, math.floor((now - (new_tat - interval * burst)) / interval), 0, reset_ms,
+  math.floor(new_tat)}
 ";
 
 /// The outcome of one request against one bucket.
@@ -69,8 +77,58 @@ pub struct Outcome {
     pub reset_after: Duration,
 }
 
-impl Outcome {
+/// Unused cells returned to the bucket ([`SCRIPT`]'s `given_back`), with where their charge
+/// ends on Redis's clock (µs; as [`Grant::charge_end_us`] gave it; several grants' cells carry
+/// the earliest of their ends, which can only return fewer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GiveBack {
+    /// Cells returned.
+    pub cells: u32,
+    /// Where their charge ends, µs on Redis's clock.
+    pub charge_end_us: i64,
+}
+
+impl GiveBack {
+    /// Nothing given back.
+    pub const NONE: Self = Self { cells: 0, charge_end_us: 0 };
+
+    /// Adds `cells` charged until `charge_end_us`.
+    pub fn add(&mut self, cells: u32, charge_end_us: i64) {
+        if cells == 0 {
+            return;
+        }
+        self.charge_end_us =
+            if self.cells == 0 { charge_end_us } else { self.charge_end_us.min(charge_end_us) };
+        self.cells = self.cells.saturating_add(cells);
+    }
+}
+
+/// The script's answer to a fetch of cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The bucket's outcome for the request that asked.
+    pub outcome: Outcome,
+    /// Cells taken (0: refused).
+    pub granted: u32,
+    /// Where the charge of these cells ends on Redis's clock (µs): what giving them back
+    /// names ([`GiveBack`]).
+    pub charge_end_us: i64,
+}
+
+impl Grant {
     /// Reads the script's reply.
+    pub fn from_reply(reply: (i64, i64, i64, i64, i64)) -> Self {
+        let (granted, remaining, retry_after_ms, reset_after_ms, charge_end_us) = reply;
+        Self {
+            outcome: Outcome::from_reply((granted, remaining, retry_after_ms, reset_after_ms)),
+            granted: u32::try_from(granted.max(0)).unwrap_or(0),
+            charge_end_us,
+        }
+    }
+}
+
+impl Outcome {
+    /// Reads the first four values of the script's reply.
     pub fn from_reply(reply: (i64, i64, i64, i64)) -> Self {
         let (granted, remaining, retry_after_ms, reset_after_ms) = reply;
         let millis = |value: i64| Duration::from_millis(u64::try_from(value).unwrap_or(0));
@@ -97,21 +155,24 @@ pub fn step(
     interval_us: f64,
     burst: u32,
 ) -> (Outcome, Option<f64>) {
-    let (outcome, _, stored) = step_cells(now_us, tat_us, interval_us, burst, 1, 0);
+    let (outcome, _, stored) = step_cells(now_us, tat_us, interval_us, burst, 1, GiveBack::NONE);
     (outcome, stored)
 }
 
 /// [`SCRIPT`] in full: `wanted` cells asked for and `given_back` returned at `now_us`. Returns
-/// the outcome, the cells granted (0 when refused) and the `tat` to store (`None`: unchanged).
+/// the outcome, the cells granted (0 when refused) and the `tat` to store (`None`: unchanged;
+/// when cells are granted, also where their charge ends).
 pub fn step_cells(
     now_us: f64,
     tat_us: Option<f64>,
     interval_us: f64,
     burst: u32,
     wanted: u32,
-    given_back: u32,
+    given_back: GiveBack,
 ) -> (Outcome, u32, Option<f64>) {
-    let returned = tat_us.map(|stored| stored - f64::from(given_back) * interval_us);
+    let left_of_charge = (given_back.charge_end_us as f64 - now_us).max(0.0);
+    let refund = (f64::from(given_back.cells) * interval_us).min(left_of_charge);
+    let returned = tat_us.map(|stored| stored - refund);
     let tat = returned.map_or(now_us, |stored| stored.max(now_us));
     let tau = interval_us * f64::from(burst);
     let diff = now_us - (tat + interval_us - tau);
@@ -123,7 +184,7 @@ pub fn step_cells(
             retry_after: millis(-diff),
             reset_after: millis(tat - now_us),
         };
-        let stored = (given_back > 0).then_some(returned).flatten().map(|_| tat.round());
+        let stored = (given_back.cells > 0).then_some(returned).flatten().map(|_| tat.round());
         return (outcome, 0, stored);
     }
     let fit = (diff / interval_us).floor() + 1.0;
@@ -231,26 +292,55 @@ mod tests {
     fn a_lease_takes_as_many_cells_as_fit_and_gives_back_exactly() {
         // 10/s, burst 5: an idle bucket grants a lease of 3, then the 2 left of 4 wanted.
         let interval = interval_us(10.0);
-        let (first, granted, tat) = step_cells(0.0, None, interval, 5, 3, 0);
+        let none = GiveBack::NONE;
+        let (first, granted, tat) = step_cells(0.0, None, interval, 5, 3, none);
         assert_eq!((first.allowed, granted, first.remaining), (true, 3, 2));
-        let (second, granted, tat) = step_cells(0.0, tat, interval, 5, 4, 0);
+        let (second, granted, tat) = step_cells(0.0, tat, interval, 5, 4, none);
         assert_eq!((second.allowed, granted, second.remaining), (true, 2, 0));
-        let (empty, granted, unchanged) = step_cells(0.0, tat, interval, 5, 4, 0);
+        let (empty, granted, unchanged) = step_cells(0.0, tat, interval, 5, 4, none);
         assert_eq!((empty.allowed, granted, unchanged), (false, 0, None));
-        // Giving back 2 unused cells makes them available again, and is stored even when the
-        // request that carries them is refused.
-        let (refused, _, kept) = step_cells(0.0, tat, interval, 1, 1, 2);
+        // Giving back 2 unused cells of the second grant (its charge ends at `tat`) makes them
+        // available again, and is stored even when the request that carries them is refused.
+        let two = GiveBack { cells: 2, charge_end_us: tat.unwrap() as i64 };
+        let (refused, _, kept) = step_cells(0.0, tat, interval, 1, 1, two);
         assert!(!refused.allowed);
         assert_eq!(kept, Some(tat.unwrap() - 2.0 * interval));
-        let (again, granted, _) = step_cells(0.0, tat, interval, 5, 4, 2);
+        let (again, granted, _) = step_cells(0.0, tat, interval, 5, 4, two);
         assert_eq!((again.allowed, granted), (true, 2));
         // One cell wanted and none given back: the plain step.
         for now in [0.0, 50_000.0, 1e9] {
             let (plain, stored) = step(now, tat, interval, 5);
-            let (cells, granted, stored_cells) = step_cells(now, tat, interval, 5, 1, 0);
+            let (cells, granted, stored_cells) = step_cells(now, tat, interval, 5, 1, none);
             assert_eq!((plain, stored), (cells, stored_cells));
             assert_eq!(granted, u32::from(plain.allowed));
         }
+    }
+
+    /// An attack on the leases (two instances, 2026-12-07): instance A held 12 unused cells
+    /// of a lease while the bucket refilled; B then took the whole burst, and A's give-back
+    /// moved `tat` back 12 intervals, so the subject got 112 requests against a burst of 100.
+    /// Cells whose charge has decayed give nothing back; a partly decayed charge gives back
+    /// what is left of it.
+    #[test]
+    fn cells_given_back_after_their_charge_decayed_free_nothing() {
+        // 50/s (T = 20 ms), burst 100.
+        let interval = interval_us(50.0);
+        let none = GiveBack::NONE;
+        let (_, granted, lease_tat) = step_cells(0.0, None, interval, 100, 12, none);
+        assert_eq!(granted, 12);
+        let lease = GiveBack { cells: 12, charge_end_us: lease_tat.unwrap() as i64 };
+        // One second later the bucket is full again; B takes all of it.
+        let (_, granted, tat) = step_cells(1e6, None, interval, 100, 100, none);
+        assert_eq!(granted, 100);
+        let (outcome, granted, stored) = step_cells(1.021e6, tat, interval, 100, 12, lease);
+        assert_eq!((outcome.allowed, granted), (true, 1), "one interval passed, nothing else");
+        assert_eq!(stored, Some(tat.unwrap() + interval));
+        // Given back while 100 ms of its 240 ms charge are left: 5 intervals come back, beside
+        // the 7 that 140 ms refilled (12 cells, not 7 + 12).
+        let (_, _, tat) = step_cells(0.0, None, interval, 100, 100, none);
+        let lease = GiveBack { cells: 12, charge_end_us: 240_000 };
+        let (_, granted, _) = step_cells(140_000.0, tat, interval, 100, 100, lease);
+        assert_eq!(granted, 12);
     }
 
     #[test]

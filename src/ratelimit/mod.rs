@@ -217,8 +217,8 @@ impl RateLimiter {
         let lease_time = Duration::from_millis(inner.config.lease_ms);
         let max_cells = lease::max_cells(limit, lease_time);
         let decision = if max_cells == 0 {
-            match self.fetch(limit, &key, 1, 0).await {
-                Some((outcome, _)) => self.shared(class, outcome),
+            match self.fetch(limit, &key, 1, gcra::GiveBack::NONE).await {
+                Some(grant) => self.shared(class, grant.outcome),
                 None => self.local(class, subject),
             }
         } else {
@@ -261,8 +261,9 @@ impl RateLimiter {
             let (limiter, slot, key, limit) =
                 (self.clone(), Arc::clone(&slot), key.clone(), limit.clone());
             tokio::spawn(async move {
+                let started = Instant::now();
                 let answer = limiter.fetch(&limit, &key, fetch.wanted, fetch.given_back).await;
-                lock(&slot).settle(Instant::now(), answer, lease_time, waiting)
+                lock(&slot).settle(started, answer, lease_time, waiting)
             })
         };
         if let Some(fetch) = top_up {
@@ -279,7 +280,7 @@ impl RateLimiter {
             }
             lease::Plan::Ask { fetch, lease: false } => {
                 let answer = self.fetch(limit, &key, fetch.wanted, fetch.given_back).await;
-                let outcome = answer.map(|(outcome, _)| outcome);
+                let outcome = answer.map(|grant| grant.outcome);
                 lock(&slot).note(Instant::now(), outcome.as_ref(), lease_time);
                 match outcome {
                     Some(outcome) => self.shared(class, outcome),
@@ -290,31 +291,31 @@ impl RateLimiter {
     }
 
     /// One step of the shared bucket `key`: `wanted` cells asked for, `given_back` returned.
-    /// The outcome and the cells granted; `None` when Redis did not answer (logged).
+    /// `None` when Redis did not answer (logged).
     async fn fetch(
         &self,
         limit: &ClassLimit,
         key: &str,
         wanted: u32,
-        given_back: u32,
-    ) -> Option<(Outcome, u32)> {
+        given_back: gcra::GiveBack,
+    ) -> Option<gcra::Grant> {
         let inner = &self.inner;
         let interval = gcra::interval_us(limit.rate_per_second).to_string();
         let burst = limit.burst.to_string();
-        let (wanted, given_back) = (wanted.to_string(), given_back.to_string());
+        let wanted = wanted.to_string();
+        let (cells, charge_end) =
+            (given_back.cells.to_string(), given_back.charge_end_us.to_string());
         let reply = inner
             .redis
-            .script::<(i64, i64, i64, i64)>(
+            .script::<(i64, i64, i64, i64, i64)>(
                 "rate_limit",
                 &inner.script,
                 &[key],
-                &[&interval, &burst, &wanted, &given_back],
+                &[&interval, &burst, &wanted, &cells, &charge_end],
             )
             .await;
         match reply {
-            Ok(reply) => {
-                Some((Outcome::from_reply(reply), u32::try_from(reply.0.max(0)).unwrap_or(0)))
-            }
+            Ok(reply) => Some(gcra::Grant::from_reply(reply)),
             Err(error) => {
                 tracing::debug!(key, error = %error, "rate limit falls back to the in-process limiter");
                 None

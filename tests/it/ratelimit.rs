@@ -371,20 +371,60 @@ fn the_script_grants_leases_and_takes_cells_back() {
     let script = redis::Script::new(embedstream::ratelimit::gcra::SCRIPT);
     // 0.001/s: nothing refills during the test.
     let interval = embedstream::ratelimit::gcra::interval_us(0.001).to_string();
-    let mut step = |wanted: u32, given_back: u32| -> (i64, i64) {
-        let reply: (i64, i64, i64, i64) = script
+    let mut step = |wanted: u32, given_back: u32, charge_end: i64| -> (i64, i64, i64) {
+        let reply: (i64, i64, i64, i64, i64) = script
             .key(&key)
             .arg(&interval)
             .arg(5)
             .arg(wanted)
             .arg(given_back)
+            .arg(charge_end)
             .invoke(&mut redis)
             .unwrap();
-        (reply.0, reply.1)
+        (reply.0, reply.1, reply.4)
     };
-    assert_eq!(step(3, 0), (3, 2), "granted, remaining");
-    assert_eq!(step(4, 0), (2, 0));
-    assert_eq!(step(1, 0), (0, 0), "refused");
-    assert_eq!(step(4, 2), (2, 0), "the two given back are granted again");
-    assert_eq!(step(1, 1), (1, 0));
+    let (granted, remaining, _) = step(3, 0, 0);
+    assert_eq!((granted, remaining), (3, 2), "granted, remaining");
+    let (granted, remaining, charge_end) = step(4, 0, 0);
+    assert_eq!((granted, remaining), (2, 0));
+    assert!(charge_end > 0, "where the charge of the 2 cells ends");
+    assert_eq!(step(1, 0, 0), (0, 0, 0), "refused");
+    let (granted, remaining, _) = step(4, 2, charge_end);
+    assert_eq!((granted, remaining), (2, 0), "the two given back are granted again");
+    let (granted, _, charge_end) = step(1, 0, 0);
+    assert_eq!(granted, 0);
+    assert_eq!(step(1, 1, charge_end).0, 0, "a refusal has no charge to give back");
+}
+
+/// Cells given back after their charge has decayed free nothing (found by a review of the
+/// leases: instance A held unused cells while the bucket refilled, instance B took the whole
+/// burst, and A's give-back moved the bucket back, admitting more than the budget).
+#[test]
+fn cells_given_back_after_the_bucket_refilled_free_nothing() {
+    let config = config("rl-script-decayed");
+    let mut redis =
+        redis::Client::open(config.store.url.as_str()).unwrap().get_connection().unwrap();
+    let key = format!("{}:rl:test", config.store.namespace);
+    let script = redis::Script::new(embedstream::ratelimit::gcra::SCRIPT);
+    // 50/s (20 ms an interval), burst 10.
+    let interval = embedstream::ratelimit::gcra::interval_us(50.0).to_string();
+    let mut step = |wanted: u32, given_back: u32, charge_end: i64| -> (i64, i64) {
+        let reply: (i64, i64, i64, i64, i64) = script
+            .key(&key)
+            .arg(&interval)
+            .arg(10)
+            .arg(wanted)
+            .arg(given_back)
+            .arg(charge_end)
+            .invoke(&mut redis)
+            .unwrap();
+        (reply.0, reply.4)
+    };
+    let (granted, lease_end) = step(5, 0, 0);
+    assert_eq!(granted, 5, "instance A's lease");
+    // The lease's 100 ms charge decays and the bucket is full again: B takes all of it.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(step(10, 0, 0).0, 10, "instance B takes the burst");
+    let (granted, _) = step(10, 5, lease_end);
+    assert!(granted <= 1, "A gave back 5 decayed cells and got {granted} (at most 1 refilled)");
 }
