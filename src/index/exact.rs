@@ -122,7 +122,7 @@ impl TopK {
     /// The score a candidate must reach to be kept once `k` are held (the worst kept);
     /// negative infinity before.
     #[inline]
-    fn floor(&self) -> f32 {
+    pub(crate) fn floor(&self) -> f32 {
         match self.heap.peek() {
             Some(worst) if self.heap.len() == self.k => worst.score,
             _ => f32::NEG_INFINITY,
@@ -144,6 +144,28 @@ impl TopK {
     /// Rows, best first, ties by lower row.
     pub(crate) fn into_rows(self) -> Vec<u32> {
         self.heap.into_sorted_vec().into_iter().map(|entry| entry.row).collect()
+    }
+
+    /// The k-th best of the held rows' current scores (recomputed from the model, as
+    /// [`TopK::into_current_items`] will): a floor the true top k reaches, since these k rows
+    /// are candidates. Negative infinity while fewer than k are held or a score is not finite.
+    pub(crate) fn current_floor(&self, model: &Model, query: &[f32]) -> f32 {
+        if self.k == 0 || self.heap.len() < self.k {
+            return f32::NEG_INFINITY;
+        }
+        self.heap.iter().fold(f32::INFINITY, |lowest, entry| {
+            let item = ItemRow(entry.row);
+            let score = if (entry.row as usize) < model.item_count() {
+                dot(query, model.item_vector(item)) + model.item_bias(item)
+            } else {
+                f32::NAN
+            };
+            if score.is_finite() {
+                lowest.min(score)
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
     }
 
     /// Best first (ties by lower row), each score recomputed from the model's current

@@ -85,7 +85,9 @@ pub struct IndexConfig {
     /// few large-norm items that hold most top-10 lists; scoring those exactly and building the
     /// graph on the rest fixes that (recall@10 0.973 to 0.9995 on an attack run's catalogue,
     /// 0.40 to 0.998 on zipf-like norms, `docs/design/ann-index.md`) for 10 to 40 µs a query
-    /// at 512 (BENCHMARKS.md, "Ranking"). 0: every indexable item in the graph.
+    /// at 512 (BENCHMARKS.md, "Ranking"). When no graph item can reach the k-th best score of
+    /// the head and the fresh tier ([`Index::top_k`]), the graph is not searched. 0: every
+    /// indexable item in the graph.
     pub exact_head: usize,
     /// HNSW candidates fetched per requested result (default 4; >= 1).
     pub oversampling: usize,
@@ -201,6 +203,9 @@ pub struct QueryResult {
     pub used_ann: bool,
     /// Candidates scored exactly.
     pub candidates: usize,
+    /// Whether the HNSW graph was searched (false with the exact scan, and when the head and
+    /// the fresh tier held the top k, [`Index::top_k`]).
+    pub searched_graph: bool,
 }
 
 impl Index {
@@ -561,9 +566,13 @@ impl Index {
 
     /// Top `k` items for query vector `query` by s = query.q + b, skipping `excluded`: an exact
     /// scan of the item matrix up to `full_scan_threshold` items, without a snapshot, or while
-    /// more than `exact_scan_share` of the items lie outside the graph; otherwise HNSW
-    /// candidates ([`Index::graph_candidates`]) plus the snapshot's head of largest-norm
-    /// items and every item scored outside the graph, re-scored exactly.
+    /// more than `exact_scan_share` of the items lie outside the graph; otherwise every item
+    /// scored outside the graph (exactly) and the snapshot's head of largest-norm items (from
+    /// its copy), then HNSW candidates ([`Index::graph_candidates`]), unless no graph item can
+    /// reach the k-th best score already held ([`Snapshot::graph_below`]); what is kept is
+    /// re-scored against the model. Where a few items' norms and biases stand out, as learned
+    /// from interaction logs, the head often holds the whole top k, and the answer is then
+    /// exact (as of the changes noted in the fresh tier) without a graph search.
     pub fn top_k(
         &self,
         model: &Model,
@@ -579,25 +588,38 @@ impl Index {
             item_count > self.config.full_scan_threshold
                 && outside as f64 <= self.config.exact_scan_share * item_count as f64
         });
-        let hits = snapshot.as_ref().and_then(|snapshot| {
-            self.graph_candidates(snapshot, query, k, excluded).map(|hits| (snapshot, hits))
-        });
-        let Some((snapshot, mut hits)) = hits else {
+        let exact_scan = |model: &Model| {
             let (items, _) = exact::bounded_top_k(model, query, k, excluded);
-            return QueryResult { candidates: item_count, items, used_ann: false };
+            QueryResult { candidates: item_count, items, used_ann: false, searched_graph: false }
         };
+        let Some(snapshot) = snapshot else { return exact_scan(model) };
         let indexed = snapshot.len().min(item_count);
-        // Fresh rows are scored below with the rest of the tier, once.
-        hits.retain(|row| !fresh.contains(*row));
         let stale = fresh.below(indexed);
         let mut top = exact::TopK::new(k);
-        for row in hits.iter().chain(stale) {
+        for row in stale {
             exact::score_row(model, query, *row, excluded, &mut top);
         }
         let head = snapshot.score_head(query, |row| !fresh.contains(row), excluded, &mut top);
         exact::scan_rows(model, query, indexed..item_count, excluded, &mut top);
+        let mut hits = Vec::new();
+        // The k-th best held, re-scored against the model (a head row moved since the copy
+        // cannot lift it), or as held: no graph hit below the held floor would be kept anyway.
+        let floor = top.floor().max(top.current_floor(model, query));
+        let searched_graph = !snapshot.graph_below(query, floor);
+        if searched_graph {
+            let Some(found) = self.graph_candidates(&snapshot, query, k, excluded) else {
+                return exact_scan(model);
+            };
+            hits = found;
+            // Fresh rows were scored above with the rest of the tier, once.
+            hits.retain(|row| !fresh.contains(*row));
+            for row in &hits {
+                exact::score_row(model, query, *row, excluded, &mut top);
+            }
+        }
         let candidates = hits.len() + stale.len() + head + (item_count - indexed);
-        QueryResult { items: top.into_current_items(model, query), used_ann: true, candidates }
+        let items = top.into_current_items(model, query);
+        QueryResult { items, used_ann: true, candidates, searched_graph }
     }
 }
 
@@ -621,6 +643,128 @@ mod tests {
             ..IndexConfig::default()
         };
         (model, Index::new(config))
+    }
+
+    /// `items` items of dim 16 restored with vector and bias `item(row)`, and an index over
+    /// them with a head of 50 and the graph built.
+    fn restored(
+        items: u32,
+        item: impl Fn(u32) -> (Vec<f32>, f32),
+    ) -> (crate::model::ModelLock, Index) {
+        use crate::model::{ItemState, Model, ModelConfig};
+        let dim = 16;
+        let model = Model::new(ModelConfig { dim, ..ModelConfig::default() }).unwrap();
+        let model = crate::model::ModelLock::new(model);
+        for row in 0..items {
+            let (vector, bias) = item(row);
+            let state = ItemState {
+                id: format!("i{row}"),
+                row,
+                vector,
+                context: vec![0.0; dim],
+                adagrad: 0.0,
+                context_adagrad: 0.0,
+                bias,
+                events: 1,
+                last_ts: 1_000_000_000_000,
+                popularity_log: 0.0,
+                version: 0,
+            };
+            model.write().restore_item(state).unwrap();
+        }
+        let config = IndexConfig {
+            full_scan_threshold: 0,
+            exact_head: 50,
+            ef_construction: 64,
+            ..IndexConfig::default()
+        };
+        let index = Index::new(config);
+        index.rebuild(&model).unwrap();
+        (model, index)
+    }
+
+    /// A deterministic value in [-1, 1).
+    fn noise(n: u32) -> f32 {
+        ((n.wrapping_mul(2_654_435_761) >> 8) % 2000) as f32 / 1000.0 - 1.0
+    }
+
+    /// A vector of dim 16 and length `length` along a direction every vector shares (as
+    /// learned embeddings have: a popularity axis) plus noise drawn from `seed`.
+    fn shared_direction(seed: u32, length: f32) -> Vec<f32> {
+        let vector: Vec<f32> = (0..16).map(|d| noise(seed * 16 + d) + 1.0).collect();
+        let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        vector.iter().map(|x| x * length / norm).collect()
+    }
+
+    /// A length in [0.2, 1) for `row`.
+    fn small(row: u32) -> f32 {
+        0.2 + 0.8 * (noise(row) + 1.0) / 2.0
+    }
+
+    /// Where a few items' norms stand out (20 items of norm 10 among 2,000 of norm at most 1),
+    /// the head holds every top 10 and no graph item can reach its 10th score: the answer is
+    /// the exact one, and the graph is not searched (the candidates are the head alone).
+    /// Excluding the large items brings the graph back in.
+    #[test]
+    fn a_top_k_the_head_holds_skips_the_graph_search_and_stays_exact() {
+        use super::{exact_top_k, Excluded};
+        let (model, index) = restored(2_000, |row| {
+            let length = if row % 100 == 7 { 10.0 } else { small(row) };
+            (shared_direction(row, length), 0.0)
+        });
+        let model = model.read();
+        let none = Excluded::none();
+        for user in 0..50u32 {
+            let query = shared_direction(1_000_000 + user, 1.0);
+            let result = index.top_k(&model, &query, 10, &none);
+            assert_eq!(result.items, exact_top_k(&model, &query, 10, &none), "user {user}");
+            assert!(!result.searched_graph, "user {user}");
+            assert_eq!(result.candidates, 50, "user {user}: the head alone was scored");
+            let large = Excluded::from_rows((0..2_000).filter(|row| row % 100 == 7));
+            let result = index.top_k(&model, &query, 10, &large);
+            assert!(result.searched_graph, "user {user}: the graph is searched");
+            assert!(result.candidates > 50);
+        }
+    }
+
+    /// The bound counts the graph's largest bias: an item outside the head (50 items of norm
+    /// 10 fill it) with a small vector and a large bias beats every head item, and is found.
+    #[test]
+    fn a_graph_item_with_a_large_bias_is_not_ruled_out_by_the_head() {
+        use super::{exact_top_k, Excluded};
+        let biased = 1_000;
+        let (model, index) = restored(2_000, |row| match row {
+            row if row % 40 == 7 => (shared_direction(row, 10.0), 0.0),
+            row if row == biased => (shared_direction(row, 1.0), 5.0),
+            row => (shared_direction(row, small(row)), 0.0),
+        });
+        assert!(!index.current().unwrap().head().contains(&biased));
+        let model = model.read();
+        let none = Excluded::none();
+        for user in 0..20u32 {
+            let query = shared_direction(1_000_000 + user, 0.3);
+            let result = index.top_k(&model, &query, 10, &none);
+            assert!(result.searched_graph, "user {user}");
+            assert_eq!(result.items[0].row, biased, "user {user}");
+            assert_eq!(result.items, exact_top_k(&model, &query, 10, &none), "user {user}");
+        }
+    }
+
+    /// Where norms are alike, the head's 10th score does not rule the graph out: it is searched
+    /// as before.
+    #[test]
+    fn a_catalogue_of_alike_norms_is_searched_in_the_graph() {
+        use super::Excluded;
+        let (model, index) = restored(2_000, |row| {
+            let vector: Vec<f32> = (0..16).map(|d| noise(row * 16 + d)).collect();
+            let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+            (vector.iter().map(|x| x / norm).collect(), 0.0)
+        });
+        let model = model.read();
+        let query: Vec<f32> = (0..16).map(|d| noise(1_000_000 + d)).collect();
+        let result = index.top_k(&model, &query, 10, &Excluded::none());
+        assert!(result.searched_graph);
+        assert!(result.candidates > 50, "{} candidates", result.candidates);
     }
 
     #[test]

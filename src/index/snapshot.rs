@@ -51,6 +51,11 @@ pub(super) struct Snapshot {
     /// a cache miss each: 512 of them took about 30 µs a query, BENCHMARKS.md "Ranking").
     head_vectors: Vec<f32>,
     head_biases: Vec<f32>,
+    /// The largest ||q|| and the largest b of the graph's items (as copied): no graph item
+    /// scores above ||p|| x `rest_norm` + `rest_bias` for a user vector p
+    /// ([`Snapshot::graph_below`]). Negative infinity without a graph.
+    rest_norm: f32,
+    rest_bias: f32,
     unindexed: Vec<u32>,
 }
 
@@ -111,6 +116,12 @@ impl Snapshot {
         }
         let head_biases = head.iter().map(|row| copy.biases[*row as usize]).collect();
         let rest = &indexable[head_len..];
+        let (mut rest_norm, mut rest_bias) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+        for (row, _) in rest {
+            let vector = &copy.vectors[row * dim..(row + 1) * dim];
+            rest_norm = rest_norm.max(vector.iter().map(|x| x * x).sum::<f32>().sqrt());
+            rest_bias = rest_bias.max(copy.biases[*row]);
+        }
         let snapshot = |graph, radius| Self {
             graph,
             dim,
@@ -119,6 +130,8 @@ impl Snapshot {
             head,
             head_vectors,
             head_biases,
+            rest_norm,
+            rest_bias,
             unindexed,
         };
         if rest.is_empty() {
@@ -214,6 +227,23 @@ impl Snapshot {
             }
         }
         offered
+    }
+
+    /// Whether no graph item (as copied) can score `floor` or more for user vector `user`:
+    /// by Cauchy-Schwarz p.q + b <= ||p|| ||q|| + b, bounded by the graph's largest norm and
+    /// largest bias (the test of LEMP's length-based pruning, Teflioudi et al. 2015, on the
+    /// whole graph at once), with a relative slack for rounding. When it holds, the graph
+    /// search cannot change a top k whose k-th best is `floor`.
+    pub(super) fn graph_below(&self, user: &[f32], floor: f32) -> bool {
+        if self.graph.is_none() {
+            return true;
+        }
+        let user_norm = user.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let length = user_norm * self.rest_norm;
+        let bound = length + self.rest_bias;
+        let slack =
+            crate::model::quantized::rounding_slack(self.dim) * (length + self.rest_bias.abs());
+        (bound + slack).is_finite() && floor.is_finite() && bound + slack < floor
     }
 
     /// Rows that could not be indexed.
@@ -317,6 +347,34 @@ mod tests {
         let hits = snapshot.search(query, 200, |_| true).expect("a search");
         assert_eq!(hits.len(), 200);
         assert!(hits.iter().all(|row| !snapshot.head().contains(row)), "{hits:?}");
+    }
+
+    /// The graph's bound is |p| max|q| + max b over the graph's rows alone (biases of either
+    /// sign), with a slack for rounding: a floor just above it rules the graph out, the bound
+    /// itself does not.
+    #[test]
+    fn the_graph_bound_is_the_largest_norm_and_bias_of_the_graph_rows() {
+        let dim = 4;
+        let value = |n: usize| ((n * 7919 % 1000) as f32 / 500.0) - 1.0;
+        let vectors: Vec<f32> = (0..300 * dim).map(|n| value(n + 3)).collect();
+        let spread: Vec<f32> = (0..300).map(|n| value(n) / 2.0).collect();
+        for biases in [spread, vec![-0.75; 300]] {
+            let copy = ItemsCopy { dim, vectors: vectors.clone(), biases: biases.clone() };
+            let config = IndexConfig { exact_head: 20, ..IndexConfig::default() };
+            let snapshot = Snapshot::build(copy, &config).expect("a snapshot");
+            let (mut norm, mut bias) = (0f32, f32::NEG_INFINITY);
+            for row in (0..300).filter(|row| !snapshot.head().contains(&(*row as u32))) {
+                let squares = vectors[row * dim..(row + 1) * dim].iter().map(|x| x * x);
+                norm = norm.max(squares.sum::<f32>().sqrt());
+                bias = bias.max(biases[row]);
+            }
+            // |user| = 2.5
+            let user = [1.5, 0.0, -2.0, 0.0];
+            let bound = 2.5 * norm + bias;
+            assert!(!snapshot.graph_below(&user, bound), "bias {bias}");
+            assert!(snapshot.graph_below(&user, bound + 1e-3), "bias {bias}");
+            assert!(!snapshot.graph_below(&user, f32::NAN));
+        }
     }
 
     /// A catalogue no larger than the head needs no graph: every indexable row is scored
