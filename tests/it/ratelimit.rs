@@ -359,6 +359,49 @@ async fn leases_on_two_instances_admit_exactly_the_shared_budget() {
     assert!(allowed >= 40, "{allowed} admitted of a budget of 40");
 }
 
+/// The leases' give-back end to end (found by a review): instance A holds unused cells of a
+/// lease and goes quiet until its lease has ended and the bucket has refilled; instance B
+/// spends the whole burst; A's next fetch gives its cells back. Their charge has decayed, so
+/// they free nothing: A is refused like B, apart from what refilled meanwhile (one cell per
+/// 20 ms). Before, the give-back moved the bucket back by all of them and A was admitted 9
+/// more times than the budget allows.
+#[tokio::test]
+async fn a_lease_given_back_after_the_bucket_refilled_frees_nothing() {
+    let mut config = config("rl-lease-decayed");
+    // 50/s, burst 20: leases of up to 10 cells in 200 ms.
+    config.rate_limit.recs = ClassLimit { rate_per_second: 50.0, burst: 20 };
+    config.rate_limit.lease_ms = 200;
+    let first = router(state(&config));
+    let second = router(state(&config));
+    let bob = token(&config, "bob", "recs:read");
+    // A: one cell, then a lease of 10 of which one is spent.
+    for _ in 0..2 {
+        let reply = call(&first, Method::GET, "/v1/items/i1", Some(&bob)).await;
+        assert_ne!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.json);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // B spends the whole burst (and what refills while it does).
+    let mut refused = false;
+    for _ in 0..100 {
+        let reply = call(&second, Method::GET, "/v1/items/i1", Some(&bob)).await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "B spent the burst");
+    let started = std::time::Instant::now();
+    let mut admitted = 0u64;
+    for _ in 0..8 {
+        let reply = call(&first, Method::GET, "/v1/items/i1", Some(&bob)).await;
+        if reply.status != StatusCode::TOO_MANY_REQUESTS {
+            admitted += 1;
+        }
+    }
+    let refilled = (started.elapsed().as_secs_f64() * 50.0).ceil() as u64;
+    assert!(admitted <= refilled + 1, "A admitted {admitted} with {refilled} cells refilled");
+}
+
 /// The GCRA script's lease arithmetic on the real Redis (the same as `gcra::step_cells`): an
 /// idle bucket of burst 5 grants 3 wanted cells, then the 2 left of 4 wanted, then none; 2 cells
 /// given back are granted again.
