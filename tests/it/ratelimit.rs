@@ -402,28 +402,42 @@ async fn a_lease_given_back_after_the_bucket_refilled_frees_nothing() {
     assert!(admitted <= refilled + 1, "A admitted {admitted} with {refilled} cells refilled");
 }
 
+/// The GCRA script on the real Redis, on a bucket of its own (`rate_per_second`, `burst`): a
+/// call with `(wanted, given_back, charge_end_us)` returns the script's reply
+/// `(granted, remaining, retry_after_ms, reset_after_ms, charge_end_us)`.
+fn script_bucket(
+    namespace: &str,
+    rate_per_second: f64,
+    burst: u32,
+) -> impl FnMut(u32, u32, i64) -> (i64, i64, i64, i64, i64) {
+    let config = config(namespace);
+    let mut redis =
+        redis::Client::open(config.store.url.as_str()).unwrap().get_connection().unwrap();
+    let key = format!("{}:rl:test", config.store.namespace);
+    let script = redis::Script::new(embedstream::ratelimit::gcra::SCRIPT);
+    let interval = embedstream::ratelimit::gcra::interval_us(rate_per_second).to_string();
+    move |wanted, given_back, charge_end| {
+        script
+            .key(&key)
+            .arg(&interval)
+            .arg(burst)
+            .arg(wanted)
+            .arg(given_back)
+            .arg(charge_end)
+            .invoke(&mut redis)
+            .unwrap()
+    }
+}
+
 /// The GCRA script's lease arithmetic on the real Redis (the same as `gcra::step_cells`): an
 /// idle bucket of burst 5 grants 3 wanted cells, then the 2 left of 4 wanted, then none; 2 cells
 /// given back are granted again.
 #[test]
 fn the_script_grants_leases_and_takes_cells_back() {
-    let config = config("rl-script");
-    let mut redis =
-        redis::Client::open(config.store.url.as_str()).unwrap().get_connection().unwrap();
-    let key = format!("{}:rl:test", config.store.namespace);
-    let script = redis::Script::new(embedstream::ratelimit::gcra::SCRIPT);
     // 0.001/s: nothing refills during the test.
-    let interval = embedstream::ratelimit::gcra::interval_us(0.001).to_string();
-    let mut step = |wanted: u32, given_back: u32, charge_end: i64| -> (i64, i64, i64) {
-        let reply: (i64, i64, i64, i64, i64) = script
-            .key(&key)
-            .arg(&interval)
-            .arg(5)
-            .arg(wanted)
-            .arg(given_back)
-            .arg(charge_end)
-            .invoke(&mut redis)
-            .unwrap();
+    let mut call = script_bucket("rl-script", 0.001, 5);
+    let mut step = |wanted, given_back, charge_end| {
+        let reply = call(wanted, given_back, charge_end);
         (reply.0, reply.1, reply.4)
     };
     let (granted, remaining, _) = step(3, 0, 0);
@@ -444,23 +458,10 @@ fn the_script_grants_leases_and_takes_cells_back() {
 /// burst, and A's give-back moved the bucket back, admitting more than the budget).
 #[test]
 fn cells_given_back_after_the_bucket_refilled_free_nothing() {
-    let config = config("rl-script-decayed");
-    let mut redis =
-        redis::Client::open(config.store.url.as_str()).unwrap().get_connection().unwrap();
-    let key = format!("{}:rl:test", config.store.namespace);
-    let script = redis::Script::new(embedstream::ratelimit::gcra::SCRIPT);
     // 50/s (20 ms an interval), burst 10.
-    let interval = embedstream::ratelimit::gcra::interval_us(50.0).to_string();
-    let mut step = |wanted: u32, given_back: u32, charge_end: i64| -> (i64, i64) {
-        let reply: (i64, i64, i64, i64, i64) = script
-            .key(&key)
-            .arg(&interval)
-            .arg(10)
-            .arg(wanted)
-            .arg(given_back)
-            .arg(charge_end)
-            .invoke(&mut redis)
-            .unwrap();
+    let mut call = script_bucket("rl-script-decayed", 50.0, 10);
+    let mut step = |wanted, given_back, charge_end| {
+        let reply = call(wanted, given_back, charge_end);
         (reply.0, reply.4)
     };
     let (granted, lease_end) = step(5, 0, 0);
