@@ -206,6 +206,10 @@ impl Config {
         if self.ingest.flush_interval_ms == 0 {
             return Err(invalid("ingest.flush_interval_ms", &0, "must be >= 1"));
         }
+        let duty = self.ingest.flush_max_duty_cycle;
+        if !(duty > 0.0 && duty <= 1.0) {
+            return Err(invalid("ingest.flush_max_duty_cycle", &duty, "must be in (0, 1]"));
+        }
         if self.ingest.flush_max_entities == 0 {
             return Err(invalid("ingest.flush_max_entities", &0, "must be >= 1"));
         }

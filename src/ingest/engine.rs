@@ -107,6 +107,8 @@ pub struct Engine {
     pool_stored_at: Option<u64>,
     arrivals: HashMap<Position, Instant, foldhash::fast::RandomState>,
     last_flush: Instant,
+    /// How long the last successful flush of the tick took (see `flush::flush_now`).
+    last_flush_took: std::time::Duration,
     flushes: u64,
     progress_dirty: bool,
     dead_letters: DeadLetters,
@@ -172,6 +174,7 @@ impl Engine {
             pool_stored_at: None,
             arrivals: HashMap::default(),
             last_flush: Instant::now(),
+            last_flush_took: std::time::Duration::ZERO,
             flushes: 0,
             progress_dirty: false,
             dead_letters,
@@ -320,12 +323,19 @@ impl Engine {
         let settled = at_end && self.fold.buffered() == 0;
         let has_work =
             self.progress_dirty || !self.pending_users.is_empty() || !self.pending_items.is_empty();
-        let due = self.last_flush.elapsed().as_millis() as u64 >= self.config.flush_interval_ms;
+        let clock = flush::FlushClock {
+            since_last: self.last_flush.elapsed(),
+            last_took: self.last_flush_took,
+            unflushed: self.unflushed_events(),
+            settled,
+        };
         let mut commit = None;
-        if has_work && (due || settled) {
+        if has_work && flush::flush_now(&self.config, clock) {
             let was_failing = self.status.flush_failing.load(Ordering::Relaxed);
+            let started = Instant::now();
             match self.flush() {
                 Ok(offsets) => {
+                    self.last_flush_took = started.elapsed();
                     if was_failing {
                         tracing::info!("flush succeeded again: redis is back");
                     }

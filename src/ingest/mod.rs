@@ -78,8 +78,19 @@ impl KafkaConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
-    /// Longest time applied state waits before it is written to Redis, ms (default 1000).
+    /// Longest time applied state waits before it is written to Redis, ms (default 1000),
+    /// while flushes are cheap; see `flush_max_duty_cycle` for when they are not.
     pub flush_interval_ms: u64,
+    /// The largest share of wall time flushes may take (default 0.25; in (0, 1], 1 = no
+    /// pacing): after a flush that took `d`, the next one starts no sooner than
+    /// `d x (1 - c) / c` after it ended, as Flink's minimum pause between checkpoints keeps a
+    /// job progressing, here scaled by the last flush's cost. A flush rewrites every item the
+    /// fold moved (each event moves its 32 sampled negatives too), so under live traffic on a
+    /// large catalogue one flush writes most of the catalogue whatever the interval: without
+    /// the pause, flushes back to back kept Redis busy in long transactions and the ingest
+    /// thread encoding them. The pause is skipped once `max_unflushed_events / 2` are waiting,
+    /// and when every partition is at its end with nothing buffered.
+    pub flush_max_duty_cycle: f64,
     /// Most users and items one flush transaction holds; a larger flush (after a Redis
     /// outage) is written as several transactions, the earlier ones to staging keys, the last
     /// one making all of it visible with the progress (default 10000; at least 1).
@@ -127,6 +138,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             flush_interval_ms: 1000,
+            flush_max_duty_cycle: 0.25,
             flush_max_entities: 10_000,
             poll_timeout_ms: 100,
             max_poll_records: 2000,

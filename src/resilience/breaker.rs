@@ -6,12 +6,19 @@
 //! - **Half-open**: after the cool-down, up to `half_open_max_calls` trial calls pass;
 //!   `success_threshold` successes close the circuit, one failure opens it again.
 //!
+//! A timeout is a failure, except while a long call of this process is known to occupy the
+//! dependency ([`CircuitBreaker::occupy`]: the ingest side's flush transaction, which Redis
+//! executes alone, for seconds when it rewrites a large catalogue): other calls time out
+//! behind it then, which says nothing about the dependency's health
+//! ([`CircuitBreaker::record_timeout`]). The long call's own outcome still counts.
+//!
 //! Time comes from [`tokio::time::Instant`], so tests drive the state machine with a paused
 //! clock (`tokio::time::pause` / `advance`); outside a runtime it is the system's monotonic
 //! clock. Written here rather than taken from a crate because the crates we looked at
 //! (failsafe, recloser) read `std::time::Instant`, which a paused test clock cannot move.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{IntCounterVec, IntGaugeVec};
@@ -107,6 +114,20 @@ pub struct CircuitBreaker {
     config: BreakerConfig,
     inner: Mutex<Inner>,
     metrics: Option<BreakerMetrics>,
+    /// Long calls of this process in flight ([`CircuitBreaker::occupy`]).
+    occupied: AtomicUsize,
+}
+
+/// A long call of this process occupies the dependency while this lives
+/// ([`CircuitBreaker::occupy`]).
+#[derive(Debug)]
+#[must_use = "the dependency counts as occupied only while this lives"]
+pub struct Occupied(Arc<CircuitBreaker>);
+
+impl Drop for Occupied {
+    fn drop(&mut self) {
+        self.0.occupied.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Permission for one call; report its outcome with [`CircuitBreaker::record`], or give it back
@@ -131,6 +152,7 @@ impl CircuitBreaker {
                 trial_successes: 0,
             }),
             metrics,
+            occupied: AtomicUsize::new(0),
         };
         breaker.report(BreakerState::Closed, false);
         breaker
@@ -215,6 +237,24 @@ impl CircuitBreaker {
         if permit.trial {
             let mut inner = self.lock();
             inner.trials_in_flight = inner.trials_in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Marks the dependency as occupied by a long call of this process until the guard drops:
+    /// meanwhile other calls' timeouts are not failures ([`CircuitBreaker::record_timeout`]).
+    pub fn occupy(self: &Arc<Self>) -> Occupied {
+        self.occupied.fetch_add(1, Ordering::SeqCst);
+        Occupied(Arc::clone(self))
+    }
+
+    /// Reports a permitted call that ran out of time: a failure, unless a long call of this
+    /// process occupies the dependency ([`CircuitBreaker::occupy`]), behind which any call
+    /// waits; then the permit is given back without an outcome.
+    pub fn record_timeout(&self, permit: Permit) {
+        if self.occupied.load(Ordering::SeqCst) > 0 {
+            self.release(permit);
+        } else {
+            self.record(permit, false);
         }
     }
 
@@ -401,5 +441,34 @@ mod tests {
         let again = b.acquire().expect("the slot is free again");
         b.record(again, true);
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_behind_a_long_call_of_this_process_do_not_open_the_circuit() {
+        let breaker = Arc::new(breaker(3, 1000));
+        let occupied = breaker.occupy();
+        for _ in 0..10 {
+            breaker.record_timeout(breaker.acquire().expect("closed"));
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        // The long call's own failure counts, occupied or not.
+        breaker.record(breaker.acquire().expect("closed"), false);
+        drop(occupied);
+        breaker.record_timeout(breaker.acquire().expect("closed"));
+        assert_eq!(breaker.state(), BreakerState::Closed, "two failures of three");
+        breaker.record_timeout(breaker.acquire().expect("closed"));
+        assert_eq!(breaker.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_open_trial_that_times_out_behind_a_long_call_frees_its_slot() {
+        let breaker = Arc::new(breaker(1, 1000));
+        breaker.record(breaker.acquire().expect("closed"), false);
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        let occupied = breaker.occupy();
+        breaker.record_timeout(breaker.acquire().expect("a trial"));
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        assert!(breaker.acquire().is_ok(), "the slot is free again");
+        drop(occupied);
     }
 }

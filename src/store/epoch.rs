@@ -190,6 +190,9 @@ impl SyncStore {
         self.final_checked = false;
         self.final_sent = false;
         let (checked, sent) = (Arc::clone(&marker.checked), Arc::clone(&marker.sent));
+        // Redis runs each transaction alone: other calls of this process (the HTTP side's,
+        // with budgets of tens of milliseconds) may time out behind it, which is no outage.
+        let _occupied = self.breaker().map(|breaker| breaker.occupy());
         let mut bodies =
             transactions(&keys, batch, self.seen_bound, self.max_entities, &stage_token).peekable();
         while let Some(body) = bodies.next() {

@@ -198,7 +198,8 @@ impl AsyncRedis {
                 match &result {
                     // Not an observation of the server: another call is connecting.
                     Err(CallError::Connecting) => breaker.release(permit),
-                    Err(CallError::Timeout) => breaker.record(permit, false),
+                    // Behind this process's own flush transaction, not an outage.
+                    Err(CallError::Timeout) => breaker.record_timeout(permit),
                     Err(CallError::Redis(error)) => breaker.record(permit, !is_outage(error)),
                     Ok(_) => breaker.record(permit, true),
                 }

@@ -178,6 +178,11 @@ impl SyncStore {
         self.connection.release();
     }
 
+    /// The `redis` breaker the calls go through, if any.
+    pub(super) fn breaker(&self) -> Option<&Arc<CircuitBreaker>> {
+        self.breaker.as_ref()
+    }
+
     /// Runs `call` under the deadline and the breaker.
     pub(super) fn with<T, F, Fut>(
         &mut self,

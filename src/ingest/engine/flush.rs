@@ -1,7 +1,7 @@
 //! Writing what changed to Redis: one transaction of users, items, meta and progress.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLockWriteGuard;
 
@@ -13,6 +13,37 @@ use crate::store::{
 
 /// Rows [`Engine::mark_stored`] marks per hold of the model's write lock (about a millisecond).
 const ROWS_PER_LOCK_HOLD: usize = 1024;
+
+/// What the tick knows when it decides whether to flush ([`flush_now`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FlushClock {
+    /// Since the last successful flush ended.
+    pub since_last: Duration,
+    /// How long the last successful flush took (building the batch and writing it).
+    pub last_took: Duration,
+    /// Events applied and not yet flushed.
+    pub unflushed: u64,
+    /// Every assigned partition is at its end and nothing is buffered.
+    pub settled: bool,
+}
+
+/// The pause after a flush that took `took`, so that flushes take at most `duty_cycle` of wall
+/// time: `took x (1 - duty_cycle) / duty_cycle` (`ingest.flush_max_duty_cycle`).
+pub(super) fn flush_pause(took: Duration, duty_cycle: f64) -> Duration {
+    let seconds = took.as_secs_f64() * (1.0 - duty_cycle) / duty_cycle;
+    Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
+}
+
+/// Whether a tick with something to write flushes now: settled, or `flush_interval_ms` and the
+/// pause after the last flush ([`flush_pause`]) have both passed, or half of
+/// `max_unflushed_events` wait (the pause never brings on the degradation bound's pause).
+pub(super) fn flush_now(config: &crate::ingest::IngestConfig, clock: FlushClock) -> bool {
+    let interval = Duration::from_millis(config.flush_interval_ms);
+    let paced = clock.since_last >= flush_pause(clock.last_took, config.flush_max_duty_cycle);
+    clock.settled
+        || (clock.since_last >= interval && paced)
+        || clock.unflushed >= config.max_unflushed_events / 2
+}
 
 impl Engine {
     /// Writes pending users, items, meta and progress in one transaction. Returns the offsets
@@ -173,5 +204,55 @@ impl Engine {
         }
         self.config_stored = true;
         self.pool_stored_at = Some(batch.meta.events_applied);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{flush_now, flush_pause, FlushClock};
+    use crate::ingest::IngestConfig;
+
+    fn clock(since_last_ms: u64, last_took_ms: u64) -> FlushClock {
+        FlushClock {
+            since_last: Duration::from_millis(since_last_ms),
+            last_took: Duration::from_millis(last_took_ms),
+            unflushed: 1_000,
+            settled: false,
+        }
+    }
+
+    #[test]
+    fn a_slow_flush_is_followed_by_a_pause_that_keeps_flushes_to_their_share_of_time() {
+        let config = IngestConfig::default();
+        assert_eq!(config.flush_max_duty_cycle, 0.25);
+        assert_eq!(flush_pause(Duration::from_millis(1_500), 0.25), Duration::from_millis(4_500));
+        // A 1.5 s flush (most of a 100,000-item catalogue under live traffic): not again after
+        // the 1 s interval, only once it has had three times its length of rest.
+        assert!(!flush_now(&config, clock(1_000, 1_500)));
+        assert!(!flush_now(&config, clock(4_400, 1_500)));
+        assert!(flush_now(&config, clock(4_500, 1_500)));
+        // A cheap flush: the interval decides, as before.
+        assert!(!flush_now(&config, clock(999, 20)));
+        assert!(flush_now(&config, clock(1_000, 20)));
+    }
+
+    #[test]
+    fn the_pause_gives_way_to_settling_and_to_a_growing_backlog() {
+        let config = IngestConfig::default();
+        let settled = FlushClock { settled: true, ..clock(10, 1_500) };
+        assert!(flush_now(&config, settled));
+        let backlog =
+            FlushClock { unflushed: config.max_unflushed_events / 2, ..clock(1_000, 1_500) };
+        assert!(flush_now(&config, backlog));
+        let unpaced = IngestConfig { flush_max_duty_cycle: 1.0, ..IngestConfig::default() };
+        assert!(flush_now(&unpaced, clock(1_000, 60_000)));
+    }
+
+    #[test]
+    fn a_tiny_duty_cycle_pauses_for_ever_without_overflowing() {
+        assert_eq!(flush_pause(Duration::from_secs(3_600), 1e-300), Duration::MAX);
+        assert_eq!(flush_pause(Duration::ZERO, 1e-300), Duration::ZERO);
     }
 }
