@@ -5,7 +5,9 @@
 #     rate limiter, no ranking),
 #   - GET /healthz, the bare no-op,
 # at 1,000 req/s (wrk's delay() hook) and unthrottled; then recommendations and whoami at
-# 1,000 req/s while the service folds 1,000 events/s (`embedstream produce --rate`).
+# 1,000 req/s while the service folds 1,000 events/s (`embedstream produce --rate`), followed
+# by what those points cost the durable side (flushes, failed flushes, redis breaker openings,
+# RSS; BENCHMARKS.md, "Flush pacing").
 # States: MovieLens-100k (1,682 items) and a generated catalogue of 100,000 items
 # (scripts/gen-catalogue.py, 150,000 events, 30,000 users). Auth on (a service token), rate
 # limiting on (the service token's requests spend the service_recs budget from leases of the
@@ -132,12 +134,35 @@ sys.exit(0 if d["ingest"]["caught_up"] and (not graph or (d["index_items"] > 0 a
     point "recommendations" recs "$rate"
     point "healthz" /healthz "$rate"
   done
+  curl -s "127.0.0.1:$http_port/metrics" >"$work/metrics-before-ingest-$state.txt"
   "$bin" produce --input "$work/live-$state.jsonl" --topic "$run_id-$state" --rate 1000 >/dev/null 2>&1 &
   producer_pid=$!
   sleep 3
   point "whoami, under ingest 1,000 ev/s" /v1/whoami 1000
   point "recommendations, under ingest 1,000 ev/s" recs 1000
   curl -s "127.0.0.1:$http_port/readyz" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("   after the ingest points: applied", d["ingest"]["applied"], "index_items", d["index_items"], "fresh_items", d["fresh_items"])'
+  # What the ingest points cost the durable side: flushes (failed), their Redis time, the
+  # redis breaker's openings, and the service's RSS at the end.
+  curl -s "127.0.0.1:$http_port/metrics" >"$work/metrics-after-ingest-$state.txt"
+  python3 - "$work/metrics-before-ingest-$state.txt" "$work/metrics-after-ingest-$state.txt" "$(ps -o rss= -p "$service_pid")" <<'PY'
+import sys
+def read(path):
+    values = {}
+    for line in open(path):
+        if line.startswith("#") or " " not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        values[name] = float(value)
+    return values
+before, after = read(sys.argv[1]), read(sys.argv[2])
+delta = lambda name: after.get(name, 0.0) - before.get(name, 0.0)
+flushes = delta('embedstream_redis_operation_duration_seconds_count{operation="flush"}')
+seconds = delta('embedstream_redis_operation_duration_seconds_sum{operation="flush"}')
+failed = delta('embedstream_redis_errors_total{operation="flush"}')
+opened = delta('embedstream_circuit_breaker_transitions_total{breaker="redis",to="open"}')
+print(f"   during the ingest points: {flushes:.0f} flushes ({failed:.0f} failed), {seconds:.1f} s in flush calls, "
+      f"redis breaker opened {opened:.0f} times; service RSS at the end {int(sys.argv[3]) / 1024:.0f} MiB")
+PY
   kill "$producer_pid" 2>/dev/null; wait "$producer_pid" 2>/dev/null || true; producer_pid=""
   kill "$service_pid"; wait "$service_pid" 2>/dev/null || true; service_pid=""
 done
