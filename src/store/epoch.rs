@@ -190,16 +190,14 @@ impl SyncStore {
         self.final_checked = false;
         self.final_sent = false;
         let (checked, sent) = (Arc::clone(&marker.checked), Arc::clone(&marker.sent));
-        // Redis runs each transaction alone: other calls of this process (the HTTP side's,
-        // with budgets of tens of milliseconds) may time out behind it, which is no outage.
-        let _occupied = self.breaker().map(|breaker| breaker.occupy());
+        let breaker = self.breaker().cloned();
         let mut bodies =
             transactions(&keys, batch, self.seen_bound, self.max_entities, &stage_token).peekable();
         while let Some(body) = bodies.next() {
             let large = encoded_len(&body) > LARGE_TRANSACTION_BYTES;
             if bodies.peek().is_none() {
                 let outcome = self.with("flush", |connection| {
-                    transaction(connection, body, expect, key, Role::Final(marker))
+                    transaction(connection, body, expect, key, Role::Final(marker), breaker)
                 });
                 if large {
                     self.release_connection();
@@ -209,7 +207,14 @@ impl SyncStore {
                 return outcome;
             }
             let staged = self.with("flush", |connection| {
-                transaction(connection, body, expect.clone(), key.clone(), Role::Staging)
+                transaction(
+                    connection,
+                    body,
+                    expect.clone(),
+                    key.clone(),
+                    Role::Staging,
+                    breaker.clone(),
+                )
             });
             if large {
                 self.release_connection();
@@ -256,13 +261,19 @@ enum Role {
 }
 
 /// The check, then the transaction with the epoch write last (final transactions only), on one
-/// connection within one deadline.
+/// connection within one deadline. From the check's answer (Redis is alive) until the
+/// transaction's answer, or its deadline, `breaker` counts Redis as occupied by this process:
+/// Redis runs a transaction alone, and other calls of this process (the HTTP side's, with
+/// budgets of tens of milliseconds) time out behind it, which is no outage
+/// ([`crate::resilience::CircuitBreaker::occupy`]). A Redis frozen before the check is not
+/// covered, so its timeouts count; one frozen during the transaction, for one deadline at most.
 async fn transaction(
     mut connection: StoreConnection,
     mut body: redis::Pipeline,
     expect: Expect,
     key: String,
     role: Role,
+    breaker: Option<Arc<crate::resilience::CircuitBreaker>>,
 ) -> redis::RedisResult<Outcome> {
     let mut check = redis::pipe();
     check.cmd("WATCH").arg(&key).ignore();
@@ -303,6 +314,7 @@ async fn transaction(
     if let Role::Final(marker) = &role {
         marker.sent.store(true, Ordering::SeqCst);
     }
+    let _occupied = breaker.as_ref().map(|breaker| breaker.occupy());
     let committed: Option<()> = body.query_async(&mut connection).await?;
     Ok(if committed.is_some() { Outcome::Written(epoch) } else { Outcome::Aborted })
 }

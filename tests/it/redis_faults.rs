@@ -298,10 +298,12 @@ fn a_flush_answered_after_its_deadline_is_counted_once() {
 }
 
 mod store {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use embedstream::ingest::StoredProgress;
     use embedstream::model::{ModelConfig, SeenWrite, UserState};
+    use embedstream::resilience::{BreakerConfig, BreakerState, CircuitBreaker};
     use embedstream::store::{
         FlushBatch, PoolWrite, StoreConfig, StoreError, StoredMeta, SyncStore, UserWrite,
     };
@@ -457,6 +459,43 @@ mod store {
         // Once the caller has counted flush 2 as stored, flushing goes on.
         store.write_flush(&batch(3, 3)).unwrap();
         assert_eq!(store.load_meta().unwrap().unwrap().events_applied, 3);
+    }
+
+    /// The flush's transaction counts Redis as occupied by this process (other calls' timeouts
+    /// behind it are no outage), but only once Redis has answered the flush's epoch check: a
+    /// Redis frozen before the check must open the breaker on the other calls' timeouts, as it
+    /// would with no flush running. (Before the fix the whole flush call held the exception.)
+    #[test]
+    fn timeouts_while_a_flush_waits_on_a_frozen_redis_still_open_the_breaker() {
+        let name = infra::unique("store-occupied");
+        let redis = OwnRedis::start(&name);
+        let breaker = Arc::new(CircuitBreaker::new(
+            "redis",
+            BreakerConfig { failure_threshold: 3, ..BreakerConfig::default() },
+            None,
+        ));
+        let config = StoreConfig { command_timeout_ms: 3_000, ..store_config(&redis, &name) };
+        let mut store = SyncStore::new(&config).unwrap().with_breaker(Arc::clone(&breaker));
+        store.attach_epoch().unwrap();
+        store.write_flush(&batch(3, 1)).unwrap();
+
+        redis.freeze();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(store.write_flush(&batch(3, 2)));
+        });
+        // The flush is waiting for its check now; three calls of the HTTP side time out.
+        std::thread::sleep(Duration::from_millis(500));
+        for _ in 0..3 {
+            let permit = breaker.acquire().unwrap();
+            breaker.record_timeout(permit);
+        }
+        let state = breaker.state();
+        let flush = receiver.recv_timeout(Duration::from_secs(20));
+        redis.thaw();
+        assert_eq!(state, BreakerState::Open, "the timeouts counted while the flush waited");
+        let flush = flush.expect("the flush returned within 20 s");
+        assert!(flush.as_ref().is_err(), "{flush:?}");
     }
 
     #[test]

@@ -34,12 +34,19 @@ pub(super) fn flush_pause(took: Duration, duty_cycle: f64) -> Duration {
     Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
 }
 
+/// The longest pause, in flush intervals: one slow flush (the first after an outage, a
+/// namespace rewrite) does not hold the next back for minutes.
+pub(super) const MAX_PAUSE_INTERVALS: u32 = 10;
+
 /// Whether a tick with something to write flushes now: settled, or `flush_interval_ms` and the
-/// pause after the last flush ([`flush_pause`]) have both passed, or half of
-/// `max_unflushed_events` wait (the pause never brings on the degradation bound's pause).
+/// pause after the last flush ([`flush_pause`], at most [`MAX_PAUSE_INTERVALS`] intervals) have
+/// both passed, or half of `max_unflushed_events` wait (the pause never brings on the
+/// degradation bound's pause).
 pub(super) fn flush_now(config: &crate::ingest::IngestConfig, clock: FlushClock) -> bool {
     let interval = Duration::from_millis(config.flush_interval_ms);
-    let paced = clock.since_last >= flush_pause(clock.last_took, config.flush_max_duty_cycle);
+    let pause = flush_pause(clock.last_took, config.flush_max_duty_cycle)
+        .min(interval.saturating_mul(MAX_PAUSE_INTERVALS));
+    let paced = clock.since_last >= pause;
     clock.settled
         || (clock.since_last >= interval && paced)
         || clock.unflushed >= config.max_unflushed_events / 2
@@ -248,6 +255,14 @@ mod tests {
         assert!(flush_now(&config, backlog));
         let unpaced = IngestConfig { flush_max_duty_cycle: 1.0, ..IngestConfig::default() };
         assert!(flush_now(&unpaced, clock(1_000, 60_000)));
+    }
+
+    #[test]
+    fn one_slow_flush_pauses_the_next_for_at_most_ten_intervals() {
+        let config = IngestConfig::default();
+        // The first flush after an outage took 30 s: 90 s of pause, capped at 10 s.
+        assert!(!flush_now(&config, clock(9_999, 30_000)));
+        assert!(flush_now(&config, clock(10_000, 30_000)));
     }
 
     #[test]
