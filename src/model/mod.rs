@@ -214,6 +214,12 @@ impl Model {
         self.items.requantize();
     }
 
+    /// Re-quantises at most `max_rows` of the item rows changed since the 8-bit copy was last
+    /// brought up to date, under one hold of the copy's lock; returns how many stay stale.
+    pub fn requantize_some(&self, max_rows: usize) -> usize {
+        self.items.requantize_some(max_rows)
+    }
+
     /// Item rows changed since a reader last asked for the 8-bit copy.
     pub fn unquantized_items(&self) -> usize {
         self.items.unquantized()

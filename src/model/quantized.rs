@@ -94,8 +94,19 @@ impl Quantized {
 
     /// Re-quantises every stale row from `vectors` (the float matrix this mirrors).
     pub(crate) fn refresh(&mut self, vectors: &[f32]) {
+        self.refresh_some(vectors, usize::MAX);
+    }
+
+    /// Re-quantises at most `max_rows` of the stale rows (the most recently marked ones) from
+    /// `vectors`; returns how many stay stale. The rest keep their infinite bound, so a scan
+    /// in between re-scores them in float, as before any refresh.
+    pub(crate) fn refresh_some(&mut self, vectors: &[f32], max_rows: usize) -> usize {
         let dim = self.dim;
-        let mut stale = std::mem::take(&mut self.stale);
+        let mut stale = if max_rows >= self.stale.len() {
+            std::mem::take(&mut self.stale)
+        } else {
+            self.stale.split_off(self.stale.len() - max_rows)
+        };
         // In row order: the float rows are read ascending, as the hardware prefetches best.
         stale.sort_unstable();
         for row in stale {
@@ -108,6 +119,7 @@ impl Quantized {
             self.errors[index] = error;
             self.norms[index] = norm;
         }
+        self.stale.len()
     }
 
     /// Whether every row's copy equals a fresh quantisation of `vectors` (tests).
@@ -269,6 +281,25 @@ mod tests {
         vectors.truncate(4);
         assert_eq!(quantized.stale_rows(), 2);
         quantized.refresh(&vectors);
+        assert!(quantized.matches(&vectors));
+    }
+
+    #[test]
+    fn a_partial_refresh_brings_up_to_date_only_the_rows_it_took() {
+        let dim = 2;
+        let vectors: Vec<f32> = (0..10).map(|n| n as f32 - 4.5).collect();
+        let mut quantized = Quantized::new(dim);
+        for _ in 0..5 {
+            quantized.push();
+        }
+        assert_eq!(quantized.refresh_some(&vectors, 2), 3);
+        let fresh = quantized.errors.iter().filter(|error| error.is_finite()).count();
+        assert_eq!(fresh, 2, "{:?}", quantized.errors);
+        // A row marked again while stale is still taken once.
+        quantized.invalidate(0);
+        assert_eq!(quantized.refresh_some(&vectors, 0), 3);
+        assert_eq!(quantized.refresh_some(&vectors, 2), 1);
+        assert_eq!(quantized.refresh_some(&vectors, 2), 0);
         assert!(quantized.matches(&vectors));
     }
 }

@@ -172,11 +172,17 @@ impl Table {
     /// Re-quantises every row of the mirror changed since it was last brought up to date
     /// (a background thread's catch-up; readers need only the table's read access).
     pub(crate) fn requantize(&self) {
-        if let Some(Mirror(quantized)) = &self.quantized {
-            if quantized.read().stale_rows() > 0 {
-                quantized.write().refresh(&self.vectors);
-            }
+        self.requantize_some(usize::MAX);
+    }
+
+    /// Re-quantises at most `max_rows` of the rows changed since the mirror was last brought
+    /// up to date, under one hold of the mirror's write lock; returns how many stay stale.
+    pub(crate) fn requantize_some(&self, max_rows: usize) -> usize {
+        let Some(Mirror(quantized)) = &self.quantized else { return 0 };
+        if quantized.read().stale_rows() == 0 {
+            return 0;
         }
+        quantized.write().refresh_some(&self.vectors, max_rows)
     }
 
     /// Rows whose 8-bit copy is stale.
