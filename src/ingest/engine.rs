@@ -354,6 +354,11 @@ impl Engine {
         }
         let clean = self.pending_users.is_empty() && self.pending_items.is_empty();
         self.status.caught_up.store(settled && clean, Ordering::Relaxed);
+        if settled && clean && self.fold.model().synced_copies_sparse() {
+            // The slab of synced copies is kept through flushes while events flow (the next
+            // window takes its free slots again) and given back once the stream is settled.
+            self.fold.model_mut().trim_synced_copies();
+        }
         // Rebuilds are the index's own thread's business (`Index::keep_converged`, started by
         // `app`): busy or quiet alike.
         self.metrics.index_fresh_items.set(self.index.fresh_len() as i64);

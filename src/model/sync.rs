@@ -111,16 +111,33 @@ impl ItemSync {
         self.bits[word] |= 1 << (row % 64);
     }
 
-    fn release(&mut self, row: u32, dim: usize) {
+    fn release(&mut self, row: u32) {
         let Some(held) = self.held.remove(&row) else { return };
         self.free.push(held.slot);
         if let Some(word) = self.bits.get_mut(row as usize / 64) {
             *word &= !(1 << (row % 64));
         }
+    }
+
+    /// Whether most of the slab is free slots ([`ItemSync::trim`] would compact it).
+    fn is_sparse(&self, dim: usize) -> bool {
         let slots = self.slab.len() / (2 * dim).max(1);
-        if slots > SLAB_MIN_COMPACT && self.held.len() * 4 < slots {
+        slots > SLAB_MIN_COMPACT && self.held.len() * 4 < slots
+    }
+
+    /// Compacts the slab when most of it is free slots. Not done as copies are released: a
+    /// flush under steady ingest releases most of them, and the next window's events hold
+    /// as many again, so a slab compacted after every flush grew back through every doubling,
+    /// each on memory the allocator had just given back to the OS, under the model's write
+    /// lock (page faults and copies of up to the whole slab, 10 to 50 ms of a window's chunk
+    /// of 128 events on the 100,000-item catalogue). The engine trims once the stream is
+    /// settled (`Model::trim_synced_copies`).
+    fn trim(&mut self, dim: usize) -> bool {
+        let sparse = self.is_sparse(dim);
+        if sparse {
             self.compact(dim);
         }
+        sparse
     }
 
     /// Moves the copies into a slab of their size (the old one is freed whole).
@@ -190,12 +207,11 @@ impl Model {
     /// by the caller): copied only when the item differs from them now.
     fn settle_synced(&mut self, row: u32, vector: &[f32], context: &[f32], scalars: Scalars) {
         let index = row as usize;
-        let dim = self.config.dim;
         let unchanged = self.current_scalars(index) == scalars
             && self.items.vector(row) == vector
             && self.context_vector(ItemRow(row)) == context;
         if unchanged {
-            self.synced.release(row, dim);
+            self.synced.release(row);
         } else {
             self.synced.hold(row, vector, context, scalars);
         }
@@ -243,6 +259,18 @@ impl Model {
             events: self.items.events[index].saturating_sub(before.events),
             popularity_log: added_log(self.item_popularity_log[index], before.popularity_log),
         }
+    }
+
+    /// Gives back the memory of synced copies no longer needed, when most of their slab is
+    /// free slots (see `ItemSync::trim`); returns whether it did. For a settled stream: under
+    /// ingest the free slots are taken again by the next changes.
+    pub fn trim_synced_copies(&mut self) -> bool {
+        self.synced.trim(self.config.dim)
+    }
+
+    /// Whether [`Model::trim_synced_copies`] would give memory back.
+    pub fn synced_copies_sparse(&self) -> bool {
+        self.synced.is_sparse(self.config.dim)
     }
 
     /// After a committed flush that wrote `written` (the state exported then, at the version it
@@ -477,10 +505,12 @@ mod tests {
         assert_eq!(model.item_delta(row), ItemDelta::none(8));
     }
 
-    /// A catch-up changes every item, a flush then syncs most of them: the slab of copies is
-    /// compacted (the copies still held move to new slots and keep their deltas).
+    /// A catch-up changes every item, a flush then syncs most of them: the freed slots are
+    /// reused by the next changes (the slab does not shrink and grow back after every flush),
+    /// and a trim compacts the slab (the copies still held move to new slots and keep their
+    /// deltas).
     #[test]
-    fn the_slab_of_copies_shrinks_after_a_flush_and_keeps_the_held_copies() {
+    fn the_slab_of_copies_is_reused_after_a_flush_and_shrinks_on_a_trim() {
         let items = 3_000u32;
         let (mut model, mut synced) = restored(items);
         for event in 0..4_000u64 {
@@ -504,7 +534,23 @@ mod tests {
         }
         let held = model.synced.changed_len();
         assert!(held > 100 && held <= 200, "{held} copies");
+        assert_eq!(model.synced.slab_slots(model.dim()), before, "compacted before a trim");
+        // The next round of changes takes freed slots: the slab does not grow.
+        for event in 4_000..6_000u64 {
+            let item = (event * 7_919) % items as u64;
+            let (user, id) = (format!("u{}", event % 50), format!("i{item}"));
+            model.apply(&format!("e{event}"), &user, &id, event as i64, 1.0);
+        }
+        assert_eq!(model.synced.slab_slots(model.dim()), before, "grew past its free slots");
+        let (_, dirty) = model.take_dirty();
+        for row in dirty.iter().filter(|row| row.0 >= 200) {
+            let state = model.item_state(*row);
+            model.mark_item_synced(&state);
+            synced.insert(row.0, ItemState { version: state.version + 1, ..state });
+        }
+        assert!(model.trim_synced_copies());
         assert!(model.synced.slab_slots(model.dim()) < before / 4, "not compacted");
+        assert!(!model.trim_synced_copies(), "compacted twice");
         check_deltas(&model, &synced, 0);
     }
 }
