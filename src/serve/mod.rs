@@ -153,8 +153,24 @@ impl std::fmt::Debug for Served {
 impl Served {
     /// The model, read-locked (a poisoned lock is read as is: the model is never left
     /// half-written by a panic of the fold, which runs to completion or not at all).
+    ///
+    /// When the fold holds the lock (or waits for it: the lock is fair), the wait happens in
+    /// [`tokio::task::block_in_place`] on a multi-threaded runtime, so the worker's other
+    /// requests move to another thread instead of waiting behind this one: a handler blocked
+    /// on a chunk of a window used to hold up every request queued on its worker, routes that
+    /// never read the model included.
     pub fn read(&self) -> parking_lot::RwLockReadGuard<'_, Model> {
-        self.model.read()
+        if let Some(model) = self.model.try_read() {
+            return model;
+        }
+        let multi_threaded = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+            runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        });
+        if multi_threaded {
+            tokio::task::block_in_place(|| self.model.read())
+        } else {
+            self.model.read()
+        }
     }
 }
 
@@ -389,4 +405,44 @@ async fn record_latency(State(state): State<AppState>, request: Request, next: N
         .with_label_values(&[route.as_str(), status.as_str()])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::Served;
+    use crate::index::{Index, IndexConfig};
+    use crate::model::{Model, ModelConfig, ModelLock};
+    use crate::store::Keys;
+
+    /// A request waiting for the model while the fold holds it must leave its worker to the
+    /// other requests: on a runtime of one worker, a task spawned behind it still runs. Before
+    /// the wait moved into `block_in_place`, it waited until the fold let go.
+    #[test]
+    fn a_request_waiting_for_the_model_leaves_its_worker_to_the_others() {
+        let model = Arc::new(ModelLock::new(Model::new(ModelConfig::default()).unwrap()));
+        let served = Arc::new(Served {
+            namespace: "t".to_owned(),
+            model: Arc::clone(&model),
+            index: Arc::new(Index::new(IndexConfig::default())),
+            status: Arc::default(),
+            keys: Keys::new("t"),
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let fold = model.write();
+        let waiting = runtime.spawn(async move { served.read().item_count() });
+        std::thread::sleep(Duration::from_millis(200));
+        let (ran, other) = std::sync::mpsc::channel();
+        runtime.spawn(async move { ran.send(()).unwrap() });
+        let other_ran = other.recv_timeout(Duration::from_secs(5));
+        drop(fold);
+        assert!(other_ran.is_ok(), "the other request waited for the fold");
+        assert_eq!(runtime.block_on(waiting).unwrap(), 0);
+    }
 }
