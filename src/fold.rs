@@ -51,9 +51,11 @@ impl FoldStats {
 
 /// Events a window applies under one hold of the model's write lock before it lets waiting
 /// readers in ([`RwLockWriteGuard::bump`]). A window of a bulk catch-up holds tens of thousands
-/// of events (3 to 7 us each at the default model, BENCHMARKS.md), and a ranking request waited
-/// for all of them; 128 events are under a millisecond.
-const EVENTS_PER_LOCK_HOLD: usize = 128;
+/// of events (3 to 7 us each at the default model on MovieLens, BENCHMARKS.md), and a ranking
+/// request waited for all of them. On the 100,000-item catalogue under live traffic an event
+/// took about 30 us of the fold thread (its 33 item rows miss the cache), so 128 events held
+/// the lock about 4 ms; 32 hold it about one.
+const EVENTS_PER_LOCK_HOLD: usize = 32;
 
 /// Remembers the last `capacity` event ids (by 64-bit hash) to drop retried duplicates.
 #[derive(Debug, Default)]
