@@ -522,7 +522,8 @@ impl Index {
     /// [`REBUILD_CHECK_INTERVAL`] until `cancel`, on a thread of its own; the popular list is
     /// kept ready at the same pace ([`Index::refresh_popular`]) and the exact scan's 8-bit
     /// copy of the item matrix every [`REQUANTIZE_INTERVAL`]
-    /// ([`crate::model::Model::requantize`]). A build runs on a thread of its own, so the
+    /// ([`crate::model::Model::requantize_some`], [`REQUANTIZE_ROWS_PER_HOLD`] rows per hold).
+    /// A build runs on a thread of its own, so the
     /// copy and the list keep up while it lasts (a 100,000-item build takes half a minute,
     /// and the copy used to go stale for all of it). `on_built` gets each build's duration
     /// in seconds. A quiet service thus converges to a snapshot covering the catalogue

@@ -199,7 +199,7 @@ impl Model {
 
     /// The 8-bit copy of the item matrix with its error bounds (see `quantized.rs`), the
     /// rows changed since it was last brought up to date re-quantised first, or `None` when
-    /// more than `budget` rows changed (see [`Model::requantize`]).
+    /// more than `budget` rows changed (see [`Model::requantize_some`]).
     pub(crate) fn quantized_items(
         &self,
         budget: usize,
@@ -207,15 +207,16 @@ impl Model {
         self.items.quantized(budget)
     }
 
-    /// Brings the 8-bit copy of the item matrix up to date (the index thread's catch-up, every
-    /// few hundred milliseconds: under bulk ingest more rows change between two queries than
-    /// a query should re-quantise itself).
+    /// Brings the 8-bit copy of the item matrix up to date in one hold of its lock (tests and
+    /// benchmarks; the index thread catches up with [`Model::requantize_some`]).
     pub fn requantize(&self) {
         self.items.requantize();
     }
 
     /// Re-quantises at most `max_rows` of the item rows changed since the 8-bit copy was last
-    /// brought up to date, under one hold of the copy's lock; returns how many stay stale.
+    /// brought up to date, under one hold of the copy's lock; returns how many stay stale (the
+    /// index thread's catch-up, every 20 ms: under ingest more rows change between two queries
+    /// than a query should re-quantise itself).
     pub fn requantize_some(&self, max_rows: usize) -> usize {
         self.items.requantize_some(max_rows)
     }
