@@ -680,6 +680,18 @@ mod tests {
         (model, Index::new(config))
     }
 
+    /// [`rebuild_tested`] built once, recorded as a 4 s build of its 400 items whose copy was
+    /// taken `copied_ago` back.
+    fn built_in_four_seconds(copied_ago: std::time::Duration) -> (crate::model::ModelLock, Index) {
+        let (model, index) = rebuild_tested();
+        index.rebuild(&model).unwrap();
+        let copy = index.last_build.lock().unwrap().unwrap();
+        let copied_at = copy.copied_at.checked_sub(copied_ago).unwrap();
+        *index.last_build.lock().unwrap() =
+            Some(super::LastBuild { seconds: 4.0, items: 400, copied_at, ..copy });
+        (model, index)
+    }
+
     /// `items` items of dim 16 restored with vector and bias `item(row)`, and an index over
     /// them with a head of 50 and the graph built.
     fn restored(
@@ -846,13 +858,9 @@ mod tests {
     /// build started that landed with the whole catalogue changed.
     #[test]
     fn a_pause_between_notes_shorter_than_the_build_is_not_a_quiet_stream() {
-        use super::LastBuild;
         use crate::model::ItemRow;
         use std::time::Duration;
-        let (model, index) = rebuild_tested();
-        index.rebuild(&model).unwrap();
-        let copy = index.last_build.lock().unwrap().unwrap();
-        *index.last_build.lock().unwrap() = Some(LastBuild { seconds: 4.0, items: 400, ..copy });
+        let (_model, index) = built_in_four_seconds(Duration::ZERO);
         index.note_changed((0..100).map(ItemRow));
         std::thread::sleep(Duration::from_millis(2_300));
         // 100 rows in the 2.3 s since the copy: about 170 during a 4 s build, more than a
@@ -866,15 +874,9 @@ mod tests {
     /// run, and landed with the catalogue changed.
     #[test]
     fn a_burst_after_a_quiet_spell_is_measured_from_its_start() {
-        use super::LastBuild;
         use crate::model::ItemRow;
         use std::time::Duration;
-        let (model, index) = rebuild_tested();
-        index.rebuild(&model).unwrap();
-        let copy = index.last_build.lock().unwrap().unwrap();
-        let a_minute_before = copy.copied_at.checked_sub(Duration::from_secs(60)).unwrap();
-        *index.last_build.lock().unwrap() =
-            Some(LastBuild { seconds: 4.0, items: 400, copied_at: a_minute_before, ..copy });
+        let (_model, index) = built_in_four_seconds(Duration::from_secs(60));
         index.note_changed((0..100).map(ItemRow));
         std::thread::sleep(Duration::from_millis(300));
         index.note_changed((100..120).map(ItemRow));
@@ -889,18 +891,13 @@ mod tests {
     /// events a second.
     #[test]
     fn a_burst_is_not_measured_from_a_note_before_a_quiet_spell() {
-        use super::LastBuild;
         use crate::model::ItemRow;
         use std::time::{Duration, Instant};
-        let (model, index) = rebuild_tested();
-        index.rebuild(&model).unwrap();
-        let copy = index.last_build.lock().unwrap().unwrap();
-        let back = |seconds| Instant::now().checked_sub(Duration::from_secs(seconds)).unwrap();
-        *index.last_build.lock().unwrap() =
-            Some(LastBuild { seconds: 4.0, items: 400, copied_at: back(61), ..copy });
+        let (_model, index) = built_in_four_seconds(Duration::from_secs(61));
         // A trailing note a minute back, after the copy.
         index.note_changed((0..5).map(ItemRow));
-        index.note_history.lock().unwrap().back_mut().unwrap().0 = back(60);
+        index.note_history.lock().unwrap().back_mut().unwrap().0 =
+            Instant::now().checked_sub(Duration::from_secs(60)).unwrap();
         index.note_changed((100..200).map(ItemRow));
         std::thread::sleep(Duration::from_millis(300));
         index.note_changed((200..220).map(ItemRow));
