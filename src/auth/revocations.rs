@@ -14,7 +14,12 @@
 //!   whole keyspace every period: at 100,000 items and 30,000 users about 160 calls of 1 to 15
 //!   ms every 2 s, during which every other client of Redis, the rate limiter's call on each
 //!   request among them, waited.) After a lost subscription it reconnects, subscribes and
-//!   reads again before the view is trusted again.
+//!   reads again before the view is trusted again. A re-read that fails or outlasts its
+//!   deadline (1 s, or `http.redis_timeout_ms` if longer) leaves the subscription up and is
+//!   tried again the next period. (It used to drop the subscription: behind a flush's
+//!   transaction, which held a 100,000-item catalogue's Redis for 2 to 3.5 s under ingest,
+//!   the view then went untrusted, every token check asked Redis and waited up to
+//!   `http.redis_timeout_ms`, and the new subscription scanned the keyspace again.)
 //! - The first read after each subscription also scans the keyspace for `revoked:{jti}` keys
 //!   that are not on the list (written by a version before the list, or by a program that
 //!   wrote only the key) and adds them to it, with their remaining time to live.
@@ -217,6 +222,8 @@ impl Follower {
         }
         let mut messages = pubsub.into_on_message();
         let mut resync = tokio::time::interval(self.resync);
+        // A read that took longer than a period is followed by one read, not a burst.
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut scanned = false;
         loop {
             tokio::select! {
@@ -227,18 +234,26 @@ impl Follower {
                     }
                 }
                 _ = resync.tick() => {
-                    if !scanned {
-                        if let Err(error) = self.list_unlisted_keys().await {
-                            return error.to_string();
-                        }
-                        scanned = true;
-                    }
-                    if let Err(error) = self.read_all().await {
-                        return error.to_string();
+                    // A read that fails (Redis busy past the deadline, as behind a flush's
+                    // transaction, or unreachable) leaves the subscription up: the view stays
+                    // trusted until two periods after its last read, as documented, and the
+                    // next period reads again. Only a lost subscription distrusts it at once.
+                    if let Err(error) = self.read(&mut scanned).await {
+                        tracing::debug!(%error, "revocation list re-read failed; the next period tries again");
                     }
                 }
             }
         }
+    }
+
+    /// The first read of a subscription scans for unlisted keys once (until a scan succeeds),
+    /// then every read replaces the view with the list.
+    async fn read(&self, scanned: &mut bool) -> Result<(), RedisUnavailable> {
+        if !*scanned {
+            self.list_unlisted_keys().await?;
+            *scanned = true;
+        }
+        self.read_all().await
     }
 
     /// Replaces the view with the list in Redis (entries whose token expired are left out),

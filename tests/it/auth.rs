@@ -403,6 +403,45 @@ async fn rereads_of_the_revocation_list_do_not_scan_the_keyspace() {
     assert!(calls <= periods + 1, "{calls} calls to re-read the list in {periods} periods");
 }
 
+/// The pub/sub connections of the Redis at `connection`, by client id.
+fn pubsub_clients(connection: &mut redis::Connection) -> Vec<String> {
+    let list: String =
+        redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub").query(connection).unwrap();
+    list.lines().filter_map(|line| line.split(' ').next().map(str::to_owned)).collect()
+}
+
+/// Found under the ranking benchmark: a flush's transaction held Redis for 2 to 3.5 s, the
+/// periodic re-read of the list outlasted its 1 s deadline, and the follower dropped its
+/// subscription. The view went untrusted, every token check asked Redis (`EXISTS`) and
+/// waited, and the new subscription scanned the keyspace again. A re-read that fails now
+/// leaves the subscription up, is tried again the next period, and scans nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reread_past_its_deadline_keeps_the_subscription_and_scans_nothing() {
+    let redis = common::faults::OwnRedis::start("auth-revslow");
+    let harness = Harness::new("auth-revslow", |config| {
+        config.store.url = redis.url();
+        config.auth.revocation_resync_ms = 300;
+    });
+    wait_until_the_view_is_trusted(&harness).await;
+    let mut connection = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let subscribed = pubsub_clients(&mut connection);
+    assert_eq!(subscribed.len(), 1, "{subscribed:?}");
+    let scans = redis_calls(&harness, "auth_revocations_scan");
+    let failed =
+        || harness.state.metrics.redis_errors.with_label_values(&["auth_revocations_read"]).get();
+    let failed_before = failed();
+    // Busy longer than the read's 1 s deadline: at least one period's read times out.
+    redis.freeze();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    redis.thaw();
+    assert!(failed() > failed_before, "no re-read timed out during the freeze");
+    wait_until_the_view_is_trusted(&harness).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(pubsub_clients(&mut connection), subscribed, "the subscription was dropped");
+    assert_eq!(redis_calls(&harness, "auth_revocations_scan"), scans, "the keyspace was scanned");
+    assert!(harness.state.auth.revocations().view_is_trusted());
+}
+
 /// A `revoked:{jti}` key that is not on the list (written by a version before the list, or by
 /// a program that wrote only the key) is found by the scan of a new subscription, refused
 /// without a Redis call per request, and put on the list with its time to live.
