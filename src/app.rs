@@ -165,6 +165,7 @@ impl Shared {
             index,
             status,
             keys: Keys::of(&config.store, namespace),
+            absent_users: crate::serve::AbsentUsers::default(),
         });
         Ok(Generation {
             served,

@@ -142,6 +142,47 @@ pub struct Served {
     pub status: Arc<Status>,
     /// Key layout of the namespace (users evicted from memory are read under it).
     pub keys: Keys,
+    /// Users Redis did not hold when last asked ([`AbsentUsers`]).
+    pub absent_users: AbsentUsers,
+}
+
+/// Users not in memory that Redis did not hold either when last asked (users without events:
+/// new visitors, mistyped ids), remembered for [`ABSENT_USER_TTL`]: a request for one reads as
+/// cold without a Redis round trip meanwhile, so a stream of requests for new visitors costs
+/// Redis one lookup per user and second, and none of them waits on a Redis busy behind a
+/// flush. A user this instance folds is in memory, found first; one that another instance
+/// created is seen at most [`ABSENT_USER_TTL`] after its flush. Bounded to
+/// [`ABSENT_USERS_KEPT`] ids (S3-FIFO, `quick_cache`).
+pub struct AbsentUsers(quick_cache::sync::Cache<String, std::time::Instant>);
+
+/// How long a user Redis did not hold is read as cold without asking again.
+pub const ABSENT_USER_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Ids of absent users remembered at most (each up to 128 bytes).
+pub const ABSENT_USERS_KEPT: usize = 65_536;
+
+impl Default for AbsentUsers {
+    fn default() -> Self {
+        Self(quick_cache::sync::Cache::new(ABSENT_USERS_KEPT))
+    }
+}
+
+impl std::fmt::Debug for AbsentUsers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AbsentUsers").field("kept", &self.0.len()).finish()
+    }
+}
+
+impl AbsentUsers {
+    /// Whether Redis did not hold `user_id` less than [`ABSENT_USER_TTL`] ago.
+    pub fn recently(&self, user_id: &str) -> bool {
+        self.0.get(user_id).is_some_and(|asked| asked.elapsed() < ABSENT_USER_TTL)
+    }
+
+    /// Notes that Redis did not hold `user_id` just now.
+    pub fn note(&self, user_id: &str) {
+        self.0.insert(user_id.to_owned(), std::time::Instant::now());
+    }
 }
 
 impl std::fmt::Debug for Served {
@@ -275,6 +316,7 @@ impl AppState {
             index,
             status,
             keys: redis.keys().clone(),
+            absent_users: AbsentUsers::default(),
         };
         Ok(Self {
             served: Arc::new(arc_swap::ArcSwap::from_pointee(served)),
@@ -429,6 +471,7 @@ mod tests {
             index: Arc::new(Index::new(IndexConfig::default())),
             status: Arc::default(),
             keys: Keys::new("t"),
+            absent_users: super::AbsentUsers::default(),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

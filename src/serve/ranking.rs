@@ -71,6 +71,9 @@ pub(super) async fn lookup_user(
     if !redis_reads {
         return Ok(Lookup { user: None, stale: true });
     }
+    if served.absent_users.recently(user_id) {
+        return Ok(Lookup { user: None, stale });
+    }
     let key = served.keys.user(user_id);
     let mut pipe = redis::pipe();
     pipe.cmd("HGETALL").arg(&key);
@@ -84,6 +87,7 @@ pub(super) async fn lookup_user(
             }
         };
     if fields.is_empty() {
+        served.absent_users.note(user_id);
         return Ok(Lookup { user: None, stale });
     }
     let dim = served.read().dim();
