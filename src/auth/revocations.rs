@@ -16,7 +16,7 @@
 //!   request among them, waited.) After a lost subscription it reconnects, subscribes and
 //!   reads again before the view is trusted again. A re-read that fails or outlasts its
 //!   deadline (1 s, or `http.redis_timeout_ms` if longer) leaves the subscription up and is
-//!   tried again the next period. (It used to drop the subscription: behind a flush's
+//!   tried again after 100 ms, backing off (doubling) to a period. (It used to drop the subscription: behind a flush's
 //!   transaction, which held a 100,000-item catalogue's Redis for 2 to 3.5 s under ingest,
 //!   the view then went untrusted, every token check asked Redis and waited up to
 //!   `http.redis_timeout_ms`, and the new subscription scanned the keyspace again.)
@@ -24,7 +24,11 @@
 //!   that are not on the list (written by a version before the list, or by a program that
 //!   wrote only the key) and adds them to it, with their remaining time to live.
 //! - The view is trusted while the subscription is up and the last read is at most two
-//!   periods old; otherwise each check asks Redis (`EXISTS`), as before the view existed.
+//!   periods old; otherwise each check asks Redis (`EXISTS`), as before the view existed,
+//!   except while the follower's last read failed (Redis unreachable, or busy past the read's
+//!   deadline): then the view as last read and this instance's own revocations decide without
+//!   a Redis call (a `jti` on neither is [`RevocationCheck::ValidLocalOnly`]), which is what a
+//!   failed `EXISTS` would have answered after waiting out `http.redis_timeout_ms`.
 //!
 //! So a revoked `jti` is refused by an instance that reaches Redis within the pub/sub delivery
 //! time (milliseconds) while its subscription is up, and in any case within two periods of
@@ -42,6 +46,8 @@ use crate::store::{AsyncRedis, Keys, RedisUnavailable};
 const SCAN_COUNT: usize = 1_000;
 /// Longest wait between two subscription attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// First wait before reading the list again after a failed read (doubling up to a period).
+const RETRY_FIRST: Duration = Duration::from_millis(100);
 
 /// The revocation list and this instance's view of it.
 #[derive(Debug)]
@@ -61,6 +67,9 @@ struct View {
     /// Until when the view may answer alone: set by each full read under a live subscription,
     /// cleared when the subscription is lost.
     trusted_until: Mutex<Option<Instant>>,
+    /// The follower's last read failed (Redis unreachable, or busy past the deadline) and no
+    /// read has succeeded since.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl View {
@@ -79,6 +88,14 @@ impl View {
 
     fn insert(&self, jti: String) {
         self.jtis.write().unwrap_or_else(PoisonError::into_inner).insert(jti);
+    }
+
+    fn failing(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -163,7 +180,8 @@ impl Revocations {
         self.redis.pipeline::<()>("auth_revoke", &pipe).await
     }
 
-    /// No Redis call while the view is trusted; one `EXISTS` otherwise.
+    /// No Redis call while the view is trusted, nor while the follower's last read failed;
+    /// one `EXISTS` otherwise.
     pub async fn check(&self, jti: &str) -> RevocationCheck {
         if self.local.lock().unwrap_or_else(PoisonError::into_inner).contains_key(jti) {
             return RevocationCheck::Revoked;
@@ -173,6 +191,17 @@ impl Revocations {
                 RevocationCheck::Revoked
             } else {
                 RevocationCheck::Valid
+            };
+        }
+        if self.view.failing() {
+            // The follower's last read failed: an `EXISTS` now would most likely wait out its
+            // deadline and fail too (a Redis busy behind a flush's transaction, or frozen).
+            // The view as last read and this instance's list decide at once, as they would
+            // after that failure; the follower reads again within a period.
+            return if self.view.contains(jti) {
+                RevocationCheck::Revoked
+            } else {
+                RevocationCheck::ValidLocalOnly
             };
         }
         let command = redis::cmd("EXISTS").arg(self.keys.auth_revoked(jti)).to_owned();
@@ -225,6 +254,7 @@ impl Follower {
         // A read that took longer than a period is followed by one read, not a burst.
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut scanned = false;
+        let mut retry = RETRY_FIRST;
         loop {
             tokio::select! {
                 message = messages.next() => {
@@ -238,8 +268,19 @@ impl Follower {
                     // transaction, or unreachable) leaves the subscription up: the view stays
                     // trusted until two periods after its last read, as documented, and the
                     // next period reads again. Only a lost subscription distrusts it at once.
-                    if let Err(error) = self.read(&mut scanned).await {
-                        tracing::debug!(%error, "revocation list re-read failed; the next period tries again");
+                    match self.read(&mut scanned).await {
+                        Ok(()) => {
+                            self.view.set_failing(false);
+                            retry = RETRY_FIRST;
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "revocation list re-read failed; trying again");
+                            self.view.set_failing(true);
+                            // Sooner than a period, backing off: trusted again soon after
+                            // Redis answers, without a busy loop while it does not.
+                            resync.reset_after(retry.min(self.resync));
+                            retry = (retry * 2).min(self.resync);
+                        }
                     }
                 }
             }

@@ -442,6 +442,44 @@ async fn a_reread_past_its_deadline_keeps_the_subscription_and_scans_nothing() {
     assert!(harness.state.auth.revocations().view_is_trusted());
 }
 
+/// After a failed re-read, with the view too old to answer alone, a token check used to ask
+/// Redis (`EXISTS`) and, Redis being busy or frozen, wait out `http.redis_timeout_ms` before
+/// accepting the token anyway (under the ranking benchmark, behind a 3.5 s flush transaction:
+/// 40 such waits). It now asks nothing while the follower's last read failed, and the view as
+/// last read still refuses what it lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_after_a_failed_reread_ask_nothing_and_still_use_the_view() {
+    let redis = common::faults::OwnRedis::start("auth-revfail");
+    let first = Harness::new("auth-revfail", |config| {
+        config.store.url = redis.url();
+        config.auth.revocation_resync_ms = 300;
+    });
+    let second = first.second_instance();
+    wait_until_the_view_is_trusted(&second).await;
+    // Revoked through the first instance: the second learns it by pub/sub.
+    let revoked = first.token("u1", "recs:read");
+    let revoke = [("authorization", format!("Bearer {revoked}"))];
+    assert_eq!(first.send(Method::POST, "/v1/auth/revoke", &revoke, None).await.0, 200);
+    wait_for_status(&second, &revoked, 401).await;
+    let (valid, _) = token_with_fresh_jti(&second);
+    let failed =
+        || second.state.metrics.redis_errors.with_label_values(&["auth_revocations_read"]).get();
+    let failed_before = failed();
+    redis.freeze();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while failed() == failed_before || second.state.auth.revocations().view_is_trusted() {
+        assert!(Instant::now() < deadline, "the view stayed trusted through a failed read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let exists = redis_calls(&second, "auth_revoked");
+    let checked = (second.get(RECS_U1, &revoked).await.0, second.get(RECS_U1, &valid).await.0);
+    redis.thaw();
+    assert_eq!(checked.0, 401, "the view as last read lists the revoked token");
+    assert_ne!(checked.1, 401, "a token on no list is accepted");
+    assert_eq!(redis_calls(&second, "auth_revoked"), exists, "no EXISTS while reads fail");
+    wait_until_the_view_is_trusted(&second).await;
+}
+
 /// A `revoked:{jti}` key that is not on the list (written by a version before the list, or by
 /// a program that wrote only the key) is found by the scan of a new subscription, refused
 /// without a Redis call per request, and put on the list with its time to live.
