@@ -162,6 +162,17 @@ failed = delta('embedstream_redis_errors_total{operation="flush"}')
 opened = delta('embedstream_circuit_breaker_transitions_total{breaker="redis",to="open"}')
 print(f"   during the ingest points: {flushes:.0f} flushes ({failed:.0f} failed), {seconds:.1f} s in flush calls, "
       f"redis breaker opened {opened:.0f} times; service RSS at the end {int(sys.argv[3]) / 1024:.0f} MiB")
+# The request path's Redis calls (failed: past http.redis_timeout_ms), and the recommendation
+# route's own latency histogram (from the request's arrival in the service to its answer).
+calls = lambda op: (delta(f'embedstream_redis_operation_duration_seconds_count{{operation="{op}"}}'),
+                    delta(f'embedstream_redis_errors_total{{operation="{op}"}}'))
+print("   request-path redis calls (failed): " + ", ".join(
+    f"{op} {n:.0f} ({e:.0f})" for op, (n, e) in ((op, calls(op)) for op in ("auth_revoked", "rate_limit", "load_user"))))
+route = 'embedstream_http_request_duration_seconds_bucket{route="/v1/users/{user_id}/recommendations",status="200",le="%s"}'
+total = delta(route % "+Inf")
+if total:
+    print("   recommendations in the service: " + ", ".join(
+        f"{100 * (total - delta(route % le)) / total:.1f}% over {float(le) * 1000:.0f} ms" for le in ("0.01", "0.025", "0.05")))
 PY
   kill "$producer_pid" 2>/dev/null; wait "$producer_pid" 2>/dev/null || true; producer_pid=""
   kill "$service_pid"; wait "$service_pid" 2>/dev/null || true; service_pid=""
