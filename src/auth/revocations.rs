@@ -16,10 +16,11 @@
 //!   request among them, waited.) After a lost subscription it reconnects, subscribes and
 //!   reads again before the view is trusted again. A re-read that fails or outlasts its
 //!   deadline (1 s, or `http.redis_timeout_ms` if longer) leaves the subscription up and is
-//!   tried again after 100 ms, backing off (doubling) to a period. (It used to drop the subscription: behind a flush's
-//!   transaction, which held a 100,000-item catalogue's Redis for 2 to 3.5 s under ingest,
-//!   the view then went untrusted, every token check asked Redis and waited up to
-//!   `http.redis_timeout_ms`, and the new subscription scanned the keyspace again.)
+//!   tried again after 100 ms, backing off (doubling) to a period. (It used to drop the
+//!   subscription: behind a flush's transaction, which held a 100,000-item catalogue's Redis
+//!   for 2 to 3.5 s under ingest, the view then went untrusted, every token check asked Redis
+//!   and waited up to `http.redis_timeout_ms`, and the new subscription scanned the keyspace
+//!   again.)
 //! - The first read after each subscription also scans the keyspace for `revoked:{jti}` keys
 //!   that are not on the list (written by a version before the list, or by a program that
 //!   wrote only the key) and adds them to it, with their remaining time to live.
@@ -230,6 +231,9 @@ impl Follower {
             let started = Instant::now();
             let ended = self.follow().await;
             self.view.distrust();
+            // Until the next subscription's first read, checks ask Redis (`EXISTS`), as
+            // before the view existed.
+            self.view.set_failing(false);
             tracing::debug!(error = %ended, "revocation subscription lost; checks ask redis");
             if started.elapsed() > MAX_BACKOFF {
                 backoff = Duration::from_millis(100);
@@ -266,8 +270,8 @@ impl Follower {
                 _ = resync.tick() => {
                     // A read that fails (Redis busy past the deadline, as behind a flush's
                     // transaction, or unreachable) leaves the subscription up: the view stays
-                    // trusted until two periods after its last read, as documented, and the
-                    // next period reads again. Only a lost subscription distrusts it at once.
+                    // trusted until two periods after its last read, as documented, and is
+                    // read again soon. Only a lost subscription distrusts it at once.
                     match self.read(&mut scanned).await {
                         Ok(()) => {
                             self.view.set_failing(false);
