@@ -158,6 +158,17 @@ async fn scores_refuse_item_ids_beyond_128_characters() {
     }
 }
 
+/// A token-checked GET of `uri`: status, JSON body, time taken.
+async fn get_json(app: axum::Router, uri: &str) -> (u16, Value, Duration) {
+    let request =
+        Request::builder().uri(uri).header("authorization", bearer()).body(Body::empty()).unwrap();
+    let started = Instant::now();
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice::<Value>(&bytes).unwrap(), started.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_costs_the_request_budget_not_the_command_timeout() {
     let redis = common::faults::OwnRedis::start(&unique("frozen"));
@@ -169,18 +180,7 @@ async fn a_frozen_redis_costs_the_request_budget_not_the_command_timeout() {
         ..Default::default()
     };
     let app = router(app_state(&config));
-    let get = |app: axum::Router| async move {
-        let request = Request::builder()
-            .uri("/v1/users/u1/recommendations?k=3")
-            .header("authorization", bearer())
-            .body(Body::empty())
-            .unwrap();
-        let started = Instant::now();
-        let response = app.oneshot(request).await.unwrap();
-        let status = response.status().as_u16();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice::<Value>(&bytes).unwrap(), started.elapsed())
-    };
+    let get = |app| get_json(app, "/v1/users/u1/recommendations?k=3");
     let (status, body, _) = get(app.clone()).await;
     assert_eq!((status, body["stale"].as_bool()), (200, Some(false)), "{body}");
     common::faults::signal(redis.pid(), "STOP");
@@ -210,24 +210,14 @@ async fn a_user_redis_does_not_hold_is_looked_up_once_a_second() {
     let metrics = state.metrics.clone();
     let app = router(state);
     let lookups = || metrics.redis_duration.with_label_values(&["load_user"]).get_sample_count();
-    let get = |app: axum::Router| async move {
-        let request = Request::builder()
-            .uri("/v1/users/new-visitor/recommendations?k=3")
-            .header("authorization", bearer())
-            .body(Body::empty())
-            .unwrap();
-        let response = app.oneshot(request).await.unwrap();
-        let status = response.status().as_u16();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice::<Value>(&bytes).unwrap())
-    };
+    let get = |app| get_json(app, "/v1/users/new-visitor/recommendations?k=3");
     for _ in 0..5 {
-        let (status, body) = get(app.clone()).await;
+        let (status, body, _) = get(app.clone()).await;
         assert_eq!((status, &body["source"]), (200, &json!("popularity")), "{body}");
     }
     assert_eq!(lookups(), 1, "one lookup for five requests");
     tokio::time::sleep(embedstream::serve::ABSENT_USER_TTL + Duration::from_millis(100)).await;
-    let (status, body) = get(app.clone()).await;
+    let (status, body, _) = get(app.clone()).await;
     assert_eq!((status, &body["source"]), (200, &json!("popularity")), "{body}");
     assert_eq!(lookups(), 2, "asked again once the answer is a second old");
 }
