@@ -12,8 +12,11 @@ pub struct Status {
     pub restored: AtomicBool,
     /// Every assigned partition is at its end, nothing is buffered and everything is flushed.
     pub caught_up: AtomicBool,
-    /// The last Redis operation succeeded.
+    /// The last Redis operation succeeded (set with [`Status::note_redis`]).
     pub redis_ok: AtomicBool,
+    /// When the ingest side's Redis operations last succeeded and failed (set with
+    /// [`Status::note_redis`]): the HTTP side orders its own failures against them.
+    pub redis_evidence: crate::store::evidence::Evidence,
     /// Events applied.
     pub applied: AtomicU64,
     /// Records rejected.
@@ -102,6 +105,12 @@ pub struct StatusSnapshot {
 }
 
 impl Status {
+    /// Records the outcome of an ingest-side Redis operation that ended now.
+    pub fn note_redis(&self, ok: bool) {
+        self.redis_ok.store(ok, Ordering::Relaxed);
+        self.redis_evidence.record(ok);
+    }
+
     /// A copy of every field.
     pub fn snapshot(&self) -> StatusSnapshot {
         StatusSnapshot {

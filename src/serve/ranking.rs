@@ -46,10 +46,11 @@ pub(super) struct Lookup {
 }
 
 /// True when the durable copy is not reachable or behind: the `redis` breaker is not closed,
-/// the last Redis call of the HTTP side failed, or the last flush failed.
+/// the HTTP side's last failed Redis call is newer than every call that succeeded since, its
+/// own and the ingest side's ([`crate::store::evidence`]), or the last flush failed.
 pub(super) fn redis_degraded(state: &AppState, served: &Served) -> bool {
     state.redis.breaker().state() != BreakerState::Closed
-        || state.redis.last_call_failed()
+        || state.redis.evidence().failed_since_any_success([&served.status.redis_evidence])
         || served.status.flush_failing.load(std::sync::atomic::Ordering::Relaxed)
 }
 

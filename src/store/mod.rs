@@ -38,6 +38,7 @@ mod blocking;
 pub mod codec;
 mod connection;
 pub mod epoch;
+pub mod evidence;
 mod redis_async;
 mod redis_sync;
 pub mod write;

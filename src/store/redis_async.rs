@@ -55,7 +55,7 @@ struct Inner {
     connect_timeout: Duration,
     /// The command timeout of the connection (`store.command_timeout_ms`).
     command_timeout: Duration,
-    last_failed: std::sync::atomic::AtomicBool,
+    evidence: super::evidence::Evidence,
 }
 
 /// Cloneable handle; clones share the connection and the breaker. Each handle has its own
@@ -100,7 +100,7 @@ impl AsyncRedis {
                 metrics,
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms),
                 command_timeout: timeout,
-                last_failed: std::sync::atomic::AtomicBool::new(false),
+                evidence: super::evidence::Evidence::default(),
             }),
         })
     }
@@ -122,11 +122,12 @@ impl AsyncRedis {
         &self.inner.keys
     }
 
-    /// Whether the most recent call failed (refused by the breaker, timed out, errored, or
-    /// found another call still connecting): the answers built on Redis are then degraded even
-    /// while the breaker is still closed.
-    pub fn last_call_failed(&self) -> bool {
-        self.inner.last_failed.load(std::sync::atomic::Ordering::Relaxed)
+    /// When this handle's calls (and its clones') last succeeded and failed (a failure: refused
+    /// by the breaker, timed out, errored, or found another call still connecting). Answers
+    /// built on Redis are degraded while the newest is a failure, even with the breaker
+    /// closed.
+    pub fn evidence(&self) -> &super::evidence::Evidence {
+        &self.inner.evidence
     }
 
     /// A new pub/sub connection (outside the breaker and the shared connection: a
@@ -177,17 +178,27 @@ impl AsyncRedis {
 
     async fn guarded<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T, RedisUnavailable>
     where
-        F: FnOnce(StoreConnection) -> Fut,
+        F: Fn(StoreConnection) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
         let started = Instant::now();
         let timeout = self.timeout;
         let attempt = async {
-            let connection = self.connection().await?;
-            match tokio::time::timeout(timeout, call(connection)).await {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(error)) => Err(CallError::Redis(error)),
-                Err(_) => Err(CallError::Timeout),
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut retried = false;
+            loop {
+                let connection = self.connection().await?;
+                match tokio::time::timeout_at(deadline, call(connection)).await {
+                    Ok(Ok(value)) => return Ok(value),
+                    // The manager's last connect attempt was refused (Redis was down, and is
+                    // perhaps back): the command was never sent, and the failure started a
+                    // new connect. Once more within the budget, on that connection. Without
+                    // it the first call after a restart always failed, and the request
+                    // making it was answered stale.
+                    Ok(Err(error)) if !retried && error.is_connection_refusal() => retried = true,
+                    Ok(Err(error)) => return Err(CallError::Redis(error)),
+                    Err(_) => return Err(CallError::Timeout),
+                }
             }
         };
         let breaker = &self.inner.breaker;
@@ -206,7 +217,7 @@ impl AsyncRedis {
                 result.map_err(Guarded::Inner)
             }
         };
-        self.inner.last_failed.store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
+        self.inner.evidence.record(result.is_ok());
         let metrics = &self.inner.metrics;
         metrics.redis_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
         result.map_err(|error| {

@@ -341,8 +341,8 @@ fn redis_down_for_twenty_seconds_mid_ingest_serves_stale_and_applies_everything_
 
     service.wait_caught_up(records.len() as u64, Duration::from_secs(120));
     let after = get_within(&recommendations, bound);
-    assert!(after.status == 200 && after.json["stale"] != true, "{:?}", after);
     let context = diagnostics(&service);
+    assert!(after.status == 200 && after.json["stale"] != true, "{after:?}; {context}");
     assert!(service.terminate(Duration::from_secs(30)));
     assert_digest_equals_replay(&config, &records, &context);
 }

@@ -251,6 +251,63 @@ fn redis_frozen_by_sigstop_folds_on_then_pauses_and_readyz_tells_the_truth() {
     assert_stored_equals_replay(&config, &records, &ready.to_string());
 }
 
+/// Answers used to be marked stale for as long as the HTTP side's last Redis call was a failed
+/// one, however long Redis had been answering since: a request decided without a Redis call
+/// (a user in memory, a rate-limit lease's cells, the flags cache, the revocation view) could
+/// not clear it, and neither could the ingest side's flushes. Here one lookup of a user Redis
+/// does not hold fails during a freeze, and nothing on the HTTP side calls Redis after it.
+/// The newest outcome of the process's Redis calls decides now, the ingest side's included.
+#[test]
+fn answers_are_fresh_again_once_the_ingest_side_reaches_redis_after_a_freeze() {
+    let (redis, config, records) = movielens_on_own_redis("redis-stale-clears");
+    let settings = [
+        FAST_REDIS.as_slice(),
+        &[
+            ("EMBEDSTREAM_HTTP__REDIS_TIMEOUT_MS", "200"),
+            // No HTTP-side call to Redis after the failed lookup: no rate-limit fetches, no
+            // flags refresh and no periodic re-read of the revocation list within the test.
+            ("EMBEDSTREAM_RATE_LIMIT__ENABLED", "false"),
+            ("EMBEDSTREAM_FLAGS__REFRESH_MS", "600000"),
+            ("EMBEDSTREAM_AUTH__REVOCATION_RESYNC_MS", "600000"),
+        ],
+    ]
+    .concat();
+    let mut service = ServiceProcess::spawn(&config, &settings);
+    service.wait_caught_up(records.len() as u64, Duration::from_secs(120));
+    let user = String::from_utf8(records[0].key.clone().unwrap()).unwrap();
+    let recommendations = service.url(&format!("/v1/users/{user}/recommendations?k=10"));
+    let bound = Duration::from_secs(2);
+    let before = get_within(&recommendations, bound);
+    assert!(before.status == 200 && before.json["stale"] == false, "{before:?}");
+
+    redis.freeze();
+    let absent = service.url("/v1/users/nobody-sent-events/recommendations?k=10");
+    let failed = get_within(&absent, bound);
+    let during = get_within(&recommendations, bound);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while readyz(&service)["ingest"]["redis_ok"] != false {
+        assert!(Instant::now() < deadline, "the ingest side never noticed the freeze");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    redis.thaw();
+    assert!(during.json["stale"] == true, "not stale during the freeze: {during:?}; {failed:?}");
+    let breaker = "embedstream_circuit_breaker_state{breaker=\"redis\"}";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = readyz(&service);
+        let metrics = get_within(&service.url("/metrics"), bound).text;
+        if ready["ingest"]["redis_ok"] == true && metric(&metrics, breaker) == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ingest side never reached Redis again: {ready}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = get_within(&recommendations, bound);
+    assert!(after.status == 200 && after.json["stale"] == false, "{after:?}");
+    assert!(after.header("x-embedstream-stale").is_none(), "{after:?}");
+    assert!(service.terminate(Duration::from_secs(30)));
+}
+
 /// The store on its own, against a redis-server of the test's own: what a flush does once the
 /// namespace is gone, and that a frozen server cannot hold a call past its deadline.
 /// A flush whose `EXEC` ran but whose answer came after the deadline (a proxy holds Redis's
@@ -305,7 +362,8 @@ mod store {
     use embedstream::model::{ModelConfig, SeenWrite, UserState};
     use embedstream::resilience::{BreakerConfig, BreakerState, CircuitBreaker};
     use embedstream::store::{
-        FlushBatch, PoolWrite, StoreConfig, StoreError, StoredMeta, SyncStore, UserWrite,
+        AsyncRedis, FlushBatch, PoolWrite, StoreConfig, StoreError, StoredMeta, SyncStore,
+        UserWrite,
     };
 
     use super::{infra, OwnRedis};
@@ -496,6 +554,31 @@ mod store {
         assert_eq!(state, BreakerState::Open, "the timeouts counted while the flush waited");
         let flush = flush.expect("the flush returned within 20 s");
         assert!(flush.as_ref().is_err(), "{flush:?}");
+    }
+
+    /// The HTTP side's connection (redis's `ConnectionManager`, without retries of its own)
+    /// keeps its last failed connect attempt until a call finds it: the first call after Redis
+    /// came back failed, and the request that made it was answered stale (with the rate
+    /// limiter's probe in the background, the first recommendation after an outage, in
+    /// `faults::redis_down_for_twenty_seconds_...`). A call that finds the connect refused now
+    /// tries once more, on the new connection, within its budget.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_first_call_after_redis_comes_back_succeeds() {
+        let name = infra::unique("store-back");
+        let mut redis = OwnRedis::start(&name);
+        let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default(), None));
+        let metrics = embedstream::metrics::Metrics::new().unwrap();
+        let async_redis = AsyncRedis::new(&store_config(&redis, &name), breaker, metrics)
+            .unwrap()
+            .with_timeout(Duration::from_millis(200));
+        let command = redis::cmd("PING");
+        let ping = || async_redis.query::<String>("ping", &command);
+        assert_eq!(ping().await.unwrap(), "PONG");
+        redis.kill();
+        assert!(ping().await.is_err(), "Redis is down");
+        assert!(ping().await.is_err(), "Redis is still down");
+        tokio::task::block_in_place(|| redis.restart());
+        assert_eq!(ping().await.unwrap(), "PONG", "the first call after Redis came back");
     }
 
     #[test]

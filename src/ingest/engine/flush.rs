@@ -100,7 +100,7 @@ impl Engine {
             .redis_duration
             .with_label_values(&["flush"])
             .observe(started.elapsed().as_secs_f64());
-        self.status.redis_ok.store(result.is_ok(), Ordering::Relaxed);
+        self.status.note_redis(result.is_ok());
         self.status.flush_failing.store(result.is_err(), Ordering::Relaxed);
         if let Err(error) = result {
             self.metrics.redis_errors.with_label_values(&["flush"]).inc();

@@ -47,7 +47,7 @@ impl Engine {
             return;
         }
         let result = self.store.check_epoch();
-        self.status.redis_ok.store(result.is_ok(), Ordering::Relaxed);
+        self.status.note_redis(result.is_ok());
         match result {
             Ok(()) => {}
             Err(error @ StoreError::NamespaceLost { .. }) => {

@@ -44,7 +44,7 @@ impl Engine {
             self.config_stored = true;
             // Users written without a model (nothing of ours does; a foreign writer could).
             self.all_users_in_memory = self.store.stored_user_count()? == 0;
-            self.status.redis_ok.store(true, Ordering::Relaxed);
+            self.status.note_redis(true);
             self.status.restored.store(true, Ordering::Relaxed);
             return Ok(());
         };
@@ -80,7 +80,7 @@ impl Engine {
         self.flushed_applied = meta.events_applied;
         // An older layout gets the configuration (and its schema version) once more.
         self.config_stored = meta.schema_version == crate::store::SCHEMA_VERSION;
-        self.status.redis_ok.store(true, Ordering::Relaxed);
+        self.status.note_redis(true);
         self.status.restored.store(true, Ordering::Relaxed);
         tracing::info!(
             events_applied = meta.events_applied,
