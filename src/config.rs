@@ -297,15 +297,18 @@ impl Config {
         if http.max_body_bytes == 0
             || http.redis_timeout_ms == 0
             || http.header_read_timeout_ms == 0
+            || http.write_timeout_ms == 0
             || http.max_connections == 0
         {
             return Err(invalid(
-                "http.max_body_bytes / redis_timeout_ms / header_read_timeout_ms / max_connections",
+                "http.max_body_bytes / redis_timeout_ms / header_read_timeout_ms / \
+                 write_timeout_ms / max_connections",
                 &format!(
-                    "{} / {} / {} / {}",
+                    "{} / {} / {} / {} / {}",
                     http.max_body_bytes,
                     http.redis_timeout_ms,
                     http.header_read_timeout_ms,
+                    http.write_timeout_ms,
                     http.max_connections
                 ),
                 "all must be >= 1",

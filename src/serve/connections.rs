@@ -6,6 +6,13 @@
 //!   delivered a whole request head within it is closed. hyper starts this timer whenever the
 //!   connection waits for a request head, including between two keep-alive requests, so the
 //!   same bound closes slowloris connections and idle keep-alive connections;
+//! - a write timeout (`http.write_timeout_ms`, `tokio_io_timeout::TimeoutStream`): a write
+//!   to the socket that makes no progress for that long fails and the connection is closed.
+//!   Without it a client that pipelines requests and never reads its answers kept its
+//!   connection (and a slot of the cap below, and megabytes of socket buffer) for as long as
+//!   it liked: hyper's timers only run while a request head is awaited, not while the server
+//!   is blocked writing (found by an attack run: 300 such connections held 1.1 GiB of kernel
+//!   memory, and 1,024 would have filled the cap);
 //! - a cap on open connections (`http.max_connections`): one more is closed at accept, before a
 //!   byte is read, and counted in `embedstream_http_connections_refused_total`.
 //!
@@ -44,6 +51,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let header_read_timeout = Duration::from_millis(config.header_read_timeout_ms);
+    let write_timeout = Duration::from_millis(config.write_timeout_ms);
     // Connection tasks watch `stop` for the shutdown signal and hold a clone of `open`, so that
     // `open_tx.closed()` completes once the last connection has ended.
     let (stop_tx, stop_rx) = watch::channel(());
@@ -69,7 +77,7 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let connection = Connection { stream, peer, slot, header_read_timeout };
+        let connection = Connection { stream, peer, slot, header_read_timeout, write_timeout };
         tokio::spawn(connection.run(
             router.clone(),
             metrics.clone(),
@@ -91,6 +99,7 @@ struct Connection {
     peer: SocketAddr,
     slot: OwnedSemaphorePermit,
     header_read_timeout: Duration,
+    write_timeout: Duration,
 }
 
 impl Connection {
@@ -101,7 +110,7 @@ impl Connection {
         mut stop: watch::Receiver<()>,
         _open: watch::Receiver<()>,
     ) {
-        let Self { stream, peer, slot, header_read_timeout } = self;
+        let Self { stream, peer, slot, header_read_timeout, write_timeout } = self;
         metrics.http_connections_open.inc();
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "TCP_NODELAY not set");
@@ -112,8 +121,11 @@ impl Connection {
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(write_timeout));
+        let stream = TokioIo::new(Box::pin(stream));
         let mut connection =
-            pin!(builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)));
+            pin!(builder.serve_connection(stream, TowerToHyperService::new(service)));
         let mut stopping = false;
         loop {
             tokio::select! {

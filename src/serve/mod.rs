@@ -79,6 +79,10 @@ pub struct ServeConfig {
     /// connection waits for its next request, so this also closes idle keep-alive
     /// connections: it bounds slowloris heads and idle connections alike.
     pub header_read_timeout_ms: u64,
+    /// A write to a connection that makes no progress for this long fails and the connection
+    /// is closed, ms (default 10000, >= 1): a client that stops reading its answers (a full
+    /// receive window) cannot hold a connection, and its socket buffers, for ever.
+    pub write_timeout_ms: u64,
     /// Connections open at once; one more is closed at accept (default 1024, >= 1).
     pub max_connections: usize,
     /// Level of the access log, one line per request with method, path, status, latency in ms
@@ -116,6 +120,7 @@ impl Default for ServeConfig {
             max_body_bytes: 2 << 20,
             redis_timeout_ms: 50,
             header_read_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
             max_connections: 1024,
             access_log_level: "debug".to_owned(),
             cors_allowed_origins: Vec::new(),
