@@ -105,7 +105,7 @@ impl Verifier {
     pub fn verify(&self, token: &str, now_s: u64) -> Result<AccessClaims, TokenError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|error| TokenError::Malformed(error.to_string()))?;
-        if header.crit.is_some() {
+        if header.crit.is_some() || names_crit(token) {
             return Err(TokenError::CriticalExtension);
         }
         let algorithm = SigningAlgorithm::from_jwt(header.alg)
@@ -136,4 +136,17 @@ impl Verifier {
         }
         Ok(claims)
     }
+}
+
+/// Whether the token's protected header has a `crit` member at all: `jsonwebtoken` reads
+/// `"crit": null` as no `crit`, but RFC 7515 section 4.1.11 allows only a non-empty array
+/// there, so any `crit` member is refused (an attack run got `"crit": null` accepted).
+fn names_crit(token: &str) -> bool {
+    use base64::Engine;
+    let Some(encoded) = token.split('.').next() else { return false };
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json)
+        .is_ok_and(|header| header.contains_key("crit"))
 }

@@ -215,6 +215,21 @@ fn crit_header_is_refused_whatever_it_lists() {
         let token = fixture.sign(&header, &fixture.claims());
         assert_eq!(verifier.verify(&token, NOW), Err(TokenError::CriticalExtension));
     }
+    // `"crit": null`, signed: accepted before (jsonwebtoken reads it as no `crit`).
+    let mut header = serde_json::to_value(fixture.ed_header()).unwrap();
+    header["crit"] = Value::Null;
+    let signing_input = format!("{}.{}", b64(&header), b64(&fixture.claims()));
+    let key = EncodingKey::from_ed_pem(&fixture.pem).unwrap();
+    let signature =
+        jsonwebtoken::crypto::sign(signing_input.as_bytes(), &key, Algorithm::EdDSA).unwrap();
+    let token = format!("{signing_input}.{signature}");
+    assert_eq!(verifier.verify(&token, NOW), Err(TokenError::CriticalExtension));
+    // The same header without `crit` verifies: only the member makes the difference.
+    header.as_object_mut().unwrap().remove("crit");
+    let signing_input = format!("{}.{}", b64(&header), b64(&fixture.claims()));
+    let signature =
+        jsonwebtoken::crypto::sign(signing_input.as_bytes(), &key, Algorithm::EdDSA).unwrap();
+    assert!(verifier.verify(&format!("{signing_input}.{signature}"), NOW).is_ok());
 }
 
 #[test]

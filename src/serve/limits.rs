@@ -20,7 +20,14 @@ fn header_bytes(headers: &HeaderMap) -> usize {
     headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum()
 }
 
-/// The outermost middleware: refuses oversized targets and headers before any routing, and
+/// The body length the request declares (`Content-Length`; hyper has refused a malformed or
+/// repeated one already).
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The outermost middleware: refuses oversized targets, headers and declared bodies before any
+/// routing, and
 /// rewrites a 413, 414 or 431 from an inner layer that is not JSON into the error shape.
 pub(super) async fn enforce(
     State(config): State<ServeConfig>,
@@ -42,6 +49,17 @@ pub(super) async fn enforce(
             config.max_header_bytes
         );
         return ApiError::new(ErrorCode::HeadersTooLarge, message).into_response();
+    }
+    // A declared length past the limit is refused before routing or authentication, without
+    // waiting for the body (a chunked body is cut by the body limit while it is read).
+    if let Some(declared) = declared_length(request.headers()) {
+        if declared > config.max_body_bytes as u64 {
+            let message = format!(
+                "Content-Length {declared} exceeds http.max_body_bytes = {}",
+                config.max_body_bytes
+            );
+            return ApiError::new(ErrorCode::PayloadTooLarge, message).into_response();
+        }
     }
     let response = next.run(request).await;
     let code = match response.status() {
@@ -78,5 +96,13 @@ mod tests {
         headers.append("x-a", "6".parse().expect("valid value"));
         // "x-a: 12345\r\n" and "x-a: 6\r\n"
         assert_eq!(header_bytes(&headers), 12 + 8);
+    }
+
+    #[test]
+    fn the_declared_length_is_read_from_content_length() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(declared_length(&headers), None);
+        headers.insert(header::CONTENT_LENGTH, "3000000".parse().expect("valid value"));
+        assert_eq!(declared_length(&headers), Some(3_000_000));
     }
 }
