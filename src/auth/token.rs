@@ -126,7 +126,8 @@ fn parse_json(body: &[u8]) -> Option<HashMap<String, String>> {
         .collect()
 }
 
-/// Client credentials from HTTP Basic (RFC 6749 §2.3.1) or from the body.
+/// Client credentials from HTTP Basic (RFC 6749 §2.3.1) or from the body; `None` when
+/// missing or unreadable.
 fn credentials(headers: &HeaderMap, fields: &HashMap<String, String>) -> Option<(String, String)> {
     if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let (scheme, encoded) = value.split_once(' ')?;
@@ -138,6 +139,33 @@ fn credentials(headers: &HeaderMap, fields: &HashMap<String, String>) -> Option<
         return Some((percent_decode(id)?, percent_decode(secret)?));
     }
     Some((fields.get("client_id")?.clone(), fields.get("client_secret")?.clone()))
+}
+
+/// Why a request that authenticates with HTTP Basic also names a client in its body is
+/// refused: "the client MUST NOT use more than one authentication method in each request"
+/// (RFC 6749 §2.3), and a `client_id` that differs from the Basic one leaves open which client
+/// asks (an attack run was issued a token for the Basic client). A body `client_id` equal to
+/// the Basic one is allowed (§3.2.1 lets a client name itself).
+fn mixed_authentication(
+    headers: &HeaderMap,
+    fields: &HashMap<String, String>,
+) -> Option<&'static str> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"));
+    if !basic {
+        return None;
+    }
+    if fields.contains_key("client_secret") {
+        return Some("HTTP Basic and client_secret in the body: one client authentication method per request (RFC 6749 section 2.3)");
+    }
+    let (id, _) = credentials(headers, &HashMap::new())?;
+    fields
+        .get("client_id")
+        .is_some_and(|named| *named != id)
+        .then_some("client_id in the body differs from the HTTP Basic client")
 }
 
 /// `POST /v1/auth/token`.
@@ -162,6 +190,9 @@ pub async fn token(
     let Some(signer) = auth.signer().filter(|_| auth.clients().is_some()) else {
         return OAuthError::UnsupportedGrantType.respond("token issuance is not configured");
     };
+    if let Some(reason) = mixed_authentication(&headers, &fields) {
+        return OAuthError::InvalidRequest.respond(reason);
+    }
     let Some((client_id, secret)) = credentials(&headers, &fields) else {
         return OAuthError::InvalidClient.respond("client_id and client_secret are required");
     };
@@ -303,6 +334,22 @@ mod tests {
         assert!(parse_form(b"a=1&a=2").is_none());
         assert!(parse_form(b"a=%zz").is_none());
         assert!(parse_form(b"a=%4").is_none());
+    }
+
+    #[test]
+    fn basic_with_a_body_secret_or_another_client_id_is_refused() {
+        let mut headers = HeaderMap::new();
+        // "recs:s3cret"
+        headers.insert(header::AUTHORIZATION, "Basic cmVjczpzM2NyZXQ=".parse().unwrap());
+        let fields = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        assert_eq!(mixed_authentication(&headers, &fields(&[])), None);
+        assert_eq!(mixed_authentication(&headers, &fields(&[("client_id", "recs")])), None);
+        assert!(mixed_authentication(&headers, &fields(&[("client_id", "admin")])).is_some());
+        assert!(mixed_authentication(&headers, &fields(&[("client_secret", "x")])).is_some());
+        let body_only = fields(&[("client_id", "admin"), ("client_secret", "x")]);
+        assert_eq!(mixed_authentication(&HeaderMap::new(), &body_only), None);
     }
 
     #[test]

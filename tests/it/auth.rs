@@ -559,6 +559,26 @@ async fn client_authentication_and_scopes_are_checked() {
         .send(Method::POST, "/v1/auth/token", &[("authorization", format!("Basic {basic}"))], body)
         .await;
     assert_eq!(status, 200, "{issued}");
+    // Basic for one client and another client_id in the body (an attack run got a token for
+    // the Basic client), or Basic and a body secret: two authentication methods, refused.
+    for body in [
+        r#"{"grant_type":"client_credentials","client_id":"ingest"}"#,
+        r#"{"grant_type":"client_credentials","client_secret":"x"}"#,
+    ] {
+        let (status, _, refused) = harness
+            .send(
+                Method::POST,
+                "/v1/auth/token",
+                &[("authorization", format!("Basic {basic}"))],
+                Some(("application/json", body.to_owned())),
+            )
+            .await;
+        assert_eq!(
+            (status, refused["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{refused}"
+        );
+    }
 }
 
 #[tokio::test]
