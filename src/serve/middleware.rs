@@ -1,5 +1,6 @@
 //! What wraps every route, from tower-http: a request id on every request and response
-//! (`X-Request-Id`, taken from the request when the client sent one, else a new UUID v4), one
+//! (`X-Request-Id`, taken from the request when the client sent a usable one, else a new UUID
+//! v4), one
 //! access-log line per request at `http.access_log_level` carrying that id, CORS for the origins
 //! in `http.cors_allowed_origins`, and gzip compression of responses when the client accepts
 //! it (`http.compression`).
@@ -18,6 +19,23 @@ use super::ServeConfig;
 
 /// The request id header.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Longest request id taken from a client, bytes. A longer one, or one with other than
+/// visible ASCII, is replaced by a new UUID: a client's id is echoed and written into every
+/// access-log line of the request, and an attack run had 8 KB ids logged and echoed as sent.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// Removes a client's `X-Request-Id` that is too long or not visible ASCII, so that
+/// tower-http's `SetRequestIdLayer` makes a new one.
+async fn drop_unusable_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
+    let usable = request.headers().get(REQUEST_ID_HEADER).is_none_or(|id| {
+        id.len() <= MAX_REQUEST_ID_BYTES && id.as_bytes().iter().all(u8::is_ascii_graphic)
+    });
+    if !usable {
+        request.headers_mut().remove(REQUEST_ID_HEADER);
+    }
+    request
+}
 
 /// The level of the access log, from `http.access_log_level`: `off`, `error`, `warn`, `info`,
 /// `debug` or `trace` (case-insensitive). `None`: off.
@@ -92,6 +110,7 @@ where
     router
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::map_request(drop_unusable_request_id))
 }
 
 /// The span of one request: method, path (no query: it may carry ids a log should not) and

@@ -37,6 +37,18 @@ async fn every_answer_carries_a_request_id_and_a_sent_one_comes_back() {
     let sent = Request::get("/healthz").header("x-request-id", "client-7").body(Body::empty());
     let response = call(&config, sent.unwrap()).await;
     assert_eq!(header(&response, "x-request-id"), Some("client-7"));
+    // An id too long to log on every line, or with spaces, is replaced (an attack run had 8 KB
+    // ids echoed and logged as sent).
+    for unusable in ["x".repeat(129), "two words".to_owned()] {
+        let sent = Request::get("/healthz").header("x-request-id", &unusable).body(Body::empty());
+        let response = call(&config, sent.unwrap()).await;
+        let id = header(&response, "x-request-id").expect("a generated request id");
+        assert_eq!(id.len(), 36, "a UUID instead of {unusable:?}: {id}");
+    }
+    let longest = "x".repeat(128);
+    let sent = Request::get("/healthz").header("x-request-id", &longest).body(Body::empty());
+    let response = call(&config, sent.unwrap()).await;
+    assert_eq!(header(&response, "x-request-id"), Some(longest.as_str()));
 
     // Error answers too: an unknown route, and a /v1 route without a token.
     for path in ["/no/such/route", "/v1/users/1/recommendations"] {
