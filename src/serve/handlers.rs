@@ -12,8 +12,6 @@ use serde_json::{json, Value};
 use super::{ApiError, AppState, ErrorCode};
 use crate::model::{ItemRow, Model};
 
-type ApiResult = Result<Json<Value>, ApiError>;
-
 /// Longest user, item or session id, characters (the event contract's limit).
 pub(super) const MAX_ID_CHARS: usize = 128;
 
@@ -153,8 +151,9 @@ pub(super) async fn method_not_allowed() -> ApiError {
 pub(super) async fn user(
     State(state): State<AppState>,
     SubjectUser(user_id): SubjectUser,
-) -> ApiResult {
-    let lookup = super::ranking::lookup_user(&state, &state.served(), &user_id, true).await?;
+) -> Result<Response, ApiError> {
+    let served = state.served();
+    let lookup = super::ranking::lookup_user(&state, &served, &user_id, true).await?;
     let Some(user) = lookup.user else {
         if lookup.stale {
             return Err(ApiError::new(
@@ -164,14 +163,16 @@ pub(super) async fn user(
         }
         return Err(ApiError::new(ErrorCode::NotFound, format!("unknown user {user_id:?}")));
     };
-    Ok(Json(json!({
+    let body = json!({
         "user_id": user.id,
         "dim": user.vector.len(),
         "vector": user.vector,
         "events": user.events,
         "last_event_ts": (user.events > 0).then_some(user.last_ts),
         "seen_items": user.seen.len(),
-    })))
+        "stale": lookup.stale,
+    });
+    Ok(super::ranking::respond(body, lookup.stale, &served.namespace))
 }
 
 type ItemPath = Result<Path<HashMap<String, String>>, PathRejection>;
@@ -194,37 +195,53 @@ pub(super) struct SimilarParams {
     k: usize,
 }
 
+/// Item answers come from the in-process model: stale, as rankings are, while Redis is
+/// unavailable (other instances' updates to the item do not arrive, and this one's are not
+/// stored).
 pub(super) async fn similar(
     State(state): State<AppState>,
     path: ItemPath,
     params: Result<Query<SimilarParams>, QueryRejection>,
-) -> ApiResult {
+) -> Result<Response, ApiError> {
     let params = query(params)?;
     check_k(params.k, &state)?;
     let served = state.served();
-    let model = served.read();
-    let (item_id, row) = item_row(&model, path)?;
-    let answer = served.index.similar_items(&model, row, params.k);
-    Ok(Json(json!({
-        "item_id": item_id,
-        "k": params.k,
-        "items": answer.items,
-        "index": { "ready_list": answer.ready_list, "candidates": answer.candidates },
-    })))
+    let stale = super::ranking::redis_degraded(&state, &served);
+    let body = {
+        let model = served.read();
+        let (item_id, row) = item_row(&model, path)?;
+        let answer = served.index.similar_items(&model, row, params.k);
+        json!({
+            "item_id": item_id,
+            "k": params.k,
+            "items": answer.items,
+            "index": { "ready_list": answer.ready_list, "candidates": answer.candidates },
+            "stale": stale,
+        })
+    };
+    Ok(super::ranking::respond(body, stale, &served.namespace))
 }
 
-pub(super) async fn item(State(state): State<AppState>, path: ItemPath) -> ApiResult {
+pub(super) async fn item(
+    State(state): State<AppState>,
+    path: ItemPath,
+) -> Result<Response, ApiError> {
     let served = state.served();
-    let model = served.read();
-    let (item_id, row) = item_row(&model, path)?;
-    let item = model.item_state(row);
-    Ok(Json(json!({
-        "item_id": item_id,
-        "dim": item.vector.len(),
-        "vector": item.vector,
-        "bias": item.bias,
-        "events": item.events,
-        "last_event_ts": (item.events > 0).then_some(item.last_ts),
-        "popularity_log": item.popularity_log,
-    })))
+    let stale = super::ranking::redis_degraded(&state, &served);
+    let body = {
+        let model = served.read();
+        let (item_id, row) = item_row(&model, path)?;
+        let item = model.item_state(row);
+        json!({
+            "item_id": item_id,
+            "dim": item.vector.len(),
+            "vector": item.vector,
+            "bias": item.bias,
+            "events": item.events,
+            "last_event_ts": (item.events > 0).then_some(item.last_ts),
+            "popularity_log": item.popularity_log,
+            "stale": stale,
+        })
+    };
+    Ok(super::ranking::respond(body, stale, &served.namespace))
 }

@@ -205,7 +205,8 @@ fn blended_query(
     Some((blend(user, &s, lambda), session.events.len()))
 }
 
-fn respond(body: Value, stale: bool, namespace: &str) -> Response {
+/// `body` as JSON with the namespace header, and the stale header when `stale`.
+pub(super) fn respond(body: Value, stale: bool, namespace: &str) -> Response {
     let mut response = Json(body).into_response();
     if let Ok(namespace) = HeaderValue::from_str(namespace) {
         response.headers_mut().insert(NAMESPACE_HEADER, namespace);

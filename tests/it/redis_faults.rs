@@ -275,15 +275,35 @@ fn answers_are_fresh_again_once_the_ingest_side_reaches_redis_after_a_freeze() {
     let mut service = ServiceProcess::spawn(&config, &settings);
     service.wait_caught_up(records.len() as u64, Duration::from_secs(120));
     let user = String::from_utf8(records[0].key.clone().unwrap()).unwrap();
+    let event: Value = serde_json::from_slice(&records[0].value).unwrap();
+    let item = event["item_id"].as_str().unwrap().to_owned();
     let recommendations = service.url(&format!("/v1/users/{user}/recommendations?k=10"));
+    // Every answer built on the learned state says whether it is stale, the vectors and
+    // similar items too (an attack run found them unmarked during a freeze).
+    let learned = [
+        recommendations.clone(),
+        service.url(&format!("/v1/users/{user}")),
+        service.url(&format!("/v1/items/{item}")),
+        service.url(&format!("/v1/items/{item}/similar?k=5")),
+    ];
     let bound = Duration::from_secs(2);
-    let before = get_within(&recommendations, bound);
-    assert!(before.status == 200 && before.json["stale"] == false, "{before:?}");
+    let staleness = |expected: bool| {
+        for url in &learned {
+            let reply = get_within(url, bound);
+            let header = reply.header("x-embedstream-stale").is_some();
+            assert!(
+                reply.status == 200 && reply.json["stale"] == expected && header == expected,
+                "{url}: {reply:?}"
+            );
+        }
+    };
+    staleness(false);
 
     redis.freeze();
     let absent = service.url("/v1/users/nobody-sent-events/recommendations?k=10");
     let failed = get_within(&absent, bound);
     let during = get_within(&recommendations, bound);
+    staleness(true);
     let deadline = Instant::now() + Duration::from_secs(20);
     while readyz(&service)["ingest"]["redis_ok"] != false {
         assert!(Instant::now() < deadline, "the ingest side never noticed the freeze");
@@ -305,6 +325,7 @@ fn answers_are_fresh_again_once_the_ingest_side_reaches_redis_after_a_freeze() {
     let after = get_within(&recommendations, bound);
     assert!(after.status == 200 && after.json["stale"] == false, "{after:?}");
     assert!(after.header("x-embedstream-stale").is_none(), "{after:?}");
+    staleness(false);
     assert!(service.terminate(Duration::from_secs(30)));
 }
 
