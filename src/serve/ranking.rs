@@ -111,6 +111,16 @@ pub(super) struct ProfileLookup {
     pub stale: bool,
 }
 
+/// The ranking profile of the user at `row` of `model`.
+fn profile_in_memory(model: &Model, row: crate::model::UserRow) -> Profile {
+    let seen: Vec<ItemRow> = model.user_seen(row).collect();
+    Profile {
+        events: model.user_events(row),
+        query: model.query_from_parts(model.user_vector(row), &seen),
+        seen: seen.into_iter().map(|item| item.0).collect(),
+    }
+}
+
 /// The ranking profile of `user_id`: from memory under one read of the model (no copy of
 /// the user's state, no id strings), else from Redis as [`lookup_user`] reads it.
 pub(super) async fn lookup_profile(
@@ -122,12 +132,7 @@ pub(super) async fn lookup_profile(
     {
         let model = served.read();
         if let Some(row) = model.user_row(user_id) {
-            let seen: Vec<ItemRow> = model.user_seen(row).collect();
-            let profile = Profile {
-                events: model.user_events(row),
-                query: model.query_from_parts(model.user_vector(row), &seen),
-                seen: seen.into_iter().map(|item| item.0).collect(),
-            };
+            let profile = profile_in_memory(&model, row);
             let stale = redis_degraded(state, served) || !redis_reads;
             return Ok(ProfileLookup { profile: Some(profile), stale });
         }
@@ -250,6 +255,30 @@ pub(super) async fn recommendations(
     let served = state.served();
     let decisions = state.flags.decide(&user_id);
     let mut fallbacks = Vec::new();
+    // A user in memory and no session (the common request): the profile and the ranking under
+    // one read of the model. Each read can queue behind the fold's next chunk (the lock is
+    // fair), and under ingest two thirds of a slow request's time was such waits, two per
+    // request (BENCHMARKS.md, "Where the slow requests wait").
+    if params.session_id.is_none() {
+        let answered = {
+            let model = served.read();
+            model.user_row(&user_id).map(|row| {
+                let profile = profile_in_memory(&model, row);
+                let stale = redis_degraded(&state, &served) || !decisions.redis_reads;
+                if stale {
+                    fallbacks.push("redis_unavailable");
+                }
+                let ranking = Ranking { state: &state, served: &served, decisions: &decisions };
+                let ranked = ranking.rank(&model, Some(&profile), None, &params, &mut fallbacks);
+                (ranked, stale)
+            })
+        };
+        if let Some((ranked, stale)) = answered {
+            return Ok(recommended(
+                &state, &served, &user_id, &params, &decisions, ranked, None, stale, fallbacks,
+            ));
+        }
+    }
     let lookup = lookup_profile(&state, &served, &user_id, decisions.redis_reads).await?;
     let (session, session_stale) =
         load_session(&state, &user_id, params.session_id.as_deref(), &decisions, &mut fallbacks)
@@ -258,67 +287,127 @@ pub(super) async fn recommendations(
     if lookup.stale {
         fallbacks.push("redis_unavailable");
     }
-    let excluded = match (&lookup.profile, params.exclude_seen) {
-        (Some(profile), true) => Excluded::from_rows(profile.seen.iter().copied()),
-        _ => Excluded::none(),
+    let ranked = {
+        let model = served.read();
+        let ranking = Ranking { state: &state, served: &served, decisions: &decisions };
+        ranking.rank(&model, lookup.profile.as_ref(), session.as_ref(), &params, &mut fallbacks)
     };
-    let model = served.read();
-    let warm = lookup.profile.as_ref().filter(|profile| profile.events > 0);
-    let mut session_events = 0;
-    let (source, items, ann, candidates) = match warm {
-        Some(profile) if decisions.personalization => {
-            let blended =
-                blended_query(&state, &model, &profile.query, session.as_ref(), &decisions);
-            if let Some((_, used)) = &blended {
-                session_events = *used;
+    Ok(recommended(
+        &state,
+        &served,
+        &user_id,
+        &params,
+        &decisions,
+        ranked,
+        session.as_ref(),
+        stale,
+        fallbacks,
+    ))
+}
+
+/// What one recommendation request ranks with.
+struct Ranking<'a> {
+    state: &'a AppState,
+    served: &'a Served,
+    decisions: &'a Decisions,
+}
+
+/// A ranking's answer: where it came from, the items, and how the index answered.
+struct Ranked {
+    source: &'static str,
+    items: Vec<crate::index::ScoredItem>,
+    ann: bool,
+    candidates: usize,
+    session_events: usize,
+}
+
+impl Ranking<'_> {
+    /// The top k for `profile` (blended with `session`), or popularity for a cold or unknown
+    /// user, under the caller's read of the model.
+    fn rank(
+        &self,
+        model: &Model,
+        profile: Option<&Profile>,
+        session: Option<&Session>,
+        params: &RecommendParams,
+        fallbacks: &mut Vec<&'static str>,
+    ) -> Ranked {
+        let (state, served, decisions) = (self.state, self.served, self.decisions);
+        let excluded = match (profile, params.exclude_seen) {
+            (Some(profile), true) => Excluded::from_rows(profile.seen.iter().copied()),
+            _ => Excluded::none(),
+        };
+        let warm = profile.filter(|profile| profile.events > 0);
+        let mut session_events = 0;
+        let (source, items, ann, candidates) = match warm {
+            Some(profile) if decisions.personalization => {
+                let blended = blended_query(state, model, &profile.query, session, decisions);
+                if let Some((_, used)) = &blended {
+                    session_events = *used;
+                }
+                let query_vector = blended.as_ref().map_or(profile.query.as_slice(), |(q, _)| q);
+                if decisions.ann && served.index.serves(model.item_count()) {
+                    let result = served.index.top_k(model, query_vector, params.k, &excluded);
+                    ("model", result.items, result.used_ann, result.candidates)
+                } else {
+                    fallbacks.push("exact_scoring");
+                    // The exact scan's answer, from the 8-bit copy and the norm bound.
+                    let (items, _) = bounded_top_k(model, query_vector, params.k, &excluded);
+                    ("model", items, false, model.item_count())
+                }
             }
-            let query_vector = blended.as_ref().map_or(profile.query.as_slice(), |(q, _)| q);
-            if decisions.ann && served.index.serves(model.item_count()) {
-                let result = served.index.top_k(&model, query_vector, params.k, &excluded);
-                ("model", result.items, result.used_ann, result.candidates)
-            } else {
-                fallbacks.push("exact_scoring");
-                // The exact scan's answer, from the 8-bit copy and the norm bound.
-                let (items, _) = bounded_top_k(&model, query_vector, params.k, &excluded);
-                ("model", items, false, model.item_count())
+            Some(_) => {
+                fallbacks.push("personalization_off");
+                (
+                    "popularity",
+                    served.index.popular_top_k(model, params.k, &excluded),
+                    false,
+                    model.item_count(),
+                )
             }
-        }
-        Some(_) => {
-            fallbacks.push("personalization_off");
-            (
-                "popularity",
-                served.index.popular_top_k(&model, params.k, &excluded),
-                false,
-                model.item_count(),
-            )
-        }
-        None => {
-            fallbacks.push("cold_user");
-            (
-                "popularity",
-                served.index.popular_top_k(&model, params.k, &excluded),
-                false,
-                model.item_count(),
-            )
-        }
-    };
-    drop(model);
-    count(&state, "recommendations", source, &decisions.variant);
-    Ok(respond(
+            None => {
+                fallbacks.push("cold_user");
+                (
+                    "popularity",
+                    served.index.popular_top_k(model, params.k, &excluded),
+                    false,
+                    model.item_count(),
+                )
+            }
+        };
+        Ranked { source, items, ann, candidates, session_events }
+    }
+}
+
+/// The recommendation answer.
+#[allow(clippy::too_many_arguments)]
+fn recommended(
+    state: &AppState,
+    served: &Served,
+    user_id: &str,
+    params: &RecommendParams,
+    decisions: &Decisions,
+    ranked: Ranked,
+    session: Option<&Session>,
+    stale: bool,
+    fallbacks: Vec<&'static str>,
+) -> Response {
+    count(state, "recommendations", ranked.source, &decisions.variant);
+    respond(
         json!({
             "user_id": user_id,
-            "source": source,
+            "source": ranked.source,
             "k": params.k,
-            "items": items,
-            "index": { "ann": ann, "candidates": candidates },
-            "session": session.as_ref().map(|s| json!({ "session_id": s.session_id, "events_used": session_events })),
+            "items": ranked.items,
+            "index": { "ann": ranked.ann, "candidates": ranked.candidates },
+            "session": session.map(|s| json!({ "session_id": s.session_id, "events_used": ranked.session_events })),
             "stale": stale,
             "variant": decisions.variant,
             "fallbacks": fallbacks,
         }),
         stale,
         &served.namespace,
-    ))
+    )
 }
 
 /// Every id of a scoring request has 1 to [`MAX_ID_CHARS`] characters, as the contract says:
