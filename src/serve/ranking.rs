@@ -254,6 +254,13 @@ pub(super) async fn recommendations(
     check_session_id(params.session_id.as_deref(), ErrorCode::InvalidParameter)?;
     let served = state.served();
     let decisions = state.flags.decide(&user_id);
+    let ranking = Ranking {
+        state: &state,
+        served: &served,
+        decisions: &decisions,
+        user_id: &user_id,
+        params: &params,
+    };
     let mut fallbacks = Vec::new();
     // A user in memory and no session (the common request): the profile and the ranking under
     // one read of the model. Each read can queue behind the fold's next chunk (the lock is
@@ -268,15 +275,11 @@ pub(super) async fn recommendations(
                 if stale {
                     fallbacks.push("redis_unavailable");
                 }
-                let ranking = Ranking { state: &state, served: &served, decisions: &decisions };
-                let ranked = ranking.rank(&model, Some(&profile), None, &params, &mut fallbacks);
-                (ranked, stale)
+                (ranking.rank(&model, Some(&profile), None, &mut fallbacks), stale)
             })
         };
         if let Some((ranked, stale)) = answered {
-            return Ok(recommended(
-                &state, &served, &user_id, &params, &decisions, ranked, None, stale, fallbacks,
-            ));
+            return Ok(ranking.answer(ranked, None, stale, fallbacks));
         }
     }
     let lookup = lookup_profile(&state, &served, &user_id, decisions.redis_reads).await?;
@@ -289,27 +292,18 @@ pub(super) async fn recommendations(
     }
     let ranked = {
         let model = served.read();
-        let ranking = Ranking { state: &state, served: &served, decisions: &decisions };
-        ranking.rank(&model, lookup.profile.as_ref(), session.as_ref(), &params, &mut fallbacks)
+        ranking.rank(&model, lookup.profile.as_ref(), session.as_ref(), &mut fallbacks)
     };
-    Ok(recommended(
-        &state,
-        &served,
-        &user_id,
-        &params,
-        &decisions,
-        ranked,
-        session.as_ref(),
-        stale,
-        fallbacks,
-    ))
+    Ok(ranking.answer(ranked, session.as_ref(), stale, fallbacks))
 }
 
-/// What one recommendation request ranks with.
+/// One recommendation request: what it ranks with and answers.
 struct Ranking<'a> {
     state: &'a AppState,
     served: &'a Served,
     decisions: &'a Decisions,
+    user_id: &'a str,
+    params: &'a RecommendParams,
 }
 
 /// A ranking's answer: where it came from, the items, and how the index answered.
@@ -329,10 +323,10 @@ impl Ranking<'_> {
         model: &Model,
         profile: Option<&Profile>,
         session: Option<&Session>,
-        params: &RecommendParams,
         fallbacks: &mut Vec<&'static str>,
     ) -> Ranked {
-        let (state, served, decisions) = (self.state, self.served, self.decisions);
+        let (state, served, decisions, params) =
+            (self.state, self.served, self.decisions, self.params);
         let excluded = match (profile, params.exclude_seen) {
             (Some(profile), true) => Excluded::from_rows(profile.seen.iter().copied()),
             _ => Excluded::none(),
@@ -379,35 +373,33 @@ impl Ranking<'_> {
     }
 }
 
-/// The recommendation answer.
-#[allow(clippy::too_many_arguments)]
-fn recommended(
-    state: &AppState,
-    served: &Served,
-    user_id: &str,
-    params: &RecommendParams,
-    decisions: &Decisions,
-    ranked: Ranked,
-    session: Option<&Session>,
-    stale: bool,
-    fallbacks: Vec<&'static str>,
-) -> Response {
-    count(state, "recommendations", ranked.source, &decisions.variant);
-    respond(
-        json!({
-            "user_id": user_id,
-            "source": ranked.source,
-            "k": params.k,
-            "items": ranked.items,
-            "index": { "ann": ranked.ann, "candidates": ranked.candidates },
-            "session": session.map(|s| json!({ "session_id": s.session_id, "events_used": ranked.session_events })),
-            "stale": stale,
-            "variant": decisions.variant,
-            "fallbacks": fallbacks,
-        }),
-        stale,
-        &served.namespace,
-    )
+impl Ranking<'_> {
+    /// The recommendation answer.
+    fn answer(
+        &self,
+        ranked: Ranked,
+        session: Option<&Session>,
+        stale: bool,
+        fallbacks: Vec<&'static str>,
+    ) -> Response {
+        let (params, decisions) = (self.params, self.decisions);
+        count(self.state, "recommendations", ranked.source, &decisions.variant);
+        respond(
+            json!({
+                "user_id": self.user_id,
+                "source": ranked.source,
+                "k": params.k,
+                "items": ranked.items,
+                "index": { "ann": ranked.ann, "candidates": ranked.candidates },
+                "session": session.map(|s| json!({ "session_id": s.session_id, "events_used": ranked.session_events })),
+                "stale": stale,
+                "variant": decisions.variant,
+                "fallbacks": fallbacks,
+            }),
+            stale,
+            &self.served.namespace,
+        )
+    }
 }
 
 /// Every id of a scoring request has 1 to [`MAX_ID_CHARS`] characters, as the contract says:
