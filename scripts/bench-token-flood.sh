@@ -11,8 +11,15 @@
 #
 # Rate limits are on (the defaults), except that the recs class is raised so that the one
 # service token of wrk is not limited: the point is the cost of the flood, not the limiter.
+# FLOOD=saturating is the worst case for the secret checks instead: every request presents a
+# new random client_id (each has its own budget) and the per-address limit of the auth class
+# is raised, so the checks run back to back at their concurrency bound for the whole flood.
+# The flood client shares the machine's cores with the service and wrk; FLOOD_NICE=19 runs it
+# at the lowest priority, closer to an attacker on another machine (its own CPU then steals
+# less from the measurement; it also sends fewer requests: the answers are counted).
 # Usage: scripts/bench-token-flood.sh. Env: EMBEDSTREAM_BIN (a binary to use as it is; default:
-# build the release binary), RATE, EMBEDSTREAM_DEV_DIR / EMBEDSTREAM_REDIS_PORT /
+# build the release binary), RATE, FLOOD (issue | saturating), FLOOD_NICE (default 0),
+# EMBEDSTREAM_DEV_DIR / EMBEDSTREAM_REDIS_PORT /
 # EMBEDSTREAM_KAFKA_PORT (Redis and broker; started by dev-up.sh when not running, and then
 # stopped at the end).
 set -euo pipefail
@@ -21,6 +28,8 @@ cd "$root"
 export EMBEDSTREAM_DEV_DIR="${EMBEDSTREAM_DEV_DIR:-$root/.dev-flood}"
 export EMBEDSTREAM_REDIS_PORT="${EMBEDSTREAM_REDIS_PORT:-46379}" EMBEDSTREAM_KAFKA_PORT="${EMBEDSTREAM_KAFKA_PORT:-49092}"
 rate="${RATE:-200}"
+flood="${FLOOD:-issue}"
+[[ $flood == issue || $flood == saturating ]] || { echo "FLOOD is issue or saturating" >&2; exit 2; }
 http_port=48180
 run_id="flood-$(date +%s)"
 work="$EMBEDSTREAM_DEV_DIR/$run_id"
@@ -58,6 +67,9 @@ hash=$(printf '%s' "the-right-secret" | "$bin" auth hash-secret)
 printf '[[clients]]\nclient_id = "recs"\nsecret_hash = %s\nscopes = ["recs:read"]\n' "'$hash'" >"$work/clients.toml"
 export EMBEDSTREAM_AUTH__CLIENTS_PATH="$work/clients.toml"
 export EMBEDSTREAM_RATE_LIMIT__RECS__RATE_PER_SECOND=100000 EMBEDSTREAM_RATE_LIMIT__RECS__BURST=100000
+if [[ $flood == saturating ]]; then
+  export EMBEDSTREAM_RATE_LIMIT__AUTH__RATE_PER_SECOND=100000 EMBEDSTREAM_RATE_LIMIT__AUTH__BURST=100000
+fi
 token=$("$bin" auth token --sub client:bench --scope recs:read --ttl-s 7200)
 
 "$bin" produce --input data/ml-100k/u.data --format movielens --topic "$run_id" >/dev/null
@@ -89,11 +101,11 @@ measure() { TOKEN=$token RATE=$rate wrk -t1 -c4 -d15s -s "$work/wrk.lua" "http:/
 echo "== quiet: recommendations at $rate req/s, RSS $(rss) MiB"
 echo "quiet: $(measure)"
 
-echo "== flood: wrong secrets from 20 source addresses at concurrency 32, recommendations at $rate req/s"
+echo "== flood ($flood): wrong secrets from 20 source addresses at concurrency 32, recommendations at $rate req/s"
 before=$(rss)
-python3 - "$http_port" "$work/flood.json" <<'PY' &
-import http.client, json, sys, threading, time, urllib.parse
-port, out = int(sys.argv[1]), sys.argv[2]
+nice -n "${FLOOD_NICE:-0}" python3 - "$http_port" "$work/flood.json" "$flood" <<'PY' &
+import http.client, json, sys, threading, time, urllib.parse, uuid
+port, out, flood = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 stop = time.time() + 16
 answers, lock = {}, threading.Lock()
 body = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": "recs", "client_secret": "wrong"})
@@ -102,7 +114,11 @@ def worker(n):
     while time.time() < stop:
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
-            c.request("POST", "/v1/auth/token", body, {"Content-Type": "application/x-www-form-urlencoded"})
+            sent = body
+            if flood == "saturating":
+                sent = urllib.parse.urlencode({"grant_type": "client_credentials",
+                                               "client_id": uuid.uuid4().hex, "client_secret": "wrong"})
+            c.request("POST", "/v1/auth/token", sent, {"Content-Type": "application/x-www-form-urlencoded"})
             r = c.getresponse()
             error = json.loads(r.read() or b"{}")
             key = f"{r.status} {error.get('error') or error.get('error', {})}"

@@ -82,6 +82,10 @@ pub struct AuthConfig {
     /// this instance (default 1, >= 1). Each slot holds its argon2 memory for the life of the
     /// process, so memory stays flat under any flood.
     pub secret_check_concurrency: usize,
+    /// Nice value of the secret-check threads (Linux, default 10, 0 to 19; 0 leaves them at
+    /// the process's priority): under a flood of token requests the serving threads get the
+    /// CPU first.
+    pub secret_check_nice: i32,
     /// Longest wait of a token request for a free secret-check slot, ms (default 1000); then
     /// 503 `temporarily_unavailable` with `Retry-After`.
     pub secret_check_queue_ms: u64,
@@ -117,6 +121,7 @@ impl Default for AuthConfig {
             refresh_ttl_s: 86_400,
             clients_path: None,
             secret_check_concurrency: 1,
+            secret_check_nice: 10,
             secret_check_queue_ms: 1000,
             client_checks_per_second: 1.0,
             client_checks_burst: 5,
@@ -208,6 +213,13 @@ impl AuthConfig {
                 "auth.secret_check_concurrency / auth.client_checks_burst",
                 &(self.secret_check_concurrency, self.client_checks_burst),
                 "both must be >= 1",
+            );
+        }
+        if !(0..=19).contains(&self.secret_check_nice) {
+            return invalid(
+                "auth.secret_check_nice",
+                &self.secret_check_nice,
+                "must be 0 to 19 (raising priority needs privileges)",
             );
         }
         if !(self.client_checks_per_second.is_finite() && self.client_checks_per_second > 0.0) {

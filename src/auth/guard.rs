@@ -7,6 +7,12 @@
 //! - each slot owns its argon2 memory, allocated on the slot's first use and reused by every
 //!   later check ([`crate::auth::clients::Clients::authenticate_with`]), so memory is at most
 //!   slots x 19 MiB whatever the load, and no allocator arena keeps freed 19 MiB blocks;
+//! - the checks run on threads of their own, one per slot, at a lower scheduling priority
+//!   (`auth.secret_check_nice`, default 10): under a flood the kernel gives the serving
+//!   threads the CPU first (Linux CFS weighs nice 10 at about a tenth of nice 0), so the
+//!   flood slows token issuance, not ranking. Not tokio's blocking pool: its threads also
+//!   take over async workers (`block_in_place`), and a thread's nice value cannot be raised
+//!   back without privileges;
 //! - each presented `client_id` has its own budget of checks (GCRA via governor,
 //!   `auth.client_checks_per_second`, `auth.client_checks_burst`), checked before queueing
 //!   (429). The key is a hash of the presented id, registered or not, so the answer does not
@@ -14,6 +20,7 @@
 //!   [`MAX_TRACKED_CLIENTS`], the idle ones dropped first).
 
 use std::num::NonZeroU32;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -29,6 +36,9 @@ use super::config::AuthConfig;
 pub const MAX_TRACKED_CLIENTS: usize = 100_000;
 
 type Memory = Vec<argon2::Block>;
+
+/// A secret check handed to a check thread.
+type Job = Box<dyn FnOnce() + Send>;
 
 /// Why a secret check was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +58,7 @@ pub struct SecretChecks {
     memory_blocks: usize,
     pool: Arc<Mutex<Vec<Memory>>>,
     per_client: RateLimiter<u64, HashMapStateStore<u64>, DefaultClock>,
+    jobs: SyncSender<Job>,
 }
 
 impl std::fmt::Debug for SecretChecks {
@@ -96,13 +107,45 @@ impl SecretChecks {
         let quota = Quota::with_period(period)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(config.client_checks_burst).unwrap_or(NonZeroU32::MIN));
+        let threads = config.secret_check_concurrency.max(1);
+        // Admission holds a permit per check, so at most `threads` jobs are ever queued.
+        let (jobs, queued) = sync_channel::<Job>(threads);
+        let queued = Arc::new(Mutex::new(queued));
+        for n in 0..threads {
+            let (queued, nice) = (Arc::clone(&queued), config.secret_check_nice);
+            let spawned = std::thread::Builder::new()
+                .name(format!("secret-check-{n}"))
+                .spawn(move || check_thread(&queued, nice));
+            if let Err(error) = spawned {
+                tracing::error!(%error, "could not start a secret-check thread");
+            }
+        }
         Self {
-            slots: Arc::new(Semaphore::new(config.secret_check_concurrency.max(1))),
+            slots: Arc::new(Semaphore::new(threads)),
             queue: Duration::from_millis(config.secret_check_queue_ms),
             memory_blocks,
             pool: Arc::new(Mutex::new(Vec::new())),
             per_client: RateLimiter::hashmap(quota),
+            jobs,
         }
+    }
+
+    /// Runs `check` with the slot's argon2 memory on a secret-check thread; the slot (its
+    /// permit and memory) is given back when the check ends. `None` when the check did not run
+    /// to its end (its thread is gone or it panicked).
+    pub async fn run<R, F>(&self, mut slot: Slot, check: F) -> Option<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut [argon2::Block]) -> R + Send + 'static,
+    {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let result = check(slot.memory());
+            drop(slot);
+            let _ = answer.send(result);
+        });
+        self.jobs.send(job).ok()?;
+        answered.await.ok()
     }
 
     /// Admits one check for the presented `client_id`: its budget first, then a slot within
@@ -128,6 +171,37 @@ impl SecretChecks {
         let reused = self.pool.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let memory = reused.unwrap_or_else(|| vec![argon2::Block::default(); self.memory_blocks]);
         Ok(Slot { _permit: permit, memory: Some(memory), pool: Arc::clone(&self.pool) })
+    }
+}
+
+/// A secret-check thread: lowers its own priority to `nice` (Linux: the nice value is per
+/// thread, `setpriority(2)` on its thread id), then runs checks until the pool is dropped.
+fn check_thread(queued: &Mutex<Receiver<Job>>, nice: i32) {
+    lower_priority(nice);
+    loop {
+        let job = queued.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(job) = job else { return };
+        // A panicking check drops its answer channel (the request sees `None`) and its slot;
+        // the thread goes on with the next.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    let thread = Some(rustix::thread::gettid());
+    if let Err(error) = rustix::process::setpriority_process(thread, nice) {
+        tracing::warn!(%error, nice, "secret checks run at normal priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority(nice: i32) {
+    if nice != 0 {
+        tracing::warn!(nice, "auth.secret_check_nice applies on Linux only");
     }
 }
 
@@ -158,6 +232,44 @@ mod tests {
         // Memory is reused, never more buffers than slots.
         drop(third);
         assert_eq!(checks.pool.lock().unwrap().len(), 1);
+    }
+
+    /// The nice value of the calling thread.
+    #[cfg(target_os = "linux")]
+    fn own_nice() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn checks_run_on_their_own_lower_priority_threads_and_give_their_slot_back() {
+        let checks = checks(1, 1_000, 100);
+        let here = own_nice();
+        let slot = checks.admit("a").await.unwrap();
+        let (nice, blocks, thread) = checks
+            .run(slot, |memory| {
+                let thread = std::thread::current().name().map(str::to_owned);
+                (own_nice(), memory.len(), thread)
+            })
+            .await
+            .unwrap();
+        assert_eq!(nice, here + 10, "the check ran at the default nice of 10 (here {here})");
+        assert_eq!(blocks, 8);
+        assert_eq!(thread.as_deref(), Some("secret-check-0"));
+        // The slot came back with its memory: the next check is admitted at once.
+        assert_eq!(checks.pool.lock().unwrap().len(), 1);
+        let slot = checks.admit("b").await.unwrap();
+        assert_eq!(checks.run(slot, |memory| memory.len()).await, Some(8));
+    }
+
+    #[tokio::test]
+    async fn a_check_that_panics_answers_none_and_the_thread_goes_on() {
+        let checks = checks(1, 1_000, 100);
+        let slot = checks.admit("a").await.unwrap();
+        let panicked: Option<()> = checks.run(slot, |_| panic!("a check that fails")).await;
+        assert_eq!(panicked, None);
+        let slot = checks.admit("a").await.unwrap();
+        assert_eq!(checks.run(slot, |memory| memory.len()).await, Some(8));
     }
 
     #[tokio::test(start_paused = true)]

@@ -201,28 +201,35 @@ pub async fn token(
         return OAuthError::UnsupportedGrantType.respond("client_credentials or refresh_token");
     }
     // argon2 costs 19 MiB and tens of ms of CPU: admitted first (bounded, per client), then
-    // off the async threads with the slot's own memory.
+    // on a low-priority secret-check thread with the slot's own memory.
     let Some(checks) = auth.secret_checks() else {
         return OAuthError::UnsupportedGrantType.respond("token issuance is not configured");
     };
-    let mut slot = match checks.admit(&client_id).await {
+    let slot = match checks.admit(&client_id).await {
         Ok(slot) => slot,
         Err(refused) => return refusal(refused),
     };
     let authenticating = Arc::clone(&auth);
     let id = client_id.clone();
-    let allowed = tokio::task::spawn_blocking(move || {
-        let clients = authenticating.clients()?;
-        clients.authenticate_with(&id, &secret, slot.memory()).map(|client| client.allowed)
-    })
-    .await;
+    let allowed = checks
+        .run(slot, move |memory| {
+            let clients = authenticating.clients()?;
+            clients.authenticate_with(&id, &secret, memory).map(|client| client.allowed)
+        })
+        .await;
     let allowed = match allowed {
-        Ok(Some(allowed)) => allowed,
-        Ok(None) => return OAuthError::InvalidClient.respond("unknown client or wrong secret"),
-        Err(_) => return OAuthError::ServerError.respond("client authentication failed"),
+        Some(Some(allowed)) => allowed,
+        Some(None) => return OAuthError::InvalidClient.respond("unknown client or wrong secret"),
+        None => return OAuthError::ServerError.respond("client authentication failed"),
     };
     let requested = match fields.get("scope").map(|text| Scopes::parse_strict(text)) {
         None => None,
+        // RFC 6749 §3.3: a scope is one or more scope tokens; an empty one would be a token
+        // no route accepts.
+        Some(Ok(scopes)) if scopes == Scopes::default() => {
+            return OAuthError::InvalidScope
+                .respond("scope is empty; omit it to be granted the client's scopes")
+        }
         Some(Ok(scopes)) => Some(scopes),
         Some(Err(name)) => {
             return OAuthError::InvalidScope.respond(&format!("unknown scope {name}"))

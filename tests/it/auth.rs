@@ -542,7 +542,8 @@ async fn reused_refresh_token_revokes_the_family() {
 
 #[tokio::test]
 async fn client_authentication_and_scopes_are_checked() {
-    let harness = Harness::new("auth-client", |_| {});
+    // More secret checks of one client than the default burst: this test is about answers.
+    let harness = Harness::new("auth-client", |config| config.auth.client_checks_burst = 20);
     let (status, headers, body) = harness
         .token_request("grant_type=client_credentials&client_id=recs&client_secret=wrong")
         .await;
@@ -552,6 +553,14 @@ async fn client_authentication_and_scopes_are_checked() {
         format!("grant_type=client_credentials&client_id=recs&client_secret={SECRET}&scope=admin");
     let (status, _, body) = harness.token_request(&form).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_scope")));
+    // An empty scope (RFC 6749 §3.3 asks for one or more tokens) is refused, not granted.
+    for empty in ["", "+", "%20%20"] {
+        let form = format!(
+            "grant_type=client_credentials&client_id=recs&client_secret={SECRET}&scope={empty}"
+        );
+        let (status, _, body) = harness.token_request(&form).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_scope")), "{empty:?}");
+    }
     // HTTP Basic client authentication (RFC 6749 §2.3.1) and a JSON body.
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("recs:{SECRET}"));
     let body = Some(("application/json", r#"{"grant_type":"client_credentials"}"#.to_owned()));
