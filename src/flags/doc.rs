@@ -179,21 +179,17 @@ impl FlagsDoc {
     ///
     /// # Errors
     /// [`FlagsError`] for a bad shape or a value out of range.
+    ///
+    /// Every level that is a struct must be a JSON object (an array is refused, never read by
+    /// position); a key given twice in one object is refused (`duplicate field`), not read as
+    /// its last value: the document is read from the text itself, never from a parsed
+    /// `serde_json::Value`, whose maps keep only the last of two equal keys.
     pub fn from_json(text: &str) -> Result<Self, FlagsError> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|error| FlagsError::Shape(error.to_string()))?;
-        Self::from_value(value)
-    }
-
-    /// Validates a parsed document: every level that is a struct must be a JSON object (an
-    /// array is refused, never read by position), then the shape and the ranges.
-    ///
-    /// # Errors
-    /// [`FlagsError`] for a non-object, a bad shape or a value out of range.
-    pub fn from_value(value: serde_json::Value) -> Result<Self, FlagsError> {
         require_objects(&value)?;
         let doc: Self =
-            serde_json::from_value(value).map_err(|error| FlagsError::Shape(error.to_string()))?;
+            serde_json::from_str(text).map_err(|error| FlagsError::Shape(error.to_string()))?;
         doc.validate()?;
         Ok(doc)
     }

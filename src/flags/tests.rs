@@ -184,6 +184,23 @@ fn validation_refuses_bad_documents() {
 }
 
 #[test]
+fn a_key_given_twice_is_refused_not_read_as_its_last_value() {
+    for text in [
+        r#"{"ann": {"enabled": false}, "ann": {"enabled": true}}"#,
+        r#"{"ann": {"enabled": false, "enabled": true}}"#,
+        r#"{"experiment": {"name": "x", "name": "y", "variants": [{"name": "a", "weight": 1}]}}"#,
+        r#"{"experiment": {"name": "x", "variants": [{"name": "a", "weight": 1, "weight": 0}]}}"#,
+    ] {
+        match FlagsDoc::from_json(text) {
+            Err(FlagsError::Shape(message)) => {
+                assert!(message.contains("duplicate field"), "{text}: {message}")
+            }
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn flag_names_parse() {
     for name in FlagName::ALL {
         assert_eq!(name.as_str().parse::<FlagName>().unwrap(), name);

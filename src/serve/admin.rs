@@ -22,11 +22,11 @@ pub(super) async fn get_flags(
 pub(super) async fn put_flags(
     State(state): State<AppState>,
     principal: Principal,
-    body: Result<Json<serde_json::Value>, JsonRejection>,
+    body: Result<Json<Box<serde_json::value::RawValue>>, JsonRejection>,
 ) -> Result<Json<FlagsView>, ApiError> {
     principal.require(Scope::Admin)?;
-    let Json(value) = body.map_err(super::body_rejection)?;
-    let doc = FlagsDoc::from_value(value)
+    let Json(text) = body.map_err(super::body_rejection)?;
+    let doc = FlagsDoc::from_json(text.get())
         .map_err(|error| ApiError::new(ErrorCode::InvalidBody, error.to_string()))?;
     match state.flags.replace(doc).await {
         Ok(()) => Ok(Json(state.flags.view())),

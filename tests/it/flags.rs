@@ -210,6 +210,9 @@ async fn put_through_the_router_applies_at_once() {
         r#"{"ann": [false, 0]}"#,
         r#"{"experiment": ["x", [{"name": "a", "weight": 1}]]}"#,
         r#"{"experiment": {"name": "x", "variants": [["a", 1]]}}"#,
+        // A key given twice is refused, not read as its last value.
+        r#"{"ann": {"enabled": false}, "ann": {"enabled": true}}"#,
+        r#"{"ann": {"enabled": false, "enabled": true}}"#,
     ] {
         let (status, body) = call(&state, Method::PUT, Some(&admin), Some(bad)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
