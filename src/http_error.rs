@@ -42,6 +42,9 @@ pub enum ErrorCode {
     Overloaded,
     /// The request body is larger than `http.max_body_bytes` (413).
     PayloadTooLarge,
+    /// A JSON route's body was sent without `Content-Type: application/json` (or another
+    /// `application/*+json`) (415).
+    UnsupportedMediaType,
     /// The request target is longer than `http.max_uri_bytes` (414).
     UriTooLong,
     /// The request's header fields are larger than `http.max_header_bytes` (431).
@@ -68,6 +71,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::Overloaded => "overloaded",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
             Self::Internal => "internal",
@@ -90,6 +94,7 @@ impl ErrorCode {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -142,10 +147,78 @@ impl IntoResponse for ApiError {
 }
 
 /// The error of a JSON body that could not be read: 413 `payload_too_large` past
-/// `http.max_body_bytes`, else 400 `invalid_body` with axum's description.
+/// `http.max_body_bytes`, 415 `unsupported_media_type` without a JSON `Content-Type`, else 400
+/// `invalid_body` with axum's description.
 pub fn body_rejection(rejection: JsonRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(ErrorCode::PayloadTooLarge, rejection.body_text());
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(ErrorCode::PayloadTooLarge, rejection.body_text())
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ApiError::new(ErrorCode::UnsupportedMediaType, rejection.body_text())
+        }
+        _ => ApiError::new(ErrorCode::InvalidBody, rejection.body_text()),
     }
-    ApiError::new(ErrorCode::InvalidBody, rejection.body_text())
+}
+
+/// Whether `headers` declare a JSON body as axum's `Json` extractor requires it:
+/// `application/json` or `application/<anything>+json`, parameters (`charset`) allowed.
+pub fn declares_json(headers: &header::HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let Some(subtype) = essence.strip_prefix("application/") else { return false };
+    subtype == "json" || (subtype.ends_with("+json") && subtype.len() > "+json".len())
+}
+
+/// 415 `unsupported_media_type` unless `headers` declare a JSON body ([`declares_json`]), for
+/// the routes that read their body as bytes.
+///
+/// # Errors
+/// The 415 error.
+pub fn require_json(headers: &header::HeaderMap) -> Result<(), ApiError> {
+    if declares_json(headers) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::UnsupportedMediaType,
+        "Expected request with `Content-Type: application/json`",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{header, HeaderMap, HeaderValue};
+
+    use super::declares_json;
+
+    #[test]
+    fn json_content_types_are_those_axum_accepts() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            declares_json(&headers)
+        };
+        for accepted in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/cloudevents+json",
+        ] {
+            assert!(with(accepted), "{accepted}");
+        }
+        for refused in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/x-ndjson",
+            "application/+json",
+            "json",
+            "",
+        ] {
+            assert!(!with(refused), "{refused}");
+        }
+        assert!(!declares_json(&HeaderMap::new()), "no Content-Type");
+    }
 }

@@ -110,6 +110,23 @@ fn post(service: &ServiceProcess, path: &str, authorization: &str, body: &Value)
     (response.status().as_u16(), response.body_mut().read_json().unwrap())
 }
 
+/// `body` as it is, with `content_type` (none when `None`), under the service token.
+fn send(
+    service: &ServiceProcess,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut request = agent.post(service.url(path)).header("authorization", bearer());
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    let mut response = request.send(body).unwrap();
+    (response.status().as_u16(), response.body_mut().read_json().unwrap())
+}
+
 fn event(id: &str, user: &str) -> Value {
     json!({"event_id": id, "user_id": user, "item_id": "i1", "event_type": "click", "ts": 1_700_000_000_000_i64})
 }
@@ -159,6 +176,33 @@ fn a_batch_answers_per_event_and_the_curl_example_publishes() {
         let (status, answer) = post(&service, "/v1/events:batch", &bearer(), &body);
         assert_eq!((status, &answer["error"]["code"]), (400, &json!("invalid_body")), "{body}");
     }
+
+    // An event with a key given twice is rejected in a batch as it is alone (the decoder
+    // refuses it), not read as its last value; the batch's other event goes through.
+    let twice = r#"{"events": [{"event_id": "d-1", "user_id": "u1", "item_id": "i1", "event_type": "click", "ts": 1700000000000, "ts": 1}, {"event_id": "d-2", "user_id": "u1", "item_id": "i1", "event_type": "click", "ts": 1700000000000}]}"#;
+    let (status, answer) = send(&service, "/v1/events:batch", Some("application/json"), twice);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"][0]["error"]["code"], "invalid_event", "{answer}");
+    assert_eq!(answer["results"][1]["status"], "accepted", "{answer}");
+    let one = r#"{"event_id": "d-3", "user_id": "u1", "item_id": "i1", "event_type": "click", "ts": 1700000000000, "ts": 1}"#;
+    let (status, answer) = send(&service, "/v1/events", Some("application/json"), one);
+    assert_eq!((status, &answer["error"]["code"]), (400, &json!("invalid_event")), "{answer}");
+
+    // Both routes read JSON only: another Content-Type, or none, is 415 in the error shape.
+    let valid = event("d-4", "u1").to_string();
+    for route in ["/v1/events", "/v1/events:batch"] {
+        for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+            let (status, answer) = send(&service, route, content_type, &valid);
+            assert_eq!(
+                (status, &answer["error"]["code"]),
+                (415, &json!("unsupported_media_type")),
+                "{route} with {content_type:?}: {answer}"
+            );
+        }
+    }
+    let (status, answer) =
+        send(&service, "/v1/events", Some("application/json; charset=utf-8"), &valid);
+    assert_eq!(status, 202, "{answer}");
 
     let token = bearer().trim_start_matches("Bearer ").to_owned();
     let output = Command::new("bash")
