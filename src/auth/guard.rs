@@ -253,7 +253,10 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(nice, here + 10, "the check ran at the default nice of 10 (here {here})");
+        // setpriority sets the value itself; a runner already above 10 may not lower it.
+        if here <= 10 {
+            assert_eq!(nice, 10, "the check ran at the default nice of 10 (here {here})");
+        }
         assert_eq!(blocks, 8);
         assert_eq!(thread.as_deref(), Some("secret-check-0"));
         // The slot came back with its memory: the next check is admitted at once.
