@@ -23,6 +23,9 @@ pub struct Metrics {
     pub events_duplicate: IntCounter,
     /// Records sent to the dead-letter topic.
     pub dead_lettered: IntCounter,
+    /// Rejected records finished without a dead letter: the broker refused it even without
+    /// its value and key.
+    pub dead_letters_skipped: IntCounter,
     /// Dead letters handed to the producer, not yet acknowledged.
     pub dead_letters_in_flight: IntGauge,
     /// Events buffered in open windows.
@@ -275,7 +278,11 @@ impl Metrics {
             )?,
             dead_lettered: counter(
                 "ingest_dead_lettered_total",
-                "Records sent to the dead-letter topic",
+                "Records sent to the dead-letter topic (acknowledged by the broker)",
+            )?,
+            dead_letters_skipped: counter(
+                "ingest_dead_letters_skipped_total",
+                "Rejected records finished without a dead letter: the broker refused it even without its value and key (logged at error level with their coordinates)",
             )?,
             dead_letters_in_flight: gauge(
                 "ingest_dead_letters_in_flight",

@@ -154,6 +154,13 @@ pub struct SourceRecord<'a> {
     pub value: &'a [u8],
 }
 
+/// What a dead letter is sent without, and why (the header's text: size and broker error).
+#[derive(Debug, Clone, Default)]
+struct Dropped {
+    value: Option<String>,
+    key: Option<String>,
+}
+
 impl DeadLetters {
     /// A producer for the dead-letter topic, idempotent, with the pass-through properties applied.
     ///
@@ -193,7 +200,7 @@ impl DeadLetters {
     ) -> Result<InFlight, DeadLetterError> {
         let permit = self.breaker.as_ref().map(|breaker| breaker.acquire()).transpose()?;
         let owned = OwnedSource::of(source);
-        let (headers, value, key) = self.record(source, rejection, None);
+        let (headers, value, key) = self.record(source, rejection, &Dropped::default());
         let mut future: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&self.topic).payload(value).headers(headers);
         if let Some(key) = key {
@@ -213,9 +220,9 @@ impl DeadLetters {
     }
 
     /// Settles a dead letter in flight: `None` while the broker has not answered (when `wait`
-    /// is false), else `Some(())` once it has it. A failed delivery is sent again the blocking
-    /// way ([`DeadLetters::send_until_delivered`]).
-    pub fn settle(&self, in_flight: &mut InFlight, wait: bool) -> Option<()> {
+    /// is false), else whether the broker has it ([`DeadLetters::send_until_delivered`]'s
+    /// answer after a failed delivery, which is sent again the blocking way).
+    pub fn settle(&self, in_flight: &mut InFlight, wait: bool) -> Option<bool> {
         let answer = if wait {
             self.runtime.block_on(&mut in_flight.delivery)
         } else {
@@ -231,9 +238,11 @@ impl DeadLetters {
                 offset = in_flight.source.offset,
                 "dead letter not acknowledged: sending it again"
             );
-            self.send_until_delivered(in_flight.source.as_source(), &in_flight.rejection);
+            return Some(
+                self.send_until_delivered(in_flight.source.as_source(), &in_flight.rejection),
+            );
         }
-        Some(())
+        Some(true)
     }
 
     /// Sends one dead letter until the broker has it: the record only counts as done then.
@@ -242,38 +251,62 @@ impl DeadLetters {
     /// by the breaker meanwhile). A record the broker refuses as such (for example larger than
     /// the dead-letter topic's `max.message.bytes`) is sent once more without its value, with
     /// the header `value_dropped` giving the value's size and the broker's error; if that is
-    /// refused too, the failure is logged at error level with the record's coordinates and the
-    /// stream goes on.
-    pub fn send_until_delivered(&self, source: SourceRecord<'_>, rejection: &Rejection) {
+    /// refused too (a key past the limit), once more without the key either (header
+    /// `key_dropped`); if that is refused too, the failure is logged at error level with the
+    /// record's coordinates and the stream goes on. Returns whether the broker has a dead
+    /// letter of the record.
+    pub fn send_until_delivered(&self, source: SourceRecord<'_>, rejection: &Rejection) -> bool {
         let forever = RetryConfig {
             base_ms: 100,
             cap_ms: 5000,
             max_attempts: u32::MAX,
             max_elapsed_ms: u64::MAX,
         };
-        let send = |without_value: Option<&str>| {
+        let send = |dropped: &Dropped| {
             retry_blocking(&forever, "dead_letter", DeadLetterError::is_transient, || {
-                self.send_with(source, rejection, without_value)
+                self.send_with(source, rejection, dropped)
             })
         };
-        let Err(error) = send(None) else { return };
-        let dropped = format!("{} bytes: {error}", source.value.len());
+        let Err(error) = send(&Dropped::default()) else { return true };
+        let value = format!("{} bytes: {error}", source.value.len());
         tracing::warn!(
             %error,
             partition = source.partition,
             offset = source.offset,
             "the broker refuses this dead letter: sending it without its value"
         );
-        if let Err(error) = send(Some(&dropped)) {
+        let without_value = Dropped { value: Some(value), key: None };
+        let Err(error) = send(&without_value) else { return true };
+        if let Some(key) = source.key {
+            tracing::warn!(
+                %error,
+                partition = source.partition,
+                offset = source.offset,
+                "the broker refuses this dead letter without its value: sending it without its key"
+            );
+            let key = format!("{} bytes: {error}", key.len());
+            let Err(error) = send(&Dropped { key: Some(key), ..without_value }) else {
+                return true;
+            };
             tracing::error!(
                 %error,
                 topic = source.topic,
                 partition = source.partition,
                 offset = source.offset,
                 reason = rejection.reason.as_str(),
-                "dead letter refused by the broker even without its value: skipped"
+                "dead letter refused by the broker even without its value and key: skipped"
             );
+            return false;
         }
+        tracing::error!(
+            %error,
+            topic = source.topic,
+            partition = source.partition,
+            offset = source.offset,
+            reason = rejection.reason.as_str(),
+            "dead letter refused by the broker even without its value: skipped"
+        );
+        false
     }
 
     /// One send, waiting for the acknowledgement. Blocking: call from the ingest thread, never
@@ -282,12 +315,12 @@ impl DeadLetters {
         &self,
         source: SourceRecord<'_>,
         rejection: &Rejection,
-        without_value: Option<&str>,
+        dropped: &Dropped,
     ) -> Result<(), DeadLetterError> {
         let Some(breaker) = &self.breaker else {
-            return Ok(self.deliver(source, rejection, without_value)?);
+            return Ok(self.deliver(source, rejection, dropped)?);
         };
-        breaker.call_blocking(|_| true, || self.deliver(source, rejection, without_value)).map_err(
+        breaker.call_blocking(|_| true, || self.deliver(source, rejection, dropped)).map_err(
             |error| match error {
                 Guarded::Open(open) => DeadLetterError::Open(open),
                 Guarded::Inner(error) => DeadLetterError::Kafka(error),
@@ -300,7 +333,7 @@ impl DeadLetters {
         &self,
         source: SourceRecord<'a>,
         rejection: &Rejection,
-        without_value: Option<&str>,
+        dropped: &Dropped,
     ) -> (OwnedHeaders, &'a [u8], Option<&'a [u8]>) {
         let partition = source.partition.to_string();
         let offset = source.offset.to_string();
@@ -312,13 +345,20 @@ impl DeadLetters {
             .insert(Header { key: "source_partition", value: Some(partition.as_str()) })
             .insert(Header { key: "source_offset", value: Some(offset.as_str()) })
             .insert(Header { key: "source_timestamp", value: Some(timestamp.as_str()) });
-        match without_value {
-            Some(dropped) => (
-                headers.insert(Header { key: "value_dropped", value: Some(dropped) }),
+        let (headers, value) = match &dropped.value {
+            Some(why) => (
+                headers.insert(Header { key: "value_dropped", value: Some(why.as_str()) }),
                 &[][..],
-                source.key,
             ),
-            None => (headers, source.value, source.key),
+            None => (headers, source.value),
+        };
+        match &dropped.key {
+            Some(why) => (
+                headers.insert(Header { key: "key_dropped", value: Some(why.as_str()) }),
+                value,
+                None,
+            ),
+            None => (headers, value, source.key),
         }
     }
 
@@ -326,9 +366,9 @@ impl DeadLetters {
         &self,
         source: SourceRecord<'_>,
         rejection: &Rejection,
-        without_value: Option<&str>,
+        dropped: &Dropped,
     ) -> Result<(), rdkafka::error::KafkaError> {
-        let (headers, value, key) = self.record(source, rejection, without_value);
+        let (headers, value, key) = self.record(source, rejection, dropped);
         let mut record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&self.topic).payload(value).headers(headers);
         if let Some(key) = key {
@@ -345,6 +385,49 @@ mod tests {
     use rdkafka::types::RDKafkaErrorCode;
 
     use super::DeadLetterError;
+
+    #[test]
+    fn a_dead_letter_sent_stripped_keeps_its_coordinates_and_says_what_was_dropped() {
+        use rdkafka::message::Headers;
+
+        use super::{DeadLetters, Dropped, SourceRecord};
+        use crate::event::RejectReason;
+        use crate::fold::Rejection;
+
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let letters =
+            DeadLetters::new(&crate::ingest::KafkaConfig::default(), runtime.handle().clone())
+                .unwrap();
+        let key = vec![b'k'; 1 << 20];
+        let source = SourceRecord {
+            topic: "events",
+            partition: 2,
+            offset: 41,
+            timestamp: Some(7),
+            log_append_time: false,
+            key: Some(&key),
+            value: b"{not json",
+        };
+        let rejection =
+            Rejection { reason: RejectReason::MalformedJson, message: "bad".to_owned() };
+        let header = |headers: &rdkafka::message::OwnedHeaders, name: &str| {
+            headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(<[u8]>::to_vec)
+        };
+        let (headers, value, kept) = letters.record(source, &rejection, &Dropped::default());
+        assert_eq!((value, kept.map(<[u8]>::len)), (&b"{not json"[..], Some(1 << 20)));
+        assert_eq!(header(&headers, "key_dropped"), None);
+        let stripped = Dropped {
+            value: Some("9 bytes: x".to_owned()),
+            key: Some("1048576 bytes: y".to_owned()),
+        };
+        let (headers, value, kept) = letters.record(source, &rejection, &stripped);
+        assert!(value.is_empty() && kept.is_none(), "neither value nor key is sent");
+        assert_eq!(header(&headers, "value_dropped"), Some(b"9 bytes: x".to_vec()));
+        assert_eq!(header(&headers, "key_dropped"), Some(b"1048576 bytes: y".to_vec()));
+        assert_eq!(header(&headers, "source_partition"), Some(b"2".to_vec()));
+        assert_eq!(header(&headers, "source_offset"), Some(b"41".to_vec()));
+        assert_eq!(header(&headers, "reason"), Some(b"malformed_json".to_vec()));
+    }
 
     #[test]
     fn a_record_the_broker_refuses_is_not_retried_but_an_absent_broker_is() {

@@ -22,8 +22,8 @@ impl Engine {
                 // The breaker is open or the producer's queue is full: the blocking way, which
                 // retries transient failures until the broker has it.
                 tracing::debug!(%error, "dead letter not queued: sending it and waiting");
-                self.dead_letters.send_until_delivered(record, rejection);
-                self.dead_letter_delivered(record.partition, record.offset);
+                let delivered = self.dead_letters.send_until_delivered(record, rejection);
+                self.dead_letter_finished(record.partition, record.offset, delivered);
             }
         }
         self.metrics.dead_letters_in_flight.set(self.dead_letters_in_flight.len() as i64);
@@ -33,12 +33,12 @@ impl Engine {
     /// oldest `wait_for` of them.
     pub(super) fn settle_dead_letters(&mut self, mut wait_for: usize) {
         while let Some(oldest) = self.dead_letters_in_flight.front_mut() {
-            if self.dead_letters.settle(oldest, wait_for > 0).is_none() {
+            let Some(delivered) = self.dead_letters.settle(oldest, wait_for > 0) else {
                 break;
-            }
+            };
             wait_for = wait_for.saturating_sub(1);
             if let Some(done) = self.dead_letters_in_flight.pop_front() {
-                self.dead_letter_delivered(done.source.partition(), done.source.offset());
+                self.dead_letter_finished(done.source.partition(), done.source.offset(), delivered);
             }
         }
         self.metrics.dead_letters_in_flight.set(self.dead_letters_in_flight.len() as i64);
@@ -50,11 +50,17 @@ impl Engine {
         self.settle_dead_letters(usize::MAX);
     }
 
-    fn dead_letter_delivered(&mut self, partition: i32, offset: i64) {
+    /// A rejected record is done: its dead letter `delivered`, or refused by the broker even
+    /// stripped (counted apart, logged at error level by the sender): the stream goes on.
+    fn dead_letter_finished(&mut self, partition: i32, offset: i64, delivered: bool) {
         if let Some(progress) = self.progress.get_mut(&partition) {
             progress.finished(offset);
         }
-        self.metrics.dead_lettered.inc();
+        if delivered {
+            self.metrics.dead_lettered.inc();
+        } else {
+            self.metrics.dead_letters_skipped.inc();
+        }
         self.progress_dirty = true;
     }
 }
