@@ -305,7 +305,7 @@ impl Metrics {
             )?,
             window_oldest_open_age: float_gauge(
                 "window_oldest_open_age_seconds",
-                "Wall clock minus the start of the oldest open window (event time); 0 when none",
+                "Processing time the oldest buffered event has waited for its window to close, s; 0 when none",
             )?,
             newest_applied_event_age: float_gauge(
                 "ingest_newest_applied_event_age_seconds",
@@ -313,7 +313,7 @@ impl Metrics {
             )?,
             stalled: gauge(
                 "ingest_stalled",
-                "1 while records arrive but nothing was applied for ingest.stall_timeout_ms",
+                "1 while records wait and nothing was applied, or the oldest buffered event has waited, for ingest.stall_timeout_ms",
             )?,
             users_quarantined: counter(
                 "store_users_quarantined_total",

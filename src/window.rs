@@ -13,7 +13,9 @@
 //!   `withIdleness`), and once every partition is idle all open windows close.
 //! - An event whose window has already closed is late: it is applied with the next window to
 //!   close, or on its own as soon as the watermark passes its own window's end (so late events
-//!   never wait for idleness under steady traffic), counted, never dropped.
+//!   never wait for idleness under steady traffic), counted, never dropped. A late event does
+//!   not count as its partition's activity (idleness) nor move its watermark: a partition that
+//!   delivers only late events goes idle and holds no window back.
 //! - An event more than `max_future_ms` ahead of the *admission bound* is refused, so that no
 //!   client can drag the watermark forward: the bound is a clock the client does not control
 //!   (the broker's log-append time when the topic keeps it, otherwise processing time at
@@ -124,7 +126,12 @@ pub struct Windows<T> {
     config: WindowConfig,
     partitions: BTreeMap<i32, PartitionClock>,
     open: BTreeMap<i64, Vec<Windowed<T>>>,
+    /// Processing time (ms) each open window received its first event, by window start.
+    opened_at: BTreeMap<i64, i64>,
     late: Vec<Windowed<T>>,
+    /// Processing time (ms) the oldest buffered late event arrived (an upper bound on its age
+    /// once some late events were applied and others wait).
+    late_since: Option<i64>,
     closed_until: i64,
     buffered: usize,
 }
@@ -136,7 +143,9 @@ impl<T> Windows<T> {
             config,
             partitions: BTreeMap::new(),
             open: BTreeMap::new(),
+            opened_at: BTreeMap::new(),
             late: Vec::new(),
+            late_since: None,
             closed_until: i64::MIN,
             buffered: 0,
         }
@@ -184,22 +193,29 @@ impl<T> Windows<T> {
                 });
             }
         }
-        let clock = self
-            .partitions
-            .entry(position.partition)
-            .or_insert(PartitionClock { max_ts: None, last_event_at_ms: now_ms });
-        clock.max_ts = Some(clock.max_ts.map_or(ts.0, |max_ts| max_ts.max(ts.0)));
-        clock.last_event_at_ms = clock.last_event_at_ms.max(now_ms);
-
         let start = self.window_start(ts);
         let late = start.saturating_add(self.config.window_ms) <= self.closed_until;
+        // A late event neither moves its partition's watermark nor keeps the partition active:
+        // every window it could hold back is closed already. Otherwise one client whose clock
+        // runs behind, alone on a partition, would keep that partition active at a watermark
+        // below everything closed, and no window of any partition would close again.
+        if !late {
+            let clock = self
+                .partitions
+                .entry(position.partition)
+                .or_insert(PartitionClock { max_ts: None, last_event_at_ms: now_ms });
+            clock.max_ts = Some(clock.max_ts.map_or(ts.0, |max_ts| max_ts.max(ts.0)));
+            clock.last_event_at_ms = clock.last_event_at_ms.max(now_ms);
+        }
         let windowed = Windowed { ts, position, value, late };
         self.buffered += 1;
         if late {
             self.late.push(windowed);
+            self.late_since.get_or_insert(now_ms);
             return Ok(Admission::Late);
         }
         self.open.entry(start).or_default().push(windowed);
+        self.opened_at.entry(start).or_insert(now_ms);
         Ok(Admission::OnTime)
     }
 
@@ -340,6 +356,11 @@ impl<T> Windows<T> {
         }
         keep(&mut self.late);
         self.open.retain(|_, events| !events.is_empty());
+        let open = &self.open;
+        self.opened_at.retain(|start, _| open.contains_key(start));
+        if self.late.is_empty() {
+            self.late_since = None;
+        }
         self.buffered -= removed.len();
         removed
     }
@@ -365,11 +386,13 @@ impl<T> Windows<T> {
         None
     }
 
-    /// Start of the oldest open window (event time, ms), if any is open.
-    pub fn oldest_open_start(&self) -> Option<i64> {
-        let open = self.open.keys().next().copied();
-        let late = self.late.iter().map(|windowed| self.window_start(windowed.ts)).min();
-        match (open, late) {
+    /// Processing time (ms, the `now_ms` clock of [`Windows::admit`]) since which the oldest
+    /// buffered event has waited: the first arrival in the oldest open window, or the oldest
+    /// late event's. `None` when nothing is buffered. Its age is how long windows have not
+    /// closed, whatever the event times (a backfill of old events closes windows quickly).
+    pub fn oldest_open_since(&self) -> Option<i64> {
+        let open = self.opened_at.values().min().copied();
+        match (open, self.late_since) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -385,13 +408,18 @@ impl<T> Windows<T> {
                 break;
             }
             let mut events = entry.remove();
+            self.opened_at.remove(&start);
             events.append(&mut self.late);
             closed.push(self.finish(start, end, events));
         }
         if !self.late.is_empty() && watermark == i64::MAX {
+            // Late events alone (every partition idle): applied now, as a batch spanning their
+            // own windows, all closed already, so `closed_until` does not move (it used to
+            // advance one window per batch, and late events then made later events late).
             let events = std::mem::take(&mut self.late);
-            let start = self.closed_until.max(events.iter().map(|e| e.ts.0).min().unwrap_or(0));
-            closed.push(self.finish(start, start.saturating_add(window_ms), events));
+            let first = events.iter().map(|e| self.window_start(e.ts)).min().unwrap_or(0);
+            let last = events.iter().map(|e| self.window_start(e.ts)).max().unwrap_or(first);
+            closed.push(self.finish(first, last.saturating_add(window_ms), events));
         } else if !self.late.is_empty() {
             // No window closed, yet the watermark has passed the end of some late events' own
             // windows: apply those now. Waiting for the next window to close could take as long
@@ -406,6 +434,9 @@ impl<T> Windows<T> {
                 let end = due.iter().map(|e| self.window_start(e.ts)).max().unwrap_or(start);
                 closed.push(self.finish(start, end.saturating_add(window_ms), due));
             }
+        }
+        if self.late.is_empty() {
+            self.late_since = None;
         }
         closed
     }

@@ -153,10 +153,55 @@ fn late_events_are_applied_under_steady_traffic_without_idleness() {
             late_applied.extend(window.events.iter().map(|e| e.position.offset));
         }
     }
-    // Partition 1 is idle; partition 0's watermark is now 11 * 250 - 1000 = 1750: the window
-    // [0, 1000) is behind it, its four events are applied, the rest wait.
-    assert_eq!(late_applied, [1, 2, 3, 4], "events of [0, 1000) applied without idleness");
-    assert!(windows.buffered() > 0 && windows.buffered() < 12);
+    // Late events do not make partition 0 active: every partition is idle, and each late
+    // event is applied at the poll after it arrived, without moving `closed_until`.
+    assert_eq!(late_applied, (1..=12).collect::<Vec<_>>());
+    assert_eq!(windows.buffered(), 0);
+    assert_eq!(windows.closed_until(), BASE + 51_000, "late batches do not move closed_until");
+}
+
+#[test]
+fn a_partition_delivering_only_late_events_holds_no_window_back() {
+    // The attack: partitions 0 and 1 carry live traffic and close windows; then a client whose
+    // clock runs an hour behind starts publishing to partition 2, which was quiet (idle).
+    let mut windows: Windows<&str> = Windows::new(cfg());
+    for partition in 0..3 {
+        windows.register_partition(partition, 0);
+    }
+    let mut offsets = [0i64; 3];
+    let mut admit_at = |windows: &mut Windows<&str>, partition: i32, ts: i64, now: i64| {
+        offsets[partition as usize] += 1;
+        let position = at(partition, offsets[partition as usize]);
+        windows.admit(position, EventTime(BASE + ts), None, now, "e").unwrap()
+    };
+    let mut applied = 0;
+    // Ten seconds of live traffic at 4 events/s on partitions 0 and 1 (event time = now).
+    for step in 0..40 {
+        let now = 5_000 + step * 250;
+        admit_at(&mut windows, 0, now, now);
+        admit_at(&mut windows, 1, now, now);
+        applied += windows.poll_closed(now).iter().map(|w| w.events.len()).sum::<usize>();
+    }
+    let closed_before = windows.closed_until();
+    assert!(closed_before > BASE + 10_000, "live traffic closes windows");
+    // Ten more seconds: live traffic goes on, and partition 2 gets 3 events/s an hour behind.
+    for step in 40..80 {
+        let now = 5_000 + step * 250;
+        admit_at(&mut windows, 0, now, now);
+        admit_at(&mut windows, 1, now, now);
+        if step % 4 != 0 {
+            assert_eq!(admit_at(&mut windows, 2, now - 3_600_000, now), Admission::Late);
+        }
+        applied += windows.poll_closed(now).iter().map(|w| w.events.len()).sum::<usize>();
+    }
+    assert!(
+        windows.closed_until() >= closed_before + 9_000,
+        "windows went on closing: closed until {} then {}",
+        closed_before - BASE,
+        windows.closed_until() - BASE
+    );
+    assert!(windows.buffered() < 20, "{} events still buffered", windows.buffered());
+    assert!(applied > 150, "{applied} applied");
 }
 
 #[test]
@@ -319,4 +364,28 @@ fn a_full_buffer_keeps_the_slower_half_fetching() {
     assert!(holding.iter().all(|partition| windows.slower_half(0).contains(partition)));
     // Idle partitions are not fetched on purpose.
     assert_eq!(windows.slower_half(5_000), Vec::<i32>::new());
+}
+
+#[test]
+fn the_oldest_buffered_event_is_dated_by_its_arrival_not_its_event_time() {
+    let mut windows = Windows::new(cfg());
+    assert_eq!(windows.oldest_open_since(), None);
+    // A backfill from years ago: event times far back, arrivals now.
+    admit(&mut windows, 0, 0, -900_000_000, 100, "old");
+    admit(&mut windows, 0, 1, -899_990_000, 200, "later window");
+    assert_eq!(windows.oldest_open_since(), Some(100));
+    // An out-of-order event opens an earlier window later: the age is still the first arrival.
+    admit(&mut windows, 0, 2, -900_001_000, 300, "earlier window");
+    assert_eq!(windows.oldest_open_since(), Some(100));
+    let closed = windows.poll_closed(300);
+    assert_eq!(closed.len(), 2, "the two earliest windows close behind the watermark");
+    assert_eq!(windows.oldest_open_since(), Some(200), "the window opened at 200 is left");
+    // Late events wait from their own arrival.
+    let mut idle = Windows::new(cfg());
+    admit(&mut idle, 0, 0, 1_000, 0, "a");
+    assert_eq!(idle.poll_closed(10_000).len(), 1, "idleness closes it");
+    assert_eq!(admit(&mut idle, 0, 1, 500, 10_500, "late"), Admission::Late);
+    assert_eq!(idle.oldest_open_since(), Some(10_500));
+    assert_eq!(idle.poll_closed(10_600).len(), 1);
+    assert_eq!(idle.oldest_open_since(), None);
 }

@@ -89,6 +89,10 @@ pub struct Engine {
     progress: BTreeMap<i32, PartitionProgress>,
     assigned: BTreeSet<i32>,
     eof: BTreeSet<i32>,
+    /// When each partition last delivered a record of any kind (processing time, ms): a
+    /// partition not at its end and silent longer than the idle timeout is starved (a slow
+    /// fetch, a broker restart), not idle.
+    last_record_ms: BTreeMap<i32, i64>,
     /// Users whose changes were collected from the model but are not yet in Redis, by id:
     /// rows move when users are evicted, ids do not. Never evicted while pending.
     pending_users: BTreeSet<String>,
@@ -164,6 +168,7 @@ impl Engine {
             progress: BTreeMap::new(),
             assigned: BTreeSet::new(),
             eof: BTreeSet::new(),
+            last_record_ms: BTreeMap::new(),
             pending_users: BTreeSet::new(),
             pending_items: BTreeSet::new(),
             config_stored: false,
@@ -221,6 +226,7 @@ impl Engine {
         if progress.already_done(record.offset) {
             return;
         }
+        self.last_record_ms.insert(record.partition, now_ms);
         let position = Position { partition: record.partition, offset: record.offset };
         let bound = match record.timestamp {
             Some(append_ms) if record.log_append_time => append_ms,
@@ -264,12 +270,22 @@ impl Engine {
         if self.paused.is_some() && self.dependency_down() {
             self.fold.windows_mut().hold_idle_clocks(now_ms);
         } else {
-            // Idleness means "the source has nothing more": only a partition the consumer has
-            // read to its end (partition EOF) may go idle. One with unread records is merely
+            // Idleness means "the source has nothing more": a partition not read to its end
+            // (no partition EOF) that has delivered nothing for the idle timeout is merely
             // slow to reach (a blocked dead-letter produce, a broker restart, a slow fetch),
-            // and idle-closing its windows would change what they hold.
+            // and idle-closing its windows would change what they hold: its clock is held.
+            // One that keeps delivering records but no events on time (dead letters, a client
+            // whose clock runs behind) is not held: it goes idle by its events like any other,
+            // or it would hold every partition's windows open for as long as it trickles (an
+            // attack run froze ingest with three malformed records a second; librdkafka never
+            // reports EOF while records keep arriving within its fetch wait).
+            let idle_timeout_ms = self.fold.windows().config().idle_timeout_ms;
             for partition in &self.assigned {
-                if !self.eof.contains(partition) {
+                let silent = self
+                    .last_record_ms
+                    .get(partition)
+                    .is_none_or(|last| now_ms.saturating_sub(*last) >= idle_timeout_ms);
+                if !self.eof.contains(partition) && silent {
                     self.fold.windows_mut().hold_idle_clock(*partition, now_ms);
                 }
             }
@@ -319,7 +335,7 @@ impl Engine {
             self.collect_dirty();
             self.waiting_since = (self.fold.buffered() > 0).then(Instant::now);
         }
-        self.report_liveness();
+        self.report_liveness(now_ms);
         let settled = at_end && self.fold.buffered() == 0;
         let has_work =
             self.progress_dirty || !self.pending_users.is_empty() || !self.pending_items.is_empty();

@@ -106,6 +106,99 @@ fn year_5000_event_over_kafka_is_dead_lettered_and_learning_goes_on() {
 /// Regression: an in-process index build runs on rayon's global pool; when that pool was busy
 /// (another test's 100,000-item build in CI), `/readyz` said `exact_scoring` although below
 /// `index.full_scan_threshold` queries scan the item matrix exactly and never read the graph.
+/// A key that Kafka's default partitioner sends to `partition` of `partitions`.
+fn key_for(partition: i32, partitions: i32) -> String {
+    (0..)
+        .map(|n| format!("key-{n}"))
+        .find(|key| embedstream::source::kafka_partition(key.as_bytes(), partitions) == partition)
+        .unwrap()
+}
+
+/// The attack: live events on one partition, and on the other, quiet until then, a trickle of
+/// records that are never events on time: malformed ones (dead letters), or valid events from
+/// a client whose clock runs an hour behind. Before, a partition that kept delivering records
+/// was never idle (librdkafka reports no end of partition while records keep arriving), and a
+/// late event kept it active at a watermark an hour back: no window of any partition closed
+/// while the trickle went on.
+#[test]
+fn a_trickle_of_dead_letters_or_behind_clock_events_on_one_partition_freezes_nothing() {
+    for attack in ["malformed", "an hour behind"] {
+        let name = infra::unique("trickle");
+        let config = infra::test_config(&name);
+        infra::create_topics(&[(&config.kafka.topic, 2), (&config.kafka.dead_letter_topic, 1)]);
+        let live_user = key_for(0, 2);
+        let attacker = key_for(1, 2);
+        let service = Service::start(config.clone(), StartPosition::Earliest);
+        // Two seconds of live traffic first: windows close up to the present, and the
+        // attacker's partition, silent, goes idle (a later restart restores `closed_until`).
+        for index in 0..8 {
+            let live = event(&live_user, "item-0", now_ms(), &format!("warm-{index}"));
+            infra::produce(&config, &[record(&live)]);
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // Applied events of the live user alone: the attacker's late events are applied too.
+        let live_events = || {
+            let (status, user) = get_json(&service.url(&format!("/v1/users/{live_user}")));
+            if status == 200 {
+                user["events"].as_u64().unwrap()
+            } else {
+                0
+            }
+        };
+        // The attacker: 8 records a second for 10 s through one producer, closer together than
+        // librdkafka's fetch wait (500 ms), so its partition never reports its end.
+        let attack_records: Vec<Record> = (0..80)
+            .map(|index| match attack {
+                "malformed" => Record {
+                    key: Some(attacker.as_bytes().to_vec()),
+                    value: b"{not json".to_vec(),
+                    line: 1,
+                    ts: Some(now_ms()),
+                },
+                _ => record(&event(
+                    &attacker,
+                    "i1",
+                    now_ms() - 3_600_000,
+                    &format!("behind-{index}"),
+                )),
+            })
+            .collect();
+        let attacking = {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Runtime::new().unwrap();
+                runtime
+                    .block_on(embedstream::produce::produce(
+                        &attack_records,
+                        &config.kafka,
+                        &config.kafka.topic,
+                        embedstream::produce::Pace::Rate(8.0),
+                        &indicatif::ProgressBar::hidden(),
+                    ))
+                    .unwrap()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(1_500));
+        let before = live_events();
+        let mut sent = 0;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(7) {
+            let live = event(&live_user, "item-1", now_ms(), &format!("live-{sent}"));
+            infra::produce(&config, &[record(&live)]);
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let applied_during = live_events() - before;
+        let readiness = readyz(&service);
+        assert_eq!(attacking.join().unwrap().produced, 80);
+        assert!(
+            applied_during + 8 >= sent,
+            "{attack}: only {applied_during} live events applied while {sent} were sent: {readiness}"
+        );
+        service.stop();
+    }
+}
+
 #[test]
 fn below_the_full_scan_threshold_readiness_and_rankings_do_not_wait_for_the_graph() {
     let name = infra::unique("no-graph");

@@ -154,6 +154,7 @@ impl Engine {
             self.progress.remove(partition);
             self.assigned.remove(partition);
             self.eof.remove(partition);
+            self.last_record_ms.remove(partition);
         }
         self.set_assigned();
         Ok(())
