@@ -276,7 +276,8 @@ impl DeadLetters {
             "the broker refuses this dead letter: sending it without its value"
         );
         let without_value = Dropped { value: Some(value), key: None };
-        let Err(error) = send(&without_value) else { return true };
+        let Err(mut error) = send(&without_value) else { return true };
+        let mut stripped = "its value";
         if let Some(key) = source.key {
             tracing::warn!(
                 %error,
@@ -285,18 +286,8 @@ impl DeadLetters {
                 "the broker refuses this dead letter without its value: sending it without its key"
             );
             let key = format!("{} bytes: {error}", key.len());
-            let Err(error) = send(&Dropped { key: Some(key), ..without_value }) else {
-                return true;
-            };
-            tracing::error!(
-                %error,
-                topic = source.topic,
-                partition = source.partition,
-                offset = source.offset,
-                reason = rejection.reason.as_str(),
-                "dead letter refused by the broker even without its value and key: skipped"
-            );
-            return false;
+            let Err(last) = send(&Dropped { key: Some(key), ..without_value }) else { return true };
+            (error, stripped) = (last, "its value and key");
         }
         tracing::error!(
             %error,
@@ -304,7 +295,7 @@ impl DeadLetters {
             partition = source.partition,
             offset = source.offset,
             reason = rejection.reason.as_str(),
-            "dead letter refused by the broker even without its value: skipped"
+            "dead letter refused by the broker even without {stripped}: skipped"
         );
         false
     }
