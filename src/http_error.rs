@@ -161,16 +161,18 @@ pub fn body_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
-/// Whether `headers` declare a JSON body as axum's `Json` extractor requires it:
-/// `application/json` or `application/<anything>+json`, parameters (`charset`) allowed.
+/// Whether `headers` declare a JSON body as axum's `Json` extractor requires it (the same
+/// test, on the `mime` crate's parse): `application/json` or `application/<anything>+json`,
+/// parameters (`charset`) allowed.
 pub fn declares_json(headers: &header::HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok())
-    else {
-        return false;
-    };
-    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    let Some(subtype) = essence.strip_prefix("application/") else { return false };
-    subtype == "json" || (subtype.ends_with("+json") && subtype.len() > "+json".len())
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<mime::Mime>().ok())
+        .is_some_and(|mime| {
+            mime.type_() == mime::APPLICATION
+                && (mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON))
+        })
 }
 
 /// 415 `unsupported_media_type` unless `headers` declare a JSON body ([`declares_json`]), for
