@@ -177,13 +177,13 @@ fn valid_name(field: &'static str, name: &str) -> Result<(), FlagsError> {
 impl FlagsDoc {
     /// Parses and validates a document.
     ///
-    /// # Errors
-    /// [`FlagsError`] for a bad shape or a value out of range.
-    ///
     /// Every level that is a struct must be a JSON object (an array is refused, never read by
     /// position); a key given twice in one object is refused (`duplicate field`), not read as
     /// its last value: the document is read from the text itself, never from a parsed
     /// `serde_json::Value`, whose maps keep only the last of two equal keys.
+    ///
+    /// # Errors
+    /// [`FlagsError`] for a bad shape or a value out of range.
     pub fn from_json(text: &str) -> Result<Self, FlagsError> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|error| FlagsError::Shape(error.to_string()))?;

@@ -129,11 +129,11 @@ pub(super) async fn lookup_profile(
     user_id: &str,
     redis_reads: bool,
 ) -> Result<ProfileLookup, ApiError> {
+    let stale = redis_degraded(state, served) || !redis_reads;
     {
         let model = served.read();
         if let Some(row) = model.user_row(user_id) {
             let profile = profile_in_memory(&model, row);
-            let stale = redis_degraded(state, served) || !redis_reads;
             return Ok(ProfileLookup { profile: Some(profile), stale });
         }
     }
@@ -267,18 +267,19 @@ pub(super) async fn recommendations(
     // fair), and under ingest two thirds of a slow request's time was such waits, two per
     // request (BENCHMARKS.md, "Where the slow requests wait").
     if params.session_id.is_none() {
+        // Read before the model's lock: it needs no model, and the fold waits for the lock.
+        let stale = redis_degraded(&state, &served) || !decisions.redis_reads;
         let answered = {
             let model = served.read();
             model.user_row(&user_id).map(|row| {
                 let profile = profile_in_memory(&model, row);
-                let stale = redis_degraded(&state, &served) || !decisions.redis_reads;
                 if stale {
                     fallbacks.push("redis_unavailable");
                 }
-                (ranking.rank(&model, Some(&profile), None, &mut fallbacks), stale)
+                ranking.rank(&model, Some(&profile), None, &mut fallbacks)
             })
         };
-        if let Some((ranked, stale)) = answered {
+        if let Some(ranked) = answered {
             return Ok(ranking.answer(ranked, None, stale, fallbacks));
         }
     }
@@ -371,9 +372,7 @@ impl Ranking<'_> {
         };
         Ranked { source, items, ann, candidates, session_events }
     }
-}
 
-impl Ranking<'_> {
     /// The recommendation answer.
     fn answer(
         &self,
