@@ -133,6 +133,20 @@ enum NamespaceCommand {
         /// The namespace it will point at.
         namespace: String,
     },
+    /// Remove NAMESPACE's stored progress for TOPIC (every partition, or the ones given), so
+    /// that those partitions start at `run --from` again, keeping the learned state. For a
+    /// topic the broker lost (`run` exit status 5); run it while no instance consumes TOPIC
+    /// into NAMESPACE. Prints each removed partition's resume offset.
+    ResetProgress {
+        /// The namespace.
+        namespace: String,
+        /// The topic whose progress is removed.
+        #[arg(long)]
+        topic: String,
+        /// A partition to reset (repeatable; default: every partition with stored progress).
+        #[arg(long = "partition")]
+        partitions: Vec<i32>,
+    },
     /// Delete every key of NAMESPACE (UNLINK, in batches). Refused while an alias points at
     /// it. Prints the keys deleted.
     Drop {
@@ -588,6 +602,14 @@ fn run_namespace(
             anyhow::ensure!(holds_model, "namespace {namespace} holds no model: not switching");
             let previous = redis.switch_alias(&alias, &namespace)?;
             serde_json::json!({ "alias": alias, "namespace": namespace, "previous": previous })
+        }
+        NamespaceCommand::ResetProgress { namespace, topic, partitions } => {
+            let removed = SyncStore::new(&of(&namespace))?.reset_progress(&topic, &partitions)?;
+            let removed: std::collections::BTreeMap<String, i64> = removed
+                .into_iter()
+                .map(|(partition, resume)| (partition.to_string(), resume))
+                .collect();
+            serde_json::json!({ "namespace": namespace, "topic": topic, "removed": removed })
         }
         NamespaceCommand::Drop { namespace } => {
             let mut target = SyncStore::new(&of(&namespace))?;

@@ -27,6 +27,9 @@ struct IngestContext {
     fatal: Mutex<Option<String>>,
     /// Records past the consumer's position per assigned partition, from the last statistics.
     lag: Mutex<BTreeMap<i32, i64>>,
+    /// Partitions whose fetch position is past the high watermark of the fetch responses, and
+    /// since when, from the statistics (see [`PAST_END_AFTER`]).
+    past_end: Mutex<BTreeMap<i32, PastEnd>>,
     metrics: crate::metrics::Metrics,
     status: Arc<super::Status>,
 }
@@ -37,9 +40,27 @@ impl ClientContext for IngestContext {
     fn stats(&self, statistics: Statistics) {
         let Some(topic) = statistics.topics.get(&self.topic) else { return };
         let mut lags = BTreeMap::new();
+        let mut past_end = self.past_end.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = std::mem::take(&mut *past_end);
         for partition in topic.partitions.values() {
             if partition.partition < 0 || !partition.desired {
                 continue;
+            }
+            // A fetch position past the log's end: Kafka answers such a fetch with
+            // OFFSET_OUT_OF_RANGE (the consumer then resets to the log start, and the engine
+            // sees a record below the stored progress), other brokers (tansu) with an empty
+            // batch and the log's high watermark, for as long as the log stays shorter.
+            if partition.hi_offset >= 0 && partition.next_offset > partition.hi_offset {
+                let seen = PastEnd {
+                    next_offset: partition.next_offset,
+                    high_watermark: partition.hi_offset,
+                    since: Instant::now(),
+                };
+                let since = before
+                    .get(&partition.partition)
+                    .filter(|earlier| earlier.next_offset == seen.next_offset)
+                    .map_or(seen.since, |earlier| earlier.since);
+                past_end.insert(partition.partition, PastEnd { since, ..seen });
             }
             // The position: past the last record handed to us, else the committed offset (a
             // consumer that has received nothing yet).
@@ -71,7 +92,31 @@ fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
     engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A partition's fetch position past the high watermark, first seen at `since`.
+#[derive(Debug, Clone, Copy)]
+struct PastEnd {
+    next_offset: i64,
+    high_watermark: i64,
+    since: Instant,
+}
+
+/// How long a partition's fetch position must stay past the high watermark reported by the
+/// fetch responses (five statistics in a row at the same position) before the engine halts:
+/// a high watermark read from a `ListOffsets` answer (some brokers under-report it) is
+/// replaced by the next fetch response well within this.
+const PAST_END_AFTER: Duration = Duration::from_secs(5);
+
 impl IngestContext {
+    /// The partitions whose fetch position has stayed past the log's end for [`PAST_END_AFTER`].
+    fn past_end(&self) -> Vec<(i32, PastEnd)> {
+        let past_end = self.past_end.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        past_end
+            .iter()
+            .filter(|(_, seen)| seen.since.elapsed() >= PAST_END_AFTER)
+            .map(|(partition, seen)| (*partition, *seen))
+            .collect()
+    }
+
     fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
         tpl.elements_for_topic(&self.topic).iter().map(|element| element.partition()).collect()
     }
@@ -296,6 +341,7 @@ fn run_session(
         assign_timeout_ms: ingest.assign_timeout_ms,
         fatal: Mutex::new(None),
         lag: Mutex::new(BTreeMap::new()),
+        past_end: Mutex::new(BTreeMap::new()),
         metrics: lock(engine).metrics.clone(),
         status: Arc::clone(&status),
     };
@@ -334,6 +380,15 @@ fn run_session(
                     Err(KafkaError::PartitionEOF(partition)) => engine.on_eof(*partition),
                     Err(error) => tracing::warn!(%error, "consumer error"),
                 }
+            }
+            for (partition, seen) in consumer.context().past_end() {
+                let evidence = format!(
+                    "the fetch position {} stayed past the high watermark {} for {} s",
+                    seen.next_offset,
+                    seen.high_watermark,
+                    PAST_END_AFTER.as_secs()
+                );
+                engine.progress_past_log_end(partition, &evidence);
             }
             let commit = engine.tick(now);
             if engine.halted().is_some() {

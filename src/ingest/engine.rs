@@ -27,7 +27,7 @@ mod users;
 
 use super::status::{PauseReason, Status};
 pub use lost_namespace::EXIT_NAMESPACE_LOST;
-pub use rebalance::StartAt;
+pub use rebalance::{StartAt, EXIT_PROGRESS_PAST_LOG_END};
 use users::StoredUsers;
 
 /// Why the engine cannot go on.
@@ -223,6 +223,16 @@ impl Engine {
             .progress
             .entry(record.partition)
             .or_insert_with(|| PartitionProgress::starting_at(record.offset));
+        if progress.before_resume(record.offset) {
+            // Never delivered after a seek to the stored progress, unless the consumer reset
+            // to the log's start because the stored offset is past the log's end.
+            let evidence = format!(
+                "a record at offset {} arrived below it: the fetch was out of range",
+                record.offset
+            );
+            self.progress_past_log_end(record.partition, &evidence);
+            return;
+        }
         if progress.already_done(record.offset) {
             return;
         }

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 pub use consumer::{run_consumer, wall_ms, ConsumerError};
 pub use dlq::{DeadLetterError, DeadLetters, SourceRecord, DLQ_HEADERS};
 pub use engine::{
-    Engine, EngineError, Halt, StartAt, EXIT_NAMESPACE_LOST, EXIT_REVOKE_FLUSH_FAILED,
+    Engine, EngineError, Halt, StartAt, EXIT_NAMESPACE_LOST, EXIT_PROGRESS_PAST_LOG_END,
+    EXIT_REVOKE_FLUSH_FAILED,
 };
 pub use progress::{PartitionProgress, StoredProgress};
 pub use status::{PauseReason, Status, StatusSnapshot};

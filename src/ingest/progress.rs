@@ -61,6 +61,12 @@ impl PartitionProgress {
         }
     }
 
+    /// True when `offset` is below the lowest offset not yet done: a consumer positioned at
+    /// the stored progress never delivers such a record (offsets only grow within a session).
+    pub fn before_resume(&self, offset: i64) -> bool {
+        offset < self.resume_floor()
+    }
+
     /// True when a record at `offset` was already handled (before `resume`, or done ahead): a
     /// re-read after restart skips it. Also advances the read position past it.
     pub fn already_done(&mut self, offset: i64) -> bool {
@@ -210,6 +216,21 @@ mod tests {
         let mut restored = PartitionProgress::from_stored(&stored);
         assert!(!restored.already_done(0));
         assert!(restored.already_done(1));
+    }
+
+    #[test]
+    fn only_offsets_below_the_lowest_not_done_one_come_before_resume() {
+        let stored = StoredProgress { resume: 10, done: vec![[12, 13]] };
+        let mut progress = PartitionProgress::from_stored(&stored);
+        assert!(progress.before_resume(0) && progress.before_resume(9));
+        // Re-read in order after a restart: the resume offset, then one done ahead of it.
+        assert!(!progress.before_resume(10) && !progress.already_done(10));
+        // A buffered record holds the floor: the offsets after it are still to come.
+        progress.admitted(10);
+        assert!(!progress.before_resume(11) && !progress.already_done(11));
+        progress.admitted(11);
+        assert!(!progress.before_resume(12) && progress.already_done(12));
+        assert!(progress.before_resume(9));
     }
 
     #[test]

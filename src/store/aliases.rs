@@ -185,6 +185,40 @@ impl SyncStore {
         }))
     }
 
+    /// Removes the stored progress of `partitions` of `topic` (every partition when empty), so
+    /// that they start at `run --from` again: Kafka's `kafka-consumer-groups --reset-offsets`
+    /// for the progress this service keeps with its state. For a topic the broker lost (see
+    /// [`crate::ingest::EXIT_PROGRESS_PAST_LOG_END`]); run it while no instance consumes the
+    /// topic into this namespace. Returns each removed partition's resume offset.
+    ///
+    /// # Errors
+    /// [`StoreError`] for Redis failures.
+    pub fn reset_progress(
+        &mut self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<BTreeMap<i32, i64>, StoreError> {
+        let key = self.keys.progress(topic);
+        let wanted: Vec<i32> = partitions.to_vec();
+        self.with("reset_progress", |mut connection| async move {
+            let fields: BTreeMap<String, String> = connection.hgetall(&key).await?;
+            let mut removed = BTreeMap::new();
+            for (field, value) in fields {
+                let Ok(partition) = field.parse::<i32>() else { continue };
+                if !wanted.is_empty() && !wanted.contains(&partition) {
+                    continue;
+                }
+                let resume = serde_json::from_str::<serde_json::Value>(&value)
+                    .ok()
+                    .and_then(|value| value["resume"].as_i64())
+                    .unwrap_or(-1);
+                let _: u64 = connection.hdel(&key, &field).await?;
+                removed.insert(partition, resume);
+            }
+            Ok(removed)
+        })
+    }
+
     /// Deletes every key of the namespace (`UNLINK` in batches of [`DROP_BATCH`]), leaving the
     /// keys of other namespaces whose names start with this one's and a colon. Refused while
     /// an alias points at it. Returns the keys deleted.

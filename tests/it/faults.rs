@@ -92,6 +92,65 @@ fn broker_killed_and_restarted_mid_ingest_loses_nothing() {
     assert_digest_equals_replay(&config, &records, &context);
 }
 
+/// The broker lost the topic (deleted and re-created here; a broker without persistence that
+/// restarts does the same) while the namespace's stored progress points past the new log's end.
+/// The service used to wait at the stored offset and then skip every new record below it as
+/// already applied, silently (attack run of 2026-12-07: 20,000 events lost). Now it halts with
+/// its own exit status and says why, having written nothing.
+#[test]
+fn a_topic_the_broker_lost_halts_the_service_instead_of_skipping_its_new_records() {
+    let name = infra::unique("fault-topic-lost");
+    let config = infra::test_config(&name);
+    let topics = [(config.kafka.topic.as_str(), 2), (config.kafka.dead_letter_topic.as_str(), 1)];
+    infra::create_topics(&topics);
+    let records = infra::movielens_records();
+    infra::produce(&config, &records[..4000]);
+    let mut service = ServiceProcess::spawn(&config, &[]);
+    service.wait_caught_up(4000, Duration::from_secs(120));
+    assert!(service.terminate(Duration::from_secs(30)), "clean shutdown");
+    assert_eq!(stored_applied(&config), 4000);
+
+    // A new log of 1,000 records over the same two partitions: both end below the ~2,000
+    // offsets stored for them.
+    infra::delete_topics(&[&config.kafka.topic]);
+    infra::create_topics(&topics[..1]);
+    infra::produce(&config, &records[4000..5000]);
+
+    let mut service = ServiceProcess::spawn_with(&config, &[], std::process::Stdio::piped());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = service.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the service went on past the log's end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut service.child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(embedstream::ingest::EXIT_PROGRESS_PAST_LOG_END),
+        "{status:?}\n{stderr}"
+    );
+    assert!(stderr.contains("past the end of its log"), "{stderr}");
+    assert_eq!(stored_applied(&config), 4000, "nothing was written after the loss");
+
+    // The operator keeps the learned state and reads the new log from its start.
+    let reset = common::run_json(
+        &["namespace", "reset-progress", &config.store.namespace, "--topic", &config.kafka.topic],
+        &[("EMBEDSTREAM_STORE__URL", &config.store.url)],
+    );
+    let removed = reset["removed"].as_object().unwrap();
+    assert_eq!(removed.len(), 2, "{reset}");
+    let resumed: i64 = removed.values().map(|resume| resume.as_i64().unwrap()).sum();
+    assert_eq!(resumed, 4000, "{reset}");
+    wait_for_ghost_to_leave(&config);
+    let mut service = ServiceProcess::spawn(&config, &[]);
+    service.wait_caught_up(5000, Duration::from_secs(120));
+    assert!(service.terminate(Duration::from_secs(30)), "clean shutdown");
+    assert_eq!(stored_applied(&config), 5000, "every record of the new log applied once");
+}
+
 #[test]
 fn one_percent_poison_of_thirty_kinds_goes_to_the_dead_letter_topic_and_nothing_stalls() {
     // The table is right about the decoder before it is used against the service (the last

@@ -431,6 +431,45 @@ fn a_halted_engine_writes_nothing_more() {
     assert_eq!(halt.exit_status, 3);
 }
 
+/// Kafka answers a fetch past the log's end with `OFFSET_OUT_OF_RANGE`, and the consumer
+/// resets to the log's start (`auto.offset.reset`): the engine then receives records below the
+/// partition's stored progress, which it used to drop as already applied, silently. Now the
+/// first such record halts it (the broker lost records it had applied), and nothing is
+/// written.
+#[test]
+fn a_record_below_the_stored_progress_halts_the_engine() {
+    let name = infra::unique("below-progress");
+    let mut config = infra::test_config(&name);
+    config.ingest.flush_interval_ms = 3_600_000;
+    let mut driven = Driven::new(config.clone());
+    let base = now_ms() - 60_000;
+    driven.engine.on_assign(&[0], 0).unwrap();
+    for step in 0..4 {
+        driven.send(0, "u1", &format!("i{step}"), base + step * 2_000, 0);
+    }
+    driven.engine.tick(0);
+    driven.engine.flush().unwrap();
+    let stored = driven.stored_user_events("u1");
+    assert!(stored >= Some(1), "{stored:?}");
+
+    // A restart: the partition resumes at the stored progress, and the "reset" log delivers
+    // offset 0 again.
+    let mut restarted = Driven::new(config);
+    let starts = restarted.engine.on_assign(&[0], 0).unwrap();
+    assert!(
+        matches!(starts[..], [(0, embedstream::ingest::StartAt::Offset(resume))] if resume >= 1),
+        "{starts:?}"
+    );
+    restarted.send(0, "u2", "i9", base + 20_000, 0);
+    let halt = restarted.engine.halted().expect("halted on a record below the progress");
+    assert_eq!(halt.exit_status, embedstream::ingest::EXIT_PROGRESS_PAST_LOG_END);
+    assert!(halt.reason.contains("past the end of its log"), "{}", halt.reason);
+    restarted.engine.tick(0);
+    assert!(restarted.engine.flush().is_err(), "a halted engine writes nothing");
+    assert_eq!(restarted.stored_user_events("u2"), None);
+    assert_eq!(restarted.stored_user_events("u1"), stored);
+}
+
 /// Issue 9.2: the user cache keeps the most recently applied users, evicting the least
 /// recently applied after a flush, and evicted users reload from Redis bit-identically.
 #[test]

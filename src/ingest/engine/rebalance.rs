@@ -10,6 +10,10 @@ use crate::ingest::StartPosition;
 use crate::model::ModelConfig;
 use crate::store::{StoreError, StoredMeta};
 
+/// Exit status of `embedstream run` when a partition's stored progress is past the end of its
+/// log (see [`Engine::progress_past_log_end`]).
+pub const EXIT_PROGRESS_PAST_LOG_END: i32 = 5;
+
 impl Engine {
     /// Loads the namespace's state: model-wide fields, every item (in row order), the set of
     /// known users (their vectors load on demand), and the window state.
@@ -130,6 +134,27 @@ impl Engine {
         }
         self.set_assigned();
         Ok(starts)
+    }
+
+    /// A partition's stored progress lies past the end of its log: the broker lost the
+    /// topic's records (a topic deleted and re-created, a broker without persistence
+    /// restarted, an unclean leader election). Reading on would skip every new record below
+    /// the stored offset as already applied, silently; so the engine halts
+    /// ([`EXIT_PROGRESS_PAST_LOG_END`]) and the operator decides (see README, "The broker
+    /// lost the topic"). `evidence` says how it showed: a record below the stored progress
+    /// (Kafka answered the fetch with `OFFSET_OUT_OF_RANGE` and the consumer reset to the
+    /// log start), or the fetch position staying past the high watermark (brokers that
+    /// answer such a fetch with an empty batch).
+    pub fn progress_past_log_end(&mut self, partition: i32, evidence: &str) {
+        let resume = self.progress.get(&partition).map(PartitionProgress::resume);
+        self.halt(
+            EXIT_PROGRESS_PAST_LOG_END,
+            format!(
+                "the stored progress of {topic} partition {partition} (resume at {resume}) is                  past the end of its log ({evidence}): the broker lost records this namespace                  already applied; reading on would skip new records as already applied",
+                topic = self.topic,
+                resume = resume.map_or_else(|| "unknown".to_owned(), |r| r.to_string()),
+            ),
+        );
     }
 
     /// Revoke handshake: the partitions' buffered (unapplied) events are given up, and the

@@ -70,6 +70,28 @@ pub fn create_topics(topics: &[(&str, i32)]) {
     });
 }
 
+/// Deletes topics and waits until the broker's metadata no longer lists them.
+pub fn delete_topics(topics: &[&str]) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let admin: AdminClient<DefaultClientContext> =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+        for result in admin.delete_topics(topics, &AdminOptions::new()).await.unwrap() {
+            result.unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let metadata =
+                admin.inner().fetch_metadata(None, std::time::Duration::from_secs(5)).unwrap();
+            if !metadata.topics().iter().any(|topic| topics.contains(&topic.name())) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "topics {topics:?} still listed");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+}
+
 /// A service running in-process on its own runtime.
 pub struct Service {
     pub addr: SocketAddr,
