@@ -25,6 +25,15 @@ pub struct Rejection {
     pub message: String,
 }
 
+/// What [`Fold::offer`] checks of a record's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKey<'a> {
+    /// Nothing (a file replay, which has no keys).
+    Unchecked,
+    /// The key must be the event's `user_id`, byte for byte (the event contract).
+    MustBeUserId(Option<&'a [u8]>),
+}
+
 /// Counters of everything the fold has seen.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FoldStats {
@@ -226,6 +235,7 @@ impl Fold {
     pub fn offer(
         &mut self,
         bytes: &[u8],
+        key: RecordKey<'_>,
         position: Position,
         bound: Option<EventTime>,
         now_ms: i64,
@@ -235,6 +245,26 @@ impl Fold {
             Ok(event) => event,
             Err(error) => return Err(self.reject(error.reason(), error.to_string())),
         };
+        if let Err(error) = self.windows.check_bound(event.ts, bound) {
+            return Err(self.reject(RejectReason::TooFarInFuture, error.to_string()));
+        }
+        if let RecordKey::MustBeUserId(key) = key {
+            if key != Some(event.user_id.as_str().as_bytes()) {
+                let found = key.map_or_else(
+                    || "no key".to_owned(),
+                    |key| {
+                        let text: String = String::from_utf8_lossy(key).chars().take(64).collect();
+                        format!("key {text:?}")
+                    },
+                );
+                let message = format!(
+                    "the record has {found}, not its user_id {:?}: events are keyed by user_id, \
+                     so that one partition, and one consumer-group member, holds each user",
+                    event.user_id.as_str()
+                );
+                return Err(self.reject(RejectReason::KeyNotUserId, message));
+            }
+        }
         match self.windows.admit(position, event.ts, bound, now_ms, event) {
             Ok(admission) => Ok(admission),
             Err(error) => Err(self.reject(RejectReason::TooFarInFuture, error.to_string())),
@@ -341,10 +371,43 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    use super::{Fold, NoStoredUsers, EVENTS_PER_LOCK_HOLD};
+    use super::{Fold, NoStoredUsers, RecordKey, EVENTS_PER_LOCK_HOLD};
     use crate::config::Config;
-    use crate::event::EventTime;
+    use crate::event::{EventTime, RejectReason};
     use crate::window::Position;
+
+    /// Issue 9 (attack run of 2026-12-07): records not keyed by `user_id` land on partitions
+    /// other members own, and two members then overwrite each other's state of the user. The
+    /// fold used to apply them; a key that is not the `user_id` is now refused, with a reason.
+    #[test]
+    fn a_record_not_keyed_by_its_user_id_is_refused() {
+        let mut fold = Fold::new(&Config::default()).unwrap();
+        fold.windows_mut().register_partition(0, 0);
+        let value = |ts: i64| {
+            format!(
+                r#"{{"event_id":"e{ts}","user_id":"u1","item_id":"i1","event_type":"view","ts":{ts}}}"#
+            )
+        };
+        let bound = Some(EventTime(1_700_000_000_000));
+        let at = |offset| Position { partition: 0, offset };
+        let ts = 1_700_000_000_000;
+        let offer = |fold: &mut Fold, key, offset, ts| {
+            fold.offer(value(ts).as_bytes(), key, at(offset), bound, 0)
+        };
+        let refused = |key| offer(&mut Fold::new(&Config::default()).unwrap(), key, 0, ts);
+        for key in [RecordKey::MustBeUserId(Some(b"u2")), RecordKey::MustBeUserId(None)] {
+            let rejection = refused(key).unwrap_err();
+            assert_eq!(rejection.reason, RejectReason::KeyNotUserId, "{key:?}");
+            assert!(rejection.message.contains("\"u1\""), "{}", rejection.message);
+        }
+        assert!(offer(&mut fold, RecordKey::MustBeUserId(Some(b"u1")), 0, ts).is_ok());
+        assert!(offer(&mut fold, RecordKey::Unchecked, 1, ts).is_ok());
+        // An event time past the admission bound keeps its own reason, whatever the key.
+        let ahead = offer(&mut fold, RecordKey::MustBeUserId(None), 2, ts + 3_600_000);
+        assert_eq!(ahead.unwrap_err().reason, RejectReason::TooFarInFuture);
+        assert_eq!(fold.stats().rejected.get("key_not_user_id"), None);
+        assert_eq!(fold.stats().rejected.get("too_far_in_future"), Some(&1));
+    }
 
     #[test]
     fn readers_waiting_for_the_model_get_in_during_a_large_window() {
@@ -363,7 +426,8 @@ mod tests {
             });
             let position = Position { partition: 0, offset: offset as i64 };
             let bound = Some(EventTime(i64::MAX / 2));
-            fold.offer(record.to_string().as_bytes(), position, bound, 0).unwrap();
+            fold.offer(record.to_string().as_bytes(), RecordKey::Unchecked, position, bound, 0)
+                .unwrap();
         }
         let model = fold.shared_model();
         let done = Arc::new(AtomicBool::new(false));

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
 use crate::event::EventTime;
-use crate::fold::{Fold, NoStoredUsers};
+use crate::fold::{Fold, NoStoredUsers, RecordKey};
 use crate::source::{kafka_partition, Record};
 use crate::window::Position;
 
@@ -77,7 +77,14 @@ pub fn replay(
         let position = Position { partition, offset: *offset };
         *offset += 1;
         // Rejections are counted by the fold; a file replay has no dead-letter topic.
-        let _ = fold.offer(&record.value, position, Some(bound), 0);
+        // The key check of the live path (a file's keys are the lines' user_id, so it only
+        // refuses what the service would refuse too).
+        let key = if config.ingest.require_user_id_key {
+            RecordKey::MustBeUserId(record.key.as_deref())
+        } else {
+            RecordKey::Unchecked
+        };
+        let _ = fold.offer(&record.value, key, position, Some(bound), 0);
         if index % 4096 == 4095 {
             fold.poll(0, &mut NoStoredUsers);
             progress.set_position(index as u64 + 1);

@@ -166,6 +166,26 @@ impl<T> Windows<T> {
         ts.0 - ts.0.rem_euclid(self.config.window_ms)
     }
 
+    /// Refuses an event time more than `max_future_ms` ahead of `bound` (the admission clock:
+    /// the broker's log-append time, else the wall clock at admission); nothing is admitted.
+    ///
+    /// # Errors
+    /// [`WindowError::TooFarInFuture`].
+    pub fn check_bound(&self, ts: EventTime, bound: Option<EventTime>) -> Result<(), WindowError> {
+        if let Some(bound) = bound {
+            let ahead_ms = ts.0.saturating_sub(bound.0);
+            if ahead_ms > self.config.max_future_ms {
+                return Err(WindowError::TooFarInFuture {
+                    ts: ts.0,
+                    bound_ms: bound.0,
+                    ahead_ms,
+                    max_future_ms: self.config.max_future_ms,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Admits one event at processing time `now_ms` (a monotonic clock, ms, used for
     /// idleness only). `bound` is the admission bound in event-time units (ms since the Unix
     /// epoch) from a clock the client does not control; `None` admits any event time (pure
@@ -182,17 +202,7 @@ impl<T> Windows<T> {
         now_ms: i64,
         value: T,
     ) -> Result<Admission, WindowError> {
-        if let Some(bound) = bound {
-            let ahead_ms = ts.0.saturating_sub(bound.0);
-            if ahead_ms > self.config.max_future_ms {
-                return Err(WindowError::TooFarInFuture {
-                    ts: ts.0,
-                    bound_ms: bound.0,
-                    ahead_ms,
-                    max_future_ms: self.config.max_future_ms,
-                });
-            }
-        }
+        self.check_bound(ts, bound)?;
         let start = self.window_start(ts);
         let late = start.saturating_add(self.config.window_ms) <= self.closed_until;
         // A late event neither moves its partition's watermark nor keeps the partition active:

@@ -24,11 +24,12 @@ pub enum RejectReason {
     Negative,
     OutOfRange,
     TooFarInFuture,
+    KeyNotUserId,
 }
 
 impl RejectReason {
     /// Every reason, in a fixed order (for summaries and metric pre-registration).
-    pub const ALL: [RejectReason; 17] = [
+    pub const ALL: [RejectReason; 18] = [
         Self::TooLarge,
         Self::InvalidUtf8,
         Self::MalformedJson,
@@ -46,6 +47,7 @@ impl RejectReason {
         Self::Negative,
         Self::OutOfRange,
         Self::TooFarInFuture,
+        Self::KeyNotUserId,
     ];
 
     /// The stable snake_case code.
@@ -68,6 +70,7 @@ impl RejectReason {
             Self::Negative => "negative",
             Self::OutOfRange => "out_of_range",
             Self::TooFarInFuture => "too_far_in_future",
+            Self::KeyNotUserId => "key_not_user_id",
         }
     }
 

@@ -242,7 +242,12 @@ impl Engine {
             Some(append_ms) if record.log_append_time => append_ms,
             _ => wall_ms,
         };
-        match self.fold.offer(record.value, position, Some(EventTime(bound)), now_ms) {
+        let key = if self.config.require_user_id_key {
+            crate::fold::RecordKey::MustBeUserId(record.key)
+        } else {
+            crate::fold::RecordKey::Unchecked
+        };
+        match self.fold.offer(record.value, key, position, Some(EventTime(bound)), now_ms) {
             Ok(_) => {
                 progress.admitted(record.offset);
                 self.arrivals.insert(position, arrived);

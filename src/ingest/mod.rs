@@ -133,6 +133,12 @@ pub struct IngestConfig {
     /// item writes, ms (default 200): the bound, plus one flush interval of the writer, on how
     /// far this instance's item copies trail Redis.
     pub item_feed_interval_ms: u64,
+    /// Refuse a record whose key is not its event's `user_id` (byte for byte), to the
+    /// dead-letter topic with reason `key_not_user_id` (default true). Users are owned by
+    /// partition: with more than one instance, a record keyed otherwise lands on a partition
+    /// another member may own, and the two members overwrite each other's state of that user.
+    /// Turn off only for a single instance reading a topic whose producers cannot key.
+    pub require_user_id_key: bool,
 }
 
 impl Default for IngestConfig {
@@ -153,6 +159,7 @@ impl Default for IngestConfig {
             max_dead_letters_in_flight: 1000,
             assign_timeout_ms: 60_000,
             item_feed_interval_ms: 200,
+            require_user_id_key: true,
         }
     }
 }

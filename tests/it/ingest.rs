@@ -103,6 +103,42 @@ fn year_5000_event_over_kafka_is_dead_lettered_and_learning_goes_on() {
     service.stop();
 }
 
+/// Attack run of 2026-12-07: with two instances, records not keyed by `user_id` land on
+/// partitions another member owns, and the members overwrite each other's state of the user
+/// (417 of 419 users wrong). Such records were applied; they now go to the dead-letter topic
+/// with reason `key_not_user_id`, and the stream goes on.
+#[test]
+fn a_record_not_keyed_by_its_user_id_is_dead_lettered_and_the_rest_applied() {
+    let name = infra::unique("key-check");
+    let config = one_partition_config(&name);
+    let service = Service::start(config.clone(), StartPosition::Earliest);
+    let ts = now_ms();
+    let mut misrouted = record(&event("u1", "i1", ts, "misrouted"));
+    misrouted.key = Some(b"u2".to_vec());
+    let mut unkeyed = record(&event("u1", "i2", ts, "unkeyed"));
+    unkeyed.key = None;
+    let keyed = record(&event("u1", "i3", ts, "keyed"));
+    infra::produce(&config, &[misrouted, unkeyed, keyed]);
+    wait_rejected(&service, 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while applied(&service) < 1 {
+        assert!(Instant::now() < deadline, "the keyed event was not applied: {}", readyz(&service));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let metrics = ureq_text(&service.url("/metrics"));
+    let reason = "embedstream_ingest_events_rejected_total{reason=\"key_not_user_id\"}";
+    assert_eq!(metric(&metrics, reason), Some(2.0), "{metrics}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&ureq_text(&service.url("/metrics")), "embedstream_ingest_dead_lettered_total")
+        < Some(2.0)
+    {
+        assert!(Instant::now() < deadline, "the dead letters were not acknowledged");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(applied(&service), 1);
+    service.stop();
+}
+
 /// Regression: an in-process index build runs on rayon's global pool; when that pool was busy
 /// (another test's 100,000-item build in CI), `/readyz` said `exact_scoring` although below
 /// `index.full_scan_threshold` queries scan the item matrix exactly and never read the graph.
