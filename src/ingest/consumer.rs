@@ -483,7 +483,7 @@ pub enum ConsumerError {
 }
 
 impl ConsumerError {
-    /// The exit status `embedstream run` ends with: the halt's own (3 or 4), else 1.
+    /// The exit status `embedstream run` ends with: the halt's own (3, 4 or 5), else 1.
     pub fn exit_status(&self) -> i32 {
         match self {
             Self::Halted(halt) => halt.exit_status,
