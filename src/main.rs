@@ -136,7 +136,8 @@ enum NamespaceCommand {
     /// Remove NAMESPACE's stored progress for TOPIC (every partition, or the ones given), so
     /// that those partitions start at `run --from` again, keeping the learned state. For a
     /// topic the broker lost (`run` exit status 5); run it while no instance consumes TOPIC
-    /// into NAMESPACE. Prints each removed partition's resume offset.
+    /// into NAMESPACE. Prints each removed partition's resume offset. Exit status 1 when
+    /// NAMESPACE holds no model, or no progress for TOPIC or for a partition given.
     ResetProgress {
         /// The namespace.
         namespace: String,
@@ -278,7 +279,7 @@ enum Command {
     },
     /// Namespaces and their aliases (like Qdrant's collection aliases): list, inspect, point
     /// an alias at a namespace (running instances with store.alias follow within
-    /// store.alias_poll_ms), drop a namespace. Prints JSON.
+    /// store.alias_poll_ms), reset a topic's stored progress, drop a namespace. Prints JSON.
     Namespace {
         #[command(subcommand)]
         command: NamespaceCommand,
@@ -604,7 +605,28 @@ fn run_namespace(
             serde_json::json!({ "alias": alias, "namespace": namespace, "previous": previous })
         }
         NamespaceCommand::ResetProgress { namespace, topic, partitions } => {
-            let removed = SyncStore::new(&of(&namespace))?.reset_progress(&topic, &partitions)?;
+            let mut target = SyncStore::new(&of(&namespace))?;
+            let info = target.inspect()?;
+            let info = info.with_context(|| format!("namespace {namespace} holds no model"))?;
+            // Refused rather than a silent no-op, so that a typo never looks like a reset.
+            let stored: Vec<i32> = info
+                .progress
+                .get(&topic)
+                .map(|partitions| partitions.keys().filter_map(|p| p.parse().ok()).collect())
+                .unwrap_or_default();
+            anyhow::ensure!(
+                !stored.is_empty(),
+                "namespace {namespace} holds no progress for topic {topic:?} (it holds progress \
+                 for {:?})",
+                info.progress.keys().collect::<Vec<_>>()
+            );
+            if let Some(missing) = partitions.iter().find(|p| !stored.contains(p)) {
+                anyhow::bail!(
+                    "namespace {namespace} holds no progress for {topic} partition {missing} \
+                     (it holds partitions {stored:?})"
+                );
+            }
+            let removed = target.reset_progress(&topic, &partitions)?;
             let removed: std::collections::BTreeMap<String, i64> = removed
                 .into_iter()
                 .map(|(partition, resume)| (partition.to_string(), resume))

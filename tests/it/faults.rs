@@ -132,8 +132,22 @@ fn a_topic_the_broker_lost_halts_the_service_instead_of_skipping_its_new_records
         Some(embedstream::ingest::EXIT_PROGRESS_PAST_LOG_END),
         "{status:?}\n{stderr}"
     );
-    assert!(stderr.contains("past the end of its log"), "{stderr}");
+    assert!(stderr.contains(") is past the end of its log ("), "{stderr}");
     assert_eq!(stored_applied(&config), 4000, "nothing was written after the loss");
+
+    // A typo is refused, never a silent no-op that looks like a reset.
+    for (namespace, topic) in
+        [(config.store.namespace.as_str(), "no-such-topic"), ("no-such-ns", "t")]
+    {
+        let output = std::process::Command::new(common::embedstream_bin())
+            .args(["namespace", "reset-progress", namespace, "--topic", topic])
+            .env("EMBEDSTREAM_STORE__URL", &config.store.url)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{namespace} {topic}: {stderr}");
+        assert!(stderr.contains("holds no"), "{stderr}");
+    }
 
     // The operator keeps the learned state and reads the new log from its start.
     let reset = common::run_json(

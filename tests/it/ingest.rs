@@ -499,7 +499,7 @@ fn a_record_below_the_stored_progress_halts_the_engine() {
     restarted.send(0, "u2", "i9", base + 20_000, 0);
     let halt = restarted.engine.halted().expect("halted on a record below the progress");
     assert_eq!(halt.exit_status, embedstream::ingest::EXIT_PROGRESS_PAST_LOG_END);
-    assert!(halt.reason.contains("past the end of its log"), "{}", halt.reason);
+    assert!(halt.reason.contains(") is past the end of its log ("), "{}", halt.reason);
     restarted.engine.tick(0);
     assert!(restarted.engine.flush().is_err(), "a halted engine writes nothing");
     assert_eq!(restarted.stored_user_events("u2"), None);

@@ -150,7 +150,9 @@ impl Engine {
         self.halt(
             EXIT_PROGRESS_PAST_LOG_END,
             format!(
-                "the stored progress of {topic} partition {partition} (resume at {resume}) is                  past the end of its log ({evidence}): the broker lost records this namespace                  already applied; reading on would skip new records as already applied",
+                "the stored progress of {topic} partition {partition} (resume at {resume}) is \
+                 past the end of its log ({evidence}): the broker lost records this namespace \
+                 already applied; reading on would skip new records as already applied",
                 topic = self.topic,
                 resume = resume.map_or_else(|| "unknown".to_owned(), |r| r.to_string()),
             ),
