@@ -17,6 +17,15 @@ use super::{StoreError, SyncStore};
 /// The hash of every alias (alias to namespace).
 pub const ALIASES_KEY: &str = "embedstream:aliases";
 
+/// The resume offset of a stored progress field, -1 when it cannot be read (what `inspect` and
+/// `reset_progress` report; the consumer itself refuses such a field as corrupt).
+fn stored_resume(value: &str) -> i64 {
+    serde_json::from_str::<serde_json::Value>(value)
+        .ok()
+        .and_then(|value| value["resume"].as_i64())
+        .unwrap_or(-1)
+}
+
 /// Keys deleted per `UNLINK` when a namespace is dropped.
 const DROP_BATCH: usize = 500;
 
@@ -153,13 +162,7 @@ impl SyncStore {
                 let fields: BTreeMap<String, String> = connection.hgetall(&key).await?;
                 let resume = fields
                     .into_iter()
-                    .map(|(partition, value)| {
-                        let offset = serde_json::from_str::<serde_json::Value>(&value)
-                            .ok()
-                            .and_then(|value| value["resume"].as_i64())
-                            .unwrap_or(-1);
-                        (partition, offset)
-                    })
+                    .map(|(partition, value)| (partition, stored_resume(&value)))
                     .collect();
                 let topic = key.strip_prefix(&keys.progress("")).unwrap_or(&key).to_owned();
                 progress.insert(topic, resume);
@@ -208,10 +211,7 @@ impl SyncStore {
                 if !wanted.is_empty() && !wanted.contains(&partition) {
                     continue;
                 }
-                let resume = serde_json::from_str::<serde_json::Value>(&value)
-                    .ok()
-                    .and_then(|value| value["resume"].as_i64())
-                    .unwrap_or(-1);
+                let resume = stored_resume(&value);
                 let _: u64 = connection.hdel(&key, &field).await?;
                 removed.insert(partition, resume);
             }

@@ -117,14 +117,11 @@ fn a_topic_the_broker_lost_halts_the_service_instead_of_skipping_its_new_records
     infra::produce(&config, &records[4000..5000]);
 
     let mut service = ServiceProcess::spawn_with(&config, &[], std::process::Stdio::piped());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = service.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the service went on past the log's end");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = service.wait_exit(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        "the service went on past the log's end",
+    );
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut service.child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(

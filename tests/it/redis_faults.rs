@@ -97,14 +97,11 @@ fn redis_flushed_while_users_live_only_in_redis_stops_the_service_and_a_restart_
     let mut connection = client.get_connection().unwrap();
     redis::cmd("FLUSHALL").query::<()>(&mut connection).unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = service.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the service went on after redis was flushed");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = service.wait_exit(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        "the service went on after redis was flushed",
+    );
     assert_eq!(status.code(), Some(embedstream::ingest::EXIT_NAMESPACE_LOST), "{status:?}");
     let stored = stored_applied(&config);
     assert_eq!(stored, 0, "nothing partial was written after the flush ({stored} applied)");

@@ -165,14 +165,11 @@ fn an_instance_with_another_model_configuration_is_refused_on_a_new_namespace() 
     }
     assert_eq!(store.load_meta().unwrap().unwrap().dim, 64);
     let mut other = ServiceProcess::spawn(&config, &[("EMBEDSTREAM_MODEL__DIM", "32")]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = other.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "an instance of another dimension kept running");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = other.wait_exit(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        "an instance of another dimension kept running",
+    );
     assert!(!status.success());
     first.assert_running();
     first.kill();

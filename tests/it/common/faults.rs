@@ -98,6 +98,24 @@ impl ServiceProcess {
         assert!(exited.is_none(), "the service exited: {exited:?}");
     }
 
+    /// Waits for the service to exit by itself, polling every `poll`; fails the test with
+    /// `what` when it still runs after `timeout`.
+    pub fn wait_exit(
+        &mut self,
+        timeout: Duration,
+        poll: Duration,
+        what: &str,
+    ) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(poll);
+        }
+    }
+
     /// SIGKILL and reap.
     pub fn kill(mut self) {
         let _ = self.child.kill();
